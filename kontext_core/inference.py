@@ -1,0 +1,89 @@
+"""`kontext edit`: base model + adapter (registry URI or local folder) -> an edited image."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import torch
+from diffusers import FluxKontextPipeline
+
+from kontext_core.config import Params
+from kontext_core.data.images import open_rgb
+from kontext_core.fsutil import atomic_path
+
+log = logging.getLogger(__name__)
+
+MAX_AREA = 1024 * 1024
+
+
+def resolve_adapter(model: str, params: Params | None, workdir: Path) -> tuple[str, str | None]:
+    """(adapter path, base model recorded with it) for a models:/ or runs:/ URI or a local path."""
+    if model.startswith(("models:/", "runs:/")):
+        import mlflow
+
+        if params is not None:
+            from kontext_core.tracking.runs import tracking_uri
+
+            mlflow.set_tracking_uri(tracking_uri(params, workdir))
+            mlflow.set_registry_uri(tracking_uri(params, workdir))
+        loaded = mlflow.diffusers.load_model(model)
+        return loaded.adapter_path, loaded.base_model
+    path = Path(model)
+    if not path.exists():
+        raise FileNotFoundError(f"--model {model}: no such adapter file or folder (or use a models:/ URI)")
+    return str(path), None
+
+
+def output_size(width: int, height: int, max_area: int = MAX_AREA) -> tuple[int, int]:
+    """The input's size, scaled down to `max_area` if larger, edges floored to multiples of 16."""
+    scale = min(1.0, math.sqrt(max_area / (width * height)))
+    return max(16, int(width * scale) // 16 * 16), max(16, int(height * scale) // 16 * 16)
+
+
+def run_edit(
+    model: str,
+    image: Path,
+    prompt: str,
+    out: Path,
+    params: Params | None,
+    workdir: Path,
+    steps: int | None = None,
+    guidance: float | None = None,
+    seed: int = 0,
+    base_model: str | None = None,
+) -> Path:
+    adapter, recorded_base = resolve_adapter(model, params, workdir)
+    if base_model is None:
+        if recorded_base is not None:
+            base_model = recorded_base
+        elif params is not None:
+            from kontext_core.model.load import resolve_model_source
+
+            base_model = resolve_model_source(params, workdir)
+        else:
+            raise ValueError("no base model: pass --base-model or a params file")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    # The LoRA goes into the unquantized base: loading into a quanto model is not supported.
+    pipe = FluxKontextPipeline.from_pretrained(base_model, torch_dtype=dtype)
+    pipe.load_lora_weights(adapter)
+    pipe = pipe.to(device)
+    source = open_rgb(image)
+    width, height = output_size(source.width, source.height)
+    result = pipe(
+        image=source.resize((width, height)),
+        prompt=prompt,
+        width=width,
+        height=height,
+        max_area=width * height,
+        _auto_resize=False,
+        guidance_scale=guidance if guidance is not None else (params.validation_guidance if params else 2.5),
+        num_inference_steps=steps or (params.validation_num_inference_steps if params else 28),
+        generator=torch.Generator("cpu").manual_seed(seed),
+    ).images[0]
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        result.save(tmp, format="PNG")
+    return out

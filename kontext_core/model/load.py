@@ -1,0 +1,66 @@
+"""Load the base model by hub id or local directory, through the same `from_pretrained` calls."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKL, FluxKontextPipeline, FluxTransformer2DModel
+
+from kontext_core.config import Params
+from kontext_core.model.source import resolve_model_source
+
+log = logging.getLogger(__name__)
+
+
+def weight_dtype(params: Params, device: torch.device) -> torch.dtype:
+    # bf16 (never fp16) with quantized layers; CPU keeps float32 for exact reproducibility.
+    if device.type != "cpu" and params.mixed_precision == "bf16":
+        return torch.bfloat16
+    return torch.float32
+
+
+def training_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_transformer(params: Params, workdir: Path, dtype: torch.dtype = torch.float32) -> FluxTransformer2DModel:
+    source = resolve_model_source(params, workdir)
+    model = FluxTransformer2DModel.from_pretrained(
+        source, subfolder="transformer", torch_dtype=dtype, revision=params.revision
+    )
+    return model.eval()
+
+
+def load_vae(params: Params, workdir: Path, dtype: torch.dtype = torch.float32) -> AutoencoderKL:
+    source = resolve_model_source(params, workdir)
+    return AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, revision=params.revision).eval()
+
+
+def load_text_pipeline(params: Params, workdir: Path, dtype: torch.dtype = torch.float32) -> FluxKontextPipeline:
+    """The pipeline with only tokenizers and text encoders, for caching text embeddings."""
+    source = resolve_model_source(params, workdir)
+    pipe = FluxKontextPipeline.from_pretrained(
+        source, transformer=None, vae=None, torch_dtype=dtype, revision=params.revision
+    )
+    for module in (pipe.text_encoder, pipe.text_encoder_2):
+        module.eval().requires_grad_(False)
+    return pipe
+
+
+def load_pipeline(
+    params: Params,
+    workdir: Path,
+    transformer: FluxTransformer2DModel | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> FluxKontextPipeline:
+    source = resolve_model_source(params, workdir)
+    kwargs: dict[str, Any] = {"torch_dtype": dtype, "revision": params.revision}
+    if transformer is not None:
+        kwargs["transformer"] = transformer
+    pipe = FluxKontextPipeline.from_pretrained(source, **kwargs)
+    for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
+        getattr(pipe, name).eval()
+    return pipe

@@ -1,0 +1,69 @@
+"""Tokenizers built offline with the `tokenizers` library.
+
+No tokenizer vocabulary can be downloaded here, so the tiny model trains its own: a byte-level BPE
+with the `</w>` end-of-word suffix that CLIP's tokenizer class expects, and a Unigram model shaped
+like T5's sentencepiece vocabulary (<pad>=0, </s>=1, <unk>=2).
+"""
+
+from __future__ import annotations
+
+import json
+
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import CLIPTokenizer, T5TokenizerFast
+
+# Enough English to give the BPE merges and the Unigram pieces real words to learn; the
+# captions of the sample data use this vocabulary.
+_CORPUS_WORDS = """
+a an the of and or with without to from in on at by for into onto over under near far
+make turn change convert replace remove add keep put paint colour color recolor invert
+red green blue yellow orange purple pink black white grey gray brown cyan magenta gold silver
+light dark bright dim warm cool night day morning evening sunset sunrise winter summer spring
+autumn snow rain fog storm cloud sky sea water river lake forest tree flower grass stone
+circle square triangle star stripe stripes dot dots grid wave waves gradient texture pattern
+shape shapes object objects subject scene background foreground image photo picture style
+sharp sharpen blur blurry deblur noise noisy clean restore enhance detail details clarity
+increase decrease quality jpeg artifact artifacts compression remove fix upscale resolution
+small large big tiny huge round square soft hard smooth rough shiny matte glass metal wood
+cat dog bird car house street city room table chair lamp cup bottle book person face hand
+left right top bottom middle centre center side edge corner frame border panel product
+""".split()
+
+
+def _corpus() -> list[str]:
+    words = _CORPUS_WORDS
+    lines = [" ".join(words[i : i + 8]) for i in range(0, len(words), 8)]
+    lines += [f"make the {a} {b}" for a in words[:60:3] for b in words[60:120:5]]
+    return lines
+
+
+def build_clip_tokenizer(vocab_size: int = 1000) -> CLIPTokenizer:
+    backend = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    backend.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    backend.train_from_iterator(_corpus(), trainer=trainer)
+    model_json = json.loads(backend.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_json["merges"]]
+    # model_max_length must be set: without it the pipeline pads CLIP input to ~1e30 tokens.
+    return CLIPTokenizer(vocab=model_json["vocab"], merges=merges, model_max_length=77)
+
+
+def build_t5_tokenizer(vocab_size: int = 1000) -> T5TokenizerFast:
+    backend = Tokenizer(models.Unigram())
+    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "</s>", "<unk>"],
+        unk_token="<unk>",
+        show_progress=False,
+    )
+    backend.train_from_iterator(_corpus(), trainer=trainer)
+    vocab = [(piece, float(score)) for piece, score in json.loads(backend.to_str())["model"]["vocab"]]
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)

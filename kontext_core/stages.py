@@ -1,0 +1,689 @@
+"""The pipeline stages: the one implementation that Prefect tasks and `kontext stage` both call.
+
+Each stage reads declared inputs (upstream stages' outputs, files, a named subset of params) and
+writes declared outputs, then a manifest under `artifacts/manifests/`. The manifest records the
+input fingerprint (hash of the params subset, the input content hashes and the stage's code); if
+the fingerprint is unchanged and the outputs are intact, the stage is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import inspect
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kontext_core.config import DatasetConfig, Params, load_params
+from kontext_core.fsutil import atomic_dir, sha256_file, sha256_json, sha256_tree, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+MANIFEST_DIR = "artifacts/manifests"
+TINY_MODEL_DIR = "models/tiny-kontext"
+SAMPLE_DATA_DIR = "data/samples"
+TRAIN_METRICS = "artifacts/metrics/train.json"
+VALIDATE_METRICS = "artifacts/metrics/validate.json"
+LOSS_PLOT = "artifacts/plots/train_loss.csv"
+
+
+# ----------------------------------------------------------------------------------------------
+# the stage context and manifest
+
+
+@dataclass
+class StageContext:
+    name: str
+    params: Params
+    workdir: Path
+    staging: dict[str, Path] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, rel: str) -> Path:
+        return self.workdir / rel
+
+    def out(self, rel: str) -> Path:
+        """Where to write the declared output `rel` (a staging dir, renamed on success)."""
+        return self.staging.get(rel, self.workdir / rel)
+
+    def to_stored(self, path: Path) -> str:
+        """Project-relative when inside the project, so a copied project reads the same tables."""
+        path = Path(path)
+        try:
+            return path.resolve().relative_to(self.workdir.resolve()).as_posix()
+        except ValueError:
+            return str(path.resolve())
+
+    def from_stored(self, stored: str) -> Path:
+        path = Path(stored)
+        return path if path.is_absolute() else self.workdir / path
+
+
+@dataclass
+class StageSpec:
+    name: str
+    fn: Callable[[StageContext], None]
+    params_keys: list[str]
+    upstream: list[str]
+    outs: list[str]
+    modules: list[str]
+    extra_inputs: Callable[[Params, Path], dict[str, Any]] | None = None
+    # Content-addressed stores that keep entries across runs instead of being replaced.
+    persist: list[str] = field(default_factory=list)
+    # Outputs DVC reports as metrics / plots (never cached by DVC).
+    metrics: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+
+    def code_version(self) -> str:
+        """Hash of the stage function and its modules' source, read without importing them."""
+        digest = hashlib.sha256()
+        for module_name in sorted(set(self.modules)):
+            spec = importlib.util.find_spec(module_name)
+            if spec is None or spec.origin is None:
+                raise RuntimeError(f"stage {self.name}: module {module_name} not found")
+            digest.update(Path(spec.origin).read_bytes())
+        digest.update(inspect.getsource(self.fn).encode())
+        return digest.hexdigest()[:16]
+
+    def all_outs(self) -> list[str]:
+        return self.outs + self.persist + self.metrics + self.plots
+
+
+def _get_dotted(params: Params, key: str) -> Any:
+    value: Any = params
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value.model_dump() if hasattr(value, "model_dump") else value
+
+
+def manifest_path(workdir: Path, name: str) -> Path:
+    return workdir / MANIFEST_DIR / f"{name}.json"
+
+
+def read_manifest(workdir: Path, name: str) -> dict[str, Any] | None:
+    path = manifest_path(workdir, name)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def params_subset(spec: StageSpec, params: Params) -> dict[str, Any]:
+    return {key: _get_dotted(params, key) for key in spec.params_keys}
+
+
+def fingerprint(name: str, params: Params, workdir: Path) -> tuple[str, dict[str, Any]]:
+    """The input fingerprint of a stage and what went into it."""
+    spec = STAGES[name]
+    inputs: dict[str, Any] = {}
+    for up in spec.upstream:
+        manifest = read_manifest(workdir, up)
+        if manifest is None:
+            raise RuntimeError(f"stage '{name}' needs stage '{up}' to have run first")
+        inputs[up] = manifest["outputs"]
+    if spec.extra_inputs is not None:
+        inputs.update(spec.extra_inputs(params, workdir))
+    material = {
+        "stage": name,
+        "code": spec.code_version(),
+        "params": params_subset(spec, params),
+        "inputs": inputs,
+    }
+    return sha256_json(material), material
+
+
+def outputs_intact(name: str, workdir: Path, expected_fingerprint: str | None = None) -> bool:
+    manifest = read_manifest(workdir, name)
+    if manifest is None:
+        return False
+    if expected_fingerprint is not None and manifest["fingerprint"] != expected_fingerprint:
+        return False
+    return all((workdir / rel).exists() for rel in manifest["outputs"])
+
+
+def _hash_output(path: Path) -> str:
+    return sha256_tree(path) if path.exists() else "missing"
+
+
+def run_stage(
+    name: str, params_file: Path | str, workdir: Path | str | None = None, force: bool = False
+) -> dict[str, Any]:
+    """Run stage `name` (or skip it when its fingerprint and outputs are unchanged)."""
+    params_file = Path(params_file).resolve()
+    workdir = Path(workdir).resolve() if workdir else params_file.parent
+    params = load_params(params_file)
+    spec = STAGES[name]
+    fp, material = fingerprint(name, params, workdir)
+    if not force and outputs_intact(name, workdir, fp):
+        manifest = read_manifest(workdir, name)
+        assert manifest is not None
+        log.info("stage %s: up to date (fingerprint %s)", name, fp[:12])
+        return {**manifest, "skipped": True}
+    log.info("stage %s: running (fingerprint %s)", name, fp[:12])
+    ctx = StageContext(name=name, params=params, workdir=workdir)
+    started = time.time()
+    staging_dirs = {}
+    for rel in spec.outs:
+        target = workdir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging_dirs[rel] = target.with_name(f".{target.name}.staging")
+        shutil.rmtree(staging_dirs[rel], ignore_errors=True)
+        staging_dirs[rel].mkdir(parents=True)
+    ctx.staging = staging_dirs
+    for rel in spec.persist + spec.metrics + spec.plots:
+        (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        spec.fn(ctx)
+        for rel, staging in staging_dirs.items():
+            with atomic_dir(workdir / rel) as tmp:
+                tmp.rmdir()
+                staging.rename(tmp)
+    finally:
+        for staging in staging_dirs.values():
+            shutil.rmtree(staging, ignore_errors=True)
+    outputs = {rel: _hash_output(workdir / rel) for rel in spec.all_outs()}
+    manifest = {
+        "stage": name,
+        "fingerprint": fp,
+        "code_version": material["code"],
+        "params": material["params"],
+        "inputs": material["inputs"],
+        "outputs": outputs,
+        "info": ctx.info,
+        "seconds": round(time.time() - started, 3),
+    }
+    write_json(manifest_path(workdir, name), manifest)
+    return {**manifest, "skipped": False}
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers shared by the stages
+
+
+def _datasets(ctx: StageContext) -> DatasetConfig:
+    from kontext_core.config import check_eval_dataset, load_datasets
+
+    data_path = Path(ctx.params.data_backend_config)
+    if not data_path.is_absolute():
+        data_path = ctx.workdir / data_path
+    datasets = load_datasets(data_path, base_dir=ctx.workdir)
+    check_eval_dataset(ctx.params, datasets, "params")
+    return datasets
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
+
+
+def _dataset_inputs(params: Params, workdir: Path) -> dict[str, Any]:
+    """Content of the dataset file and of every local folder or file it points at."""
+    from kontext_core.config import load_datasets
+
+    data_path = Path(params.data_backend_config)
+    if not data_path.is_absolute():
+        data_path = workdir / data_path
+    hashes: dict[str, Any] = {"data_backend_config": sha256_file(data_path)}
+    for entry in load_datasets(data_path, base_dir=workdir).enabled():
+        if entry.type == "local" and entry.instance_data_dir:
+            local = Path(entry.instance_data_dir)
+            hashes[f"dataset:{entry.id}"] = sha256_tree(local if local.is_absolute() else workdir / local)
+        elif entry.type == "huggingface" and entry.dataset_name:
+            local = Path(entry.dataset_name)
+            local = local if local.is_absolute() else workdir / local
+            if local.exists():
+                hashes[f"dataset:{entry.id}"] = sha256_tree(local)
+            else:
+                hashes[f"dataset:{entry.id}"] = {"hub": entry.dataset_name, "revision": entry.revision}
+    return hashes
+
+
+def _model_inputs(params: Params, workdir: Path) -> dict[str, Any]:
+    from kontext_core.model.source import model_fingerprint
+
+    return {"base_model": model_fingerprint(params, workdir)}
+
+
+# ----------------------------------------------------------------------------------------------
+# the stages
+
+
+def stage_init(ctx: StageContext) -> None:
+    """Build the embedded tiny model and the sample data (both offline and deterministic)."""
+    from kontext_core.data.samples import write_sample_data
+    from kontext_core.model.tiny import build_tiny_pipeline
+
+    p = ctx.params
+    pipe = build_tiny_pipeline(seed=p.tiny_model.seed)
+    pipe.save_pretrained(ctx.out(TINY_MODEL_DIR), safe_serialization=True)
+    samples = ctx.out(SAMPLE_DATA_DIR)
+    samples.rmdir()
+    write_sample_data(samples, count=p.sample_data.count, size=p.sample_data.size, seed=p.sample_data.seed)
+
+
+def stage_fetch(ctx: StageContext) -> None:
+    """Normalised records per dataset: image file, caption, key; composite panels split."""
+    from kontext_core.data.backends import huggingface_records, local_records
+
+    datasets = _datasets(ctx)
+    out = ctx.out("data/fetch")
+    records: dict[str, list[dict]] = {}
+    problems: list[dict] = []
+    for entry in datasets.enabled():
+        if entry.dataset_type == "text_embeds":
+            continue
+        if entry.type == "local":
+            recs, probs = local_records(entry, ctx.workdir)
+        else:
+            recs, probs = huggingface_records(
+                entry, ctx.workdir, out / "panels" / entry.id, ctx.workdir / "data/fetch/panels" / entry.id
+            )
+        for rec in recs:
+            rec.image = ctx.to_stored(Path(rec.image))
+        records[entry.id] = [r.to_dict() for r in recs]
+        problems += [p.__dict__ for p in probs]
+        log.info("fetch %s: %d records, %d problems", entry.id, len(recs), len(probs))
+    write_json(out / "records.json", {"records": records, "problems": problems})
+    ctx.info["records"] = {k: len(v) for k, v in records.items()}
+
+
+def stage_pair(ctx: StageContext) -> None:
+    """The pair table (edit <-> references <-> caption, bucket) and the pre-flight report."""
+    from kontext_core.data.backends import Problem, Record
+    from kontext_core.data.pairing import build_pairs
+
+    datasets = _datasets(ctx)
+    fetched = _read_json(ctx.path("data/fetch/records.json"))
+    records = {k: [Record(**r) for r in v] for k, v in fetched["records"].items()}
+    problems = [Problem(**p) for p in fetched["problems"]]
+    pairs, report = build_pairs(
+        ctx.params, datasets, records, problems, ctx.path("data/degrade"), ctx.to_stored, ctx.from_stored
+    )
+    out = ctx.out("data/pair")
+    write_json(out / "pairs.json", pairs)
+    write_json(out / "report.json", report.to_dict())
+    (out / "report.md").write_text(report.to_markdown())
+    if not [p for p in pairs if p["split"] == "train"]:
+        raise RuntimeError(f"pair: no usable training pairs; see {ctx.path('data/pair/report.md')}")
+    ctx.info["pairs"] = {
+        "train": sum(p["split"] == "train" for p in pairs),
+        "eval": sum(p["split"] == "eval" for p in pairs),
+    }
+    ctx.info["problems"] = len(report.problems)
+
+
+def stage_degrade(ctx: StageContext) -> None:
+    """Generate the degraded references that generated datasets point at."""
+    from kontext_core.config import ConditioningGenerator
+    from kontext_core.data.degrade import degrade
+    from kontext_core.data.images import open_rgb
+
+    pairs = _read_json(ctx.path("data/pair/pairs.json"))
+    out = ctx.out("data/degrade")
+    made = 0
+    for pair in pairs:
+        for ref in pair["references"]:
+            if not ref["generated"]:
+                continue
+            spec = dict(ref["generated"])
+            source = spec.pop("source")
+            generator = ConditioningGenerator.model_validate(spec)
+            rel = Path(ref["image"]).relative_to("data/degrade")
+            dest = out / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            degrade(open_rgb(ctx.from_stored(source)), generator, ctx.params.seed, pair["key"]).save(dest)
+            made += 1
+    ctx.info["generated"] = made
+
+
+def _vae_key(ctx: StageContext, image: str, size: list[int], model_fp: Any) -> str:
+    from kontext_core.cache.store import TensorStore
+
+    return TensorStore.key(image=sha256_file(ctx.from_stored(image)), size=size, vae=model_fp)
+
+
+def stage_cache_vae(ctx: StageContext) -> None:
+    """VAE latents of every target and reference, content-addressed under cache/vae."""
+    import torch
+
+    from kontext_core.cache.store import TensorStore
+    from kontext_core.cache.vae_cache import encode_image
+    from kontext_core.data.buckets import resize_and_crop
+    from kontext_core.data.images import open_rgb
+    from kontext_core.model.load import load_vae, training_device
+    from kontext_core.model.source import model_fingerprint
+
+    pairs = _read_json(ctx.path("data/pair/pairs.json"))
+    store = TensorStore(ctx.path("cache/vae/latents"))
+    model_fp = model_fingerprint(ctx.params, ctx.workdir)
+    vae = None
+    index: dict[str, dict[str, Any]] = {}
+    encoded = 0
+    for pair in pairs:
+        entry = {"target": None, "references": []}
+        items = [("target", pair["target"], pair["size"])] + [
+            ("reference", r["image"], r["size"]) for r in pair["references"]
+        ]
+        for role, image, size in items:
+            key = _vae_key(ctx, image, size, model_fp)
+            if not store.has(key):
+                if vae is None:
+                    vae = load_vae(ctx.params, ctx.workdir).to(training_device())
+                img = resize_and_crop(open_rgb(ctx.from_stored(image)), tuple(size))
+                store.put(key, {"latents": encode_image(vae, img).to(torch.float32)})
+                encoded += 1
+            if role == "target":
+                entry["target"] = key
+            else:
+                entry["references"].append(key)
+        index[pair["pair_id"]] = entry
+    write_json(ctx.path("cache/vae/index.json"), index)
+    ctx.info["encoded"] = encoded
+
+
+def stage_cache_text(ctx: StageContext) -> None:
+    """T5 (512 tokens) and CLIP pooled embeddings of every caption, plus the empty caption."""
+    from kontext_core.cache.store import TensorStore
+    from kontext_core.cache.text_cache import MAX_SEQUENCE_LENGTH, encode_caption
+    from kontext_core.model.load import load_text_pipeline, training_device
+    from kontext_core.model.source import model_fingerprint
+
+    pairs = _read_json(ctx.path("data/pair/pairs.json"))
+    store = TensorStore(ctx.path("cache/text/embeds"))
+    model_fp = model_fingerprint(ctx.params, ctx.workdir)
+    captions = sorted({p["caption"] for p in pairs} | {""})
+    pipe = None
+    index: dict[str, str] = {}
+    encoded = 0
+    for caption in captions:
+        key = TensorStore.key(caption=caption, text=model_fp, length=MAX_SEQUENCE_LENGTH)
+        if not store.has(key):
+            if pipe is None:
+                pipe = load_text_pipeline(ctx.params, ctx.workdir).to(training_device())
+            store.put(key, encode_caption(pipe, caption))
+            encoded += 1
+        index[caption] = key
+    write_json(ctx.path("cache/text/index.json"), index)
+    ctx.info["encoded"] = encoded
+
+
+def stage_quantize(ctx: StageContext) -> None:
+    """Quantize + freeze the base transformer once (optimum-quanto) and save it."""
+    import torch
+
+    from kontext_core.model.load import load_transformer, training_device
+    from kontext_core.model.quantize import quantize_transformer, save_quantized
+
+    precision = ctx.params.base_model_precision
+    out = ctx.out("models/quantized")
+    write_json(out / "precision.json", {"base_model_precision": precision})
+    if precision == "no_change":
+        return
+    model = load_transformer(ctx.params, ctx.workdir)
+    if ctx.params.quantize_via == "accelerator":
+        model = model.to(training_device())
+    quantize_transformer(model, precision)
+    save_quantized(model.to(torch.device("cpu")), out / "transformer", precision)
+
+
+def _base_transformer(ctx: StageContext):
+    """The frozen base transformer in training precision: the saved quantized one, or the original."""
+    from kontext_core.model.load import load_transformer
+    from kontext_core.model.quantize import load_quantized
+
+    if ctx.params.base_model_precision == "no_change":
+        return load_transformer(ctx.params, ctx.workdir).requires_grad_(False)
+    return load_quantized(ctx.path("models/quantized/transformer"))
+
+
+def stage_train(ctx: StageContext) -> None:
+    """Train the LoRA on the cached latents and embeddings; save it in diffusers format."""
+    import mlflow
+
+    from kontext_core.cache.store import TensorStore
+    from kontext_core.model.adapters import add_lora, save_lora
+    from kontext_core.model.load import training_device
+    from kontext_core.tracking import runs
+    from kontext_core.tracking.lineage import lineage_tags, log_params
+    from kontext_core.train.loop import TrainSample, group_counts, seed_everything, train_loop
+
+    p = ctx.params
+    pairs = [x for x in _read_json(ctx.path("data/pair/pairs.json")) if x["split"] == "train"]
+    vae_index = _read_json(ctx.path("cache/vae/index.json"))
+    text_index = _read_json(ctx.path("cache/text/index.json"))
+    latents = TensorStore(ctx.path("cache/vae/latents"))
+    embeds = TensorStore(ctx.path("cache/text/embeds"))
+    samples = []
+    for pair in pairs:
+        keys = vae_index[pair["pair_id"]]
+        text = embeds.get(text_index[pair["caption"]])
+        samples.append(
+            TrainSample(
+                target=latents.get(keys["target"])["latents"],
+                references=[latents.get(k)["latents"] for k in keys["references"]],
+                prompt_embeds=text["prompt_embeds"],
+                pooled_prompt_embeds=text["pooled_prompt_embeds"],
+            )
+        )
+    device = training_device()
+    seed_everything(p.seed)
+    transformer = _base_transformer(ctx).to(device)
+    if p.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    trainable = add_lora(transformer, p)
+
+    run_id = runs.current_run_id(p, ctx.workdir)
+    client = mlflow.MlflowClient()
+    log_params(client, run_id, p)
+
+    def on_step(step: int, loss: float, lr: float) -> None:
+        client.log_metric(run_id, "train/loss", loss, step=step)
+        client.log_metric(run_id, "train/lr", lr, step=step)
+
+    losses = train_loop(p, transformer, trainable, samples, on_step=on_step)
+    save_lora(transformer, ctx.out("models/adapter"), p)
+    write_text(ctx.out(LOSS_PLOT), "step,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses)))
+    window = max(1, len(losses) // 5)
+    metrics = {
+        "loss_first": sum(losses[:window]) / window,
+        "loss_last": sum(losses[-window:]) / window,
+        "steps": len(losses),
+        "train_pairs": len(samples),
+    }
+    write_json(ctx.out(TRAIN_METRICS), metrics)
+    write_json(ctx.out("artifacts/train") / "mlflow_run.json", {"run_id": run_id})
+    runs.set_tags(run_id, lineage_tags(ctx.workdir))
+    ctx.info.update({"run_id": run_id, "buckets": group_counts(samples), **metrics})
+
+
+def stage_validate(ctx: StageContext) -> None:
+    """Edit the eval pairs with the trained adapter (live, on the training-precision base)."""
+    import mlflow
+
+    from kontext_core.data.images import open_rgb
+    from kontext_core.model.adapters import LORA_FILE, attach_saved_lora
+    from kontext_core.model.load import load_pipeline, training_device
+    from kontext_core.tracking import runs
+    from kontext_core.validate.grids import make_grid
+    from kontext_core.validate.run import evaluate, grid_name
+
+    p = ctx.params
+    pairs = _read_json(ctx.path("data/pair/pairs.json"))
+    eval_pairs = [x for x in pairs if x["split"] == "eval"] or [x for x in pairs if x["split"] == "train"][:2]
+    transformer = _base_transformer(ctx)
+    pipe = load_pipeline(p, ctx.workdir, transformer=transformer).to(training_device())
+    load = lambda stored: open_rgb(ctx.from_stored(stored))  # noqa: E731
+    base_results = evaluate(pipe, eval_pairs, load, p)
+    attach_saved_lora(pipe.transformer, ctx.path("models/adapter") / LORA_FILE, p)
+    results = evaluate(pipe, eval_pairs, load, p)
+    out = ctx.out("artifacts/validate")
+    grids = out / "grids"
+    grids.mkdir(parents=True, exist_ok=True)
+    for base, res in zip(base_results, results, strict=True):
+        grid = make_grid(
+            [("reference", res.reference), ("base", base.output), ("lora", res.output), ("target", res.target)]
+        )
+        grid.save(grids / grid_name(res.pair_id))
+    metrics = {
+        "psnr": sum(r.psnr for r in results) / len(results),
+        "psnr_base": sum(r.psnr for r in base_results) / len(base_results),
+        "eval_pairs": len(results),
+    }
+    write_json(ctx.out(VALIDATE_METRICS), metrics)
+    write_json(out / "per_pair.json", [{"pair_id": r.pair_id, "caption": r.caption, "psnr": r.psnr} for r in results])
+    run_id = runs.current_run_id(p, ctx.workdir, ctx.path("artifacts/train/mlflow_run.json"))
+    client = mlflow.MlflowClient()
+    client.log_metric(run_id, "val/psnr", metrics["psnr"])
+    client.log_metric(run_id, "val/psnr_base", metrics["psnr_base"])
+    client.log_artifacts(run_id, str(grids), artifact_path="validation/grids")
+    ctx.info.update({"run_id": run_id, **metrics})
+
+
+def stage_register(ctx: StageContext) -> None:
+    """Log the adapter with the mlflow.diffusers flavour, register it, move the champion alias."""
+    from kontext_core.model.source import resolve_model_source
+    from kontext_core.tracking import runs
+    from kontext_core.tracking.registry import register_adapter
+
+    p = ctx.params
+    metrics = _read_json(ctx.path(VALIDATE_METRICS))
+    run_id = runs.current_run_id(p, ctx.workdir, ctx.path("artifacts/train/mlflow_run.json"))
+    registration = register_adapter(
+        p, run_id, ctx.path("models/adapter"), resolve_model_source(p, ctx.workdir), metrics[p.registry.metric]
+    )
+    write_json(ctx.out("artifacts/register") / "registration.json", registration.__dict__ | {"run_id": run_id})
+    ctx.info.update(registration.__dict__)
+
+
+# ----------------------------------------------------------------------------------------------
+# the registry of stages (order = execution order)
+
+_TRAIN_KEYS = [
+    "lora_type",
+    "lora_rank",
+    "lora_alpha",
+    "learning_rate",
+    "optimizer",
+    "max_train_steps",
+    "train_batch_size",
+    "seed",
+    "flow_schedule_shift",
+    "flux_guidance_value",
+    "mixed_precision",
+    "gradient_checkpointing",
+    "conditioning_multidataset_sampling",
+]
+_VALIDATION_KEYS = [
+    "validation_guidance",
+    "validation_guidance_real",
+    "validation_resolution",
+    "validation_num_inference_steps",
+    "validation_seed",
+]
+
+STAGES: dict[str, StageSpec] = {
+    spec.name: spec
+    for spec in [
+        StageSpec(
+            "init",
+            stage_init,
+            ["tiny_model", "sample_data"],
+            [],
+            [TINY_MODEL_DIR, SAMPLE_DATA_DIR],
+            ["kontext_core.model.tiny", "kontext_core.model.tokenizers_offline", "kontext_core.data.samples"],
+        ),
+        StageSpec(
+            "fetch",
+            stage_fetch,
+            ["data_backend_config"],
+            ["init"],
+            ["data/fetch"],
+            ["kontext_core.data.backends", "kontext_core.data.images", "kontext_core.config"],
+            extra_inputs=_dataset_inputs,
+        ),
+        StageSpec(
+            "pair",
+            stage_pair,
+            ["data_backend_config", "eval_dataset_id", "seed"],
+            ["fetch"],
+            ["data/pair"],
+            ["kontext_core.data.pairing", "kontext_core.data.buckets", "kontext_core.data.degrade"],
+        ),
+        StageSpec(
+            "degrade",
+            stage_degrade,
+            ["seed"],
+            ["pair"],
+            ["data/degrade"],
+            ["kontext_core.data.degrade", "kontext_core.data.images"],
+        ),
+        StageSpec(
+            "cache_vae",
+            stage_cache_vae,
+            ["pretrained_model_name_or_path", "revision"],
+            ["pair", "degrade"],
+            [],
+            ["kontext_core.cache.vae_cache", "kontext_core.cache.store", "kontext_core.data.buckets"],
+            extra_inputs=_model_inputs,
+            persist=["cache/vae"],
+        ),
+        StageSpec(
+            "cache_text",
+            stage_cache_text,
+            ["pretrained_model_name_or_path", "revision"],
+            ["pair"],
+            [],
+            ["kontext_core.cache.text_cache", "kontext_core.cache.store"],
+            extra_inputs=_model_inputs,
+            persist=["cache/text"],
+        ),
+        StageSpec(
+            "quantize",
+            stage_quantize,
+            ["pretrained_model_name_or_path", "revision", "base_model_precision", "quantize_via"],
+            [],
+            ["models/quantized"],
+            ["kontext_core.model.quantize"],
+            extra_inputs=_model_inputs,
+        ),
+        StageSpec(
+            "train",
+            stage_train,
+            _TRAIN_KEYS,
+            ["cache_vae", "cache_text", "quantize"],
+            ["models/adapter", "artifacts/train"],
+            [
+                "kontext_core.train.loop",
+                "kontext_core.train.kontext_step",
+                "kontext_core.train.optimizers",
+                "kontext_core.model.adapters",
+            ],
+            metrics=[TRAIN_METRICS],
+            plots=[LOSS_PLOT],
+        ),
+        StageSpec(
+            "validate",
+            stage_validate,
+            _VALIDATION_KEYS,
+            ["train", "pair", "degrade"],
+            ["artifacts/validate"],
+            ["kontext_core.validate.run", "kontext_core.validate.metrics", "kontext_core.validate.grids"],
+            extra_inputs=_model_inputs,
+            metrics=[VALIDATE_METRICS],
+        ),
+        StageSpec(
+            "register",
+            stage_register,
+            ["registry", "mlflow.experiment_name"],
+            ["train", "validate"],
+            ["artifacts/register"],
+            ["kontext_core.tracking.registry"],
+        ),
+    ]
+}
+
+STAGE_ORDER = list(STAGES)

@@ -1,0 +1,92 @@
+"""MLflow runs: one per pipeline run, with the tags that trace it back to code, data and Prefect."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from pathlib import Path
+
+import mlflow
+
+from kontext_core.config import Params
+
+log = logging.getLogger(__name__)
+
+RUN_ID_ENV = "KONTEXT_MLFLOW_RUN_ID"
+
+
+def tracking_uri(params: Params, workdir: Path) -> str:
+    """MLFLOW_TRACKING_URI wins; a relative SQLite path is made relative to the project."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
+        uri = prefix + str((workdir / uri[len(prefix) :]).resolve())
+    return uri
+
+
+def configure(params: Params, workdir: Path) -> str:
+    """Point mlflow at the store and make sure the experiment exists; returns its id."""
+    mlflow.set_tracking_uri(tracking_uri(params, workdir))
+    mlflow.set_registry_uri(tracking_uri(params, workdir))
+    experiment = mlflow.get_experiment_by_name(params.mlflow.experiment_name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = params.mlflow.artifact_location
+    if location and "://" not in location:
+        location = (workdir / location).resolve().as_uri()
+    return mlflow.create_experiment(params.mlflow.experiment_name, artifact_location=location)
+
+
+def git_info(workdir: Path) -> dict[str, str]:
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(
+                ["git", *args], cwd=workdir, capture_output=True, text=True, check=True, timeout=10
+            ).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    commit = git("rev-parse", "HEAD")
+    dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    return {"git.commit": commit or "unknown", "git.dirty": str(dirty).lower()}
+
+
+def prefect_info() -> dict[str, str]:
+    """The Prefect flow run this process runs in, if any (read without importing Prefect)."""
+    flow_run_id = os.environ.get("KONTEXT_PREFECT_FLOW_RUN_ID") or os.environ.get("PREFECT__FLOW_RUN_ID")
+    tags = {}
+    if flow_run_id:
+        tags["prefect.flow_run_id"] = flow_run_id
+    if name := os.environ.get("KONTEXT_PREFECT_FLOW_RUN_NAME"):
+        tags["prefect.flow_run_name"] = name
+    if url := os.environ.get("KONTEXT_PREFECT_FLOW_RUN_URL"):
+        tags["prefect.flow_run_url"] = url
+    return tags
+
+
+def start_run(params: Params, workdir: Path, run_name: str | None = None) -> str:
+    """Start a new pipeline run with lineage tags; returns its id (the run is left open)."""
+    experiment_id = configure(params, workdir)
+    client = mlflow.MlflowClient()
+    tags = {**git_info(workdir), **prefect_info(), "kontext.orchestrator": "prefect" if prefect_info() else "cli"}
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    return run.info.run_id
+
+
+def current_run_id(params: Params, workdir: Path, fallback_file: Path | None = None) -> str:
+    """The pipeline run to log into: the env var set by the flow, a recorded one, or a new one."""
+    configure(params, workdir)
+    if run_id := os.environ.get(RUN_ID_ENV):
+        return run_id
+    if fallback_file is not None and fallback_file.exists():
+        import json
+
+        return json.loads(fallback_file.read_text())["run_id"]
+    return start_run(params, workdir)
+
+
+def set_tags(run_id: str, tags: dict[str, str]) -> None:
+    client = mlflow.MlflowClient()
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)

@@ -1,0 +1,36 @@
+"""Prefect artifacts for what a stage produced: the pre-flight report, metrics, the model URI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+
+def publish_artifacts(name: str, workdir: Path, manifest: dict[str, Any]) -> None:
+    if name == "pair":
+        report = workdir / "data/pair/report.md"
+        create_markdown_artifact(
+            report.read_text(), key="kontext-preflight-report", description="pairing pre-flight report"
+        )
+    elif name == "train":
+        info = manifest["info"]
+        create_markdown_artifact(
+            f"# Training\n\nsteps: {info['steps']}, pairs: {info['train_pairs']}\n\n"
+            f"loss (first fifth): {info['loss_first']:.4f}\n\nloss (last fifth): {info['loss_last']:.4f}\n\n"
+            f"MLflow run: `{info['run_id']}`\n",
+            key="kontext-training",
+        )
+    elif name == "validate":
+        per_pair = json.loads((workdir / "artifacts/validate/per_pair.json").read_text())
+        create_table_artifact(per_pair, key="kontext-validation", description="PSNR against the edit targets")
+    elif name == "register":
+        info = manifest["info"]
+        create_markdown_artifact(
+            f"# Registered\n\n`{info['model_uri']}`"
+            + (f" is now `{info['alias_uri']}`" if info["became_champion"] else " (champion kept)")
+            + "\n",
+            key="kontext-registered-model",
+        )

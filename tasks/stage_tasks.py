@@ -1,0 +1,53 @@
+"""One Prefect task per pipeline stage: version, cache key, retries and artifacts; no ML logic.
+
+The cache key is the stage's input fingerprint (plus the project directory), never a pickle of a
+model; the task version is the hash of the stage's code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from prefect import Task, task
+from prefect.context import TaskRunContext
+
+from kontext_core.config import load_params
+from kontext_core.stages import STAGES, fingerprint, run_stage
+from tasks.artifacts import publish_artifacts
+
+
+def stage_cache_key(name: str, params_file: str, workdir: str) -> str:
+    params = load_params(params_file)
+    fp, _ = fingerprint(name, params, Path(workdir))
+    where = hashlib.sha256(str(Path(workdir).resolve()).encode()).hexdigest()[:12]
+    return f"kontext-{name}-{where}-{fp}"
+
+
+def _cache_key_fn(context: TaskRunContext, parameters: dict[str, Any]) -> str:
+    return stage_cache_key(parameters["name"], parameters["params_file"], parameters["workdir"])
+
+
+def _run(name: str, params_file: str, workdir: str) -> dict[str, Any]:
+    manifest = run_stage(name, params_file, workdir)
+    if not manifest["skipped"]:
+        publish_artifacts(name, Path(workdir), manifest)
+    return manifest
+
+
+def make_stage_task(name: str) -> Task:
+    spec = STAGES[name]
+    return task(
+        _run,
+        name=name,
+        task_run_name=name,
+        version=spec.code_version(),
+        cache_key_fn=_cache_key_fn,
+        persist_result=True,
+        result_serializer="json",
+        description=(spec.fn.__doc__ or "").strip(),
+    )
+
+
+STAGE_TASKS: dict[str, Task] = {name: make_stage_task(name) for name in STAGES}

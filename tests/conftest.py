@@ -1,0 +1,91 @@
+"""Shared fixtures: project copies with small params, one migrated MLflow store, one Prefect harness."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+# Small enough for CI's two cores; the stages and geometry are the same as the demo's.
+FAST = {
+    "max_train_steps": 6,
+    "validation_num_inference_steps": 2,
+    "sample_data": {"seed": 0, "count": 4, "size": 64},
+}
+
+
+def _merge(base: dict, overrides: dict) -> dict:
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def make_project(dest: Path, mlflow_db: Path | None = None, **overrides) -> Path:
+    """A copy of the project's configuration in `dest`; returns its params.yaml."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(ROOT / "config", dest / "config", dirs_exist_ok=True)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = _merge(params, FAST)
+    if mlflow_db is not None:
+        params = _merge(params, {"mlflow": {"tracking_uri": f"sqlite:///{mlflow_db}"}})
+    params = _merge(params, overrides)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return dest / "params.yaml"
+
+
+def write_params(params_file: Path, **overrides) -> None:
+    params = yaml.safe_load(params_file.read_text())
+    params_file.write_text(yaml.safe_dump(_merge(params, overrides), sort_keys=False))
+
+
+@pytest.fixture(scope="session")
+def mlflow_template(tmp_path_factory) -> Path:
+    """One migrated SQLite store (creating one runs migrations for seconds); tests copy it."""
+    import mlflow
+
+    db = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    mlflow.MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments()
+    return db
+
+
+@pytest.fixture
+def mlflow_db(tmp_path, mlflow_template) -> Path:
+    db = tmp_path / "mlflow.db"
+    shutil.copy(mlflow_template, db)
+    return db
+
+
+@pytest.fixture(scope="session")
+def built_project(tmp_path_factory, mlflow_template) -> Path:
+    """A project on which every stage has run once, in order, without an orchestrator."""
+    from kontext_core.stages import STAGE_ORDER, run_stage
+
+    project = tmp_path_factory.mktemp("built")
+    db = project / "mlflow.db"
+    shutil.copy(mlflow_template, db)
+    params_file = make_project(project, mlflow_db=db)
+    for name in STAGE_ORDER:
+        run_stage(name, params_file)
+    return project
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield

@@ -1,0 +1,44 @@
+import pytest
+
+from kontext_core.fsutil import atomic_dir, atomic_path, sha256_tree, write_json
+
+
+def test_atomic_path_leaves_nothing_on_crash(tmp_path):
+    dest = tmp_path / "out.bin"
+    with pytest.raises(RuntimeError):
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_atomic_dir_keeps_old_output_on_crash(tmp_path):
+    dest = tmp_path / "model"
+    dest.mkdir()
+    (dest / "weights").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(dest) as tmp:
+            (tmp / "weights").write_text("new-but-partial")
+            raise RuntimeError("killed")
+    assert (dest / "weights").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_atomic_dir_replaces_on_success(tmp_path):
+    dest = tmp_path / "model"
+    dest.mkdir()
+    (dest / "stale").write_text("x")
+    with atomic_dir(dest) as tmp:
+        (tmp / "weights").write_text("new")
+    assert sorted(p.name for p in dest.iterdir()) == ["weights"]
+
+
+def test_tree_hash_tracks_content_and_names(tmp_path):
+    write_json(tmp_path / "a.json", {"x": 1})
+    first = sha256_tree(tmp_path)
+    write_json(tmp_path / "a.json", {"x": 2})
+    assert sha256_tree(tmp_path) != first
+    write_json(tmp_path / "a.json", {"x": 1})
+    assert sha256_tree(tmp_path) == first
+    (tmp_path / "a.json").rename(tmp_path / "b.json")
+    assert sha256_tree(tmp_path) != first
