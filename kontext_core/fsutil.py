@@ -100,3 +100,22 @@ def sha256_tree(path: Path, large_file_bytes: int | None = None) -> str:
 
 def sha256_json(obj: Any) -> str:
     return sha256_bytes(json.dumps(obj, sort_keys=True, default=str).encode())
+
+
+def canonicalize_safetensors_header(path: Path) -> None:
+    """Rewrite a safetensors header with sorted keys.
+
+    safetensors writes `__metadata__` from a hash map, so the same tensors and metadata give
+    different bytes from one process to the next; sorting makes equal adapters byte-identical.
+    """
+    path = Path(path)
+    with open(path, "r+b") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = json.loads(fh.read(size))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) > size:
+            return
+        fh.seek(8)
+        fh.write(text + b" " * (size - len(text)))

@@ -42,8 +42,16 @@ class StageContext:
     name: str
     params: Params
     workdir: Path
+    fingerprint: str = ""
     staging: dict[str, Path] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+
+    def tag_run(self, run_id: str) -> None:
+        """Tag the MLflow run with every stage fingerprint so far, this one included."""
+        from kontext_core.tracking.lineage import lineage_tags
+        from kontext_core.tracking.runs import set_tags
+
+        set_tags(run_id, {**lineage_tags(self.workdir), f"kontext.fingerprint.{self.name}": self.fingerprint})
 
     def path(self, rel: str) -> Path:
         return self.workdir / rel
@@ -165,7 +173,7 @@ def run_stage(
         log.info("stage %s: up to date (fingerprint %s)", name, fp[:12])
         return {**manifest, "skipped": True}
     log.info("stage %s: running (fingerprint %s)", name, fp[:12])
-    ctx = StageContext(name=name, params=params, workdir=workdir)
+    ctx = StageContext(name=name, params=params, workdir=workdir, fingerprint=fp)
     started = time.time()
     staging_dirs = {}
     for rel in spec.outs:
@@ -448,7 +456,7 @@ def stage_train(ctx: StageContext) -> None:
     from kontext_core.model.adapters import add_lora, save_lora
     from kontext_core.model.load import training_device
     from kontext_core.tracking import runs
-    from kontext_core.tracking.lineage import lineage_tags, log_params
+    from kontext_core.tracking.lineage import log_params
     from kontext_core.train.loop import TrainSample, group_counts, seed_everything, train_loop
 
     p = ctx.params
@@ -496,7 +504,7 @@ def stage_train(ctx: StageContext) -> None:
     }
     write_json(ctx.out(TRAIN_METRICS), metrics)
     write_json(ctx.out("artifacts/train") / "mlflow_run.json", {"run_id": run_id})
-    runs.set_tags(run_id, lineage_tags(ctx.workdir))
+    ctx.tag_run(run_id)
     ctx.info.update({"run_id": run_id, "buckets": group_counts(samples), **metrics})
 
 
@@ -540,6 +548,7 @@ def stage_validate(ctx: StageContext) -> None:
     client.log_metric(run_id, "val/psnr", metrics["psnr"])
     client.log_metric(run_id, "val/psnr_base", metrics["psnr_base"])
     client.log_artifacts(run_id, str(grids), artifact_path="validation/grids")
+    ctx.tag_run(run_id)
     ctx.info.update({"run_id": run_id, **metrics})
 
 
@@ -556,6 +565,7 @@ def stage_register(ctx: StageContext) -> None:
         p, run_id, ctx.path("models/adapter"), resolve_model_source(p, ctx.workdir), metrics[p.registry.metric]
     )
     write_json(ctx.out("artifacts/register") / "registration.json", registration.__dict__ | {"run_id": run_id})
+    ctx.tag_run(run_id)
     ctx.info.update(registration.__dict__)
 
 

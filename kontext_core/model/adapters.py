@@ -12,7 +12,7 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from safetensors.torch import load_file
 
 from kontext_core.config import Params
-from kontext_core.fsutil import atomic_dir
+from kontext_core.fsutil import atomic_dir, canonicalize_safetensors_header
 
 ATTENTION_TARGETS = [
     "to_q",
@@ -59,6 +59,7 @@ def save_lora(transformer: FluxTransformer2DModel, out_dir: Path, params: Params
             transformer_lora_adapter_metadata=metadata,
             safe_serialization=True,
         )
+        canonicalize_safetensors_header(tmp / LORA_FILE)
     return Path(out_dir) / LORA_FILE
 
 

@@ -1,0 +1,59 @@
+"""The `kontext-train` flow against a real (ephemeral) Prefect API and a temp MLflow store."""
+
+from __future__ import annotations
+
+import mlflow
+import pytest
+from prefect.client.orchestration import get_client
+
+from flows.train_flow import kontext_train
+from kontext_core.stages import STAGE_ORDER, STAGES
+from tests.conftest import make_project, write_params
+
+pytestmark = pytest.mark.slow
+
+
+async def _task_runs(flow_run_id):
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    async with get_client() as client:
+        return await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+
+
+def _flow_run_id(result) -> str:
+    run = mlflow.get_run(result["mlflow_run_id"])
+    return run.data.tags["prefect.flow_run_id"]
+
+
+def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path, mlflow_db, prefect_harness):
+    import asyncio
+
+    params_file = make_project(tmp_path / "project", mlflow_db=mlflow_db)
+    mlflow.set_tracking_uri(f"sqlite:///{mlflow_db}")
+
+    first = kontext_train(params_file=str(params_file))
+    assert first["stages"] == {name: "ran" for name in STAGE_ORDER}
+    assert first["alias_uri"] == "models:/kontext-lora@champion"
+    run = mlflow.get_run(first["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["git.commit"]
+    assert run.data.tags["kontext.fingerprint.train"]
+    assert run.data.tags["kontext.stages_run"] == ",".join(STAGE_ORDER)
+    task_runs = asyncio.run(_task_runs(_flow_run_id(first)))
+    versions = {tr.name: tr.task_version for tr in task_runs}
+    assert versions == {name: STAGES[name].code_version() for name in STAGE_ORDER}
+
+    second = kontext_train(params_file=str(params_file))
+    assert set(second["stages"].values()) == {"skipped"}
+    states = {tr.name: tr.state.name for tr in asyncio.run(_task_runs(_flow_run_id(second)))}
+    assert set(states.values()) == {"Cached"}
+    assert mlflow.get_run(second["mlflow_run_id"]).data.tags["kontext.stages_run"] == "none"
+
+    write_params(params_file, learning_rate=0.002)
+    third = kontext_train(params_file=str(params_file))
+    ran = [name for name, state in third["stages"].items() if state == "ran"]
+    assert ran == ["train", "validate", "register"]
+    assert third["model_uri"] == "models:/kontext-lora/2"
+    third_run = mlflow.get_run(third["mlflow_run_id"])
+    assert third_run.data.params["learning_rate"] == "0.002"
+    assert len(mlflow.MlflowClient().get_metric_history(third_run.info.run_id, "train/loss")) == 6
