@@ -126,17 +126,15 @@ def run(params: Path = ParamsOption) -> None:
 def serve(params: Path = ParamsOption) -> None:
     """Serve the flow with the cron schedule of params.yaml; trigger runs from the Prefect UI."""
     _setup_logging()
-    from kontext_core.config import load_params
+    from prefect import serve as prefect_serve
 
-    resolved = load_params(params)
-    from flows.train_flow import kontext_train
+    from flows.deployments import build_deployment
 
-    kontext_train.serve(
-        name=resolved.prefect.deployment_name,
-        cron=resolved.prefect.cron,
-        parameters={"params_file": str(params.resolve())},
-        tags=["kontext"],
-    )
+    try:
+        deployment = build_deployment(params)
+    except ConfigError as exc:
+        _fail(str(exc))
+    prefect_serve(deployment)
 
 
 @app.command("edit")

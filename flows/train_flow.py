@@ -57,6 +57,7 @@ def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) 
             state = stage_task(name=name, params_file=str(params_path), workdir=str(project), return_state=True)
             manifest = dict(state.result())
             manifest["skipped"] = bool(manifest.get("skipped")) or state.name == "Cached"
+            manifest["prefect_state"] = state.name
             manifests[name] = manifest
             logger.info("stage %s: %s", name, "skipped (up to date)" if manifest["skipped"] else "ran")
         skipped = [n for n, m in manifests.items() if m.get("skipped")]
@@ -79,5 +80,6 @@ def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) 
         "model_uri": registration["model_uri"],
         "alias_uri": registration["alias_uri"],
         "stages": {n: ("skipped" if m.get("skipped") else "ran") for n, m in manifests.items()},
+        "prefect_states": {n: m["prefect_state"] for n, m in manifests.items()},
         "params": len(flat_params(params)),
     }

@@ -52,13 +52,6 @@ class PrefectSection(_Strict):
     retry_delay_seconds: int = Field(10, ge=0)
 
 
-class StorageSection(_Strict):
-    data_dir: str = "data"
-    cache_dir: str = "cache"
-    models_dir: str = "models"
-    artifacts_dir: str = "artifacts"
-
-
 class TinyModelSection(_Strict):
     """The embedded offline model, built by the `init` stage into models/tiny-kontext."""
 
@@ -110,7 +103,6 @@ class Params(_Strict):
     mlflow: MlflowSection = MlflowSection()
     registry: RegistrySection = RegistrySection()
     prefect: PrefectSection = PrefectSection()
-    storage: StorageSection = StorageSection()
     tiny_model: TinyModelSection = TinyModelSection()
     sample_data: SampleDataSection = SampleDataSection()
 

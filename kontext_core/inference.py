@@ -24,10 +24,9 @@ def resolve_adapter(model: str, params: Params | None, workdir: Path) -> tuple[s
         import mlflow
 
         if params is not None:
-            from kontext_core.tracking.runs import tracking_uri
+            from kontext_core.tracking.runs import tracking_uri, use_store
 
-            mlflow.set_tracking_uri(tracking_uri(params, workdir))
-            mlflow.set_registry_uri(tracking_uri(params, workdir))
+            use_store(tracking_uri(params, workdir))
         loaded = mlflow.diffusers.load_model(model)
         return loaded.adapter_path, loaded.base_model
     path = Path(model)

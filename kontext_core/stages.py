@@ -13,6 +13,7 @@ import importlib.util
 import inspect
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kontext_core.config import DatasetConfig, Params, load_params
+from kontext_core.config import ConfigError, DatasetConfig, Params, load_params
 from kontext_core.fsutil import atomic_dir, sha256_file, sha256_json, sha256_tree, write_json, write_text
 
 log = logging.getLogger(__name__)
@@ -131,9 +132,15 @@ def fingerprint(name: str, params: Params, workdir: Path) -> tuple[str, dict[str
     inputs: dict[str, Any] = {}
     for up in spec.upstream:
         manifest = read_manifest(workdir, up)
-        if manifest is None:
-            raise RuntimeError(f"stage '{name}' needs stage '{up}' to have run first")
-        inputs[up] = manifest["outputs"]
+        if manifest is not None:
+            inputs[up] = manifest["outputs"]
+            continue
+        # No manifest (e.g. outputs restored by `dvc pull`): hash the upstream outputs on disk.
+        outs = STAGES[up].all_outs()
+        missing = [rel for rel in outs if not (workdir / rel).exists()]
+        if missing:
+            raise RuntimeError(f"stage '{name}' needs stage '{up}' to have run first ({missing[0]} is missing)")
+        inputs[up] = {rel: _hash_output(workdir / rel) for rel in outs}
     if spec.extra_inputs is not None:
         inputs.update(spec.extra_inputs(params, workdir))
     material = {
@@ -560,12 +567,21 @@ def stage_register(ctx: StageContext) -> None:
 
     p = ctx.params
     metrics = _read_json(ctx.path(VALIDATE_METRICS))
+    if p.registry.metric not in metrics:
+        raise ConfigError(
+            f"registry.metric = {p.registry.metric!r}: not a validation metric; allowed: {', '.join(sorted(metrics))}"
+        )
     run_id = runs.current_run_id(p, ctx.workdir, ctx.path("artifacts/train/mlflow_run.json"))
     registration = register_adapter(
         p, run_id, ctx.path("models/adapter"), resolve_model_source(p, ctx.workdir), metrics[p.registry.metric]
     )
     write_json(ctx.out("artifacts/register") / "registration.json", registration.__dict__ | {"run_id": run_id})
     ctx.tag_run(run_id)
+    if not os.environ.get(runs.RUN_ID_ENV):
+        # Run stage by stage (DVC): nothing else closes the run that train opened.
+        import mlflow
+
+        mlflow.MlflowClient().set_terminated(run_id, status="FINISHED")
     ctx.info.update(registration.__dict__)
 
 

@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
@@ -50,6 +51,14 @@ def make_project(dest: Path, mlflow_db: Path | None = None, **overrides) -> Path
 def write_params(params_file: Path, **overrides) -> None:
     params = yaml.safe_load(params_file.read_text())
     params_file.write_text(yaml.safe_dump(_merge(params, overrides), sort_keys=False))
+
+
+@pytest.fixture(autouse=True)
+def _isolate_mlflow_env():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; keep one test's store out of the next."""
+    yield
+    for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        os.environ.pop(key, None)
 
 
 @pytest.fixture(scope="session")

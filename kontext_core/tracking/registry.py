@@ -30,8 +30,9 @@ def champion_metric(client: mlflow.MlflowClient, params: Params) -> tuple[str | 
         version = client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None, None
-    run = client.get_run(version.run_id)
-    return version.version, run.data.metrics.get(f"val/{metric}")
+    # The score is kept on the version itself: the run it was logged to may hold no validation.
+    value = version.tags.get(f"val/{metric}")
+    return version.version, float(value) if value is not None else None
 
 
 def beats(new: float, old: float | None, greater_is_better: bool) -> bool:
@@ -54,7 +55,10 @@ def register_adapter(
             await_registration_for=60,
         )
     version = str(info.registered_model_version)
+    client.set_model_version_tag(name, version, f"val/{params.registry.metric}", repr(float(metric_value)))
     old_version, old_metric = champion_metric(client, params)
+    if old_version == version:
+        old_metric = None
     became = beats(metric_value, old_metric, params.registry.greater_is_better)
     if became:
         client.set_registered_model_alias(name, params.registry.champion_alias, version)

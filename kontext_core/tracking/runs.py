@@ -25,10 +25,25 @@ def tracking_uri(params: Params, workdir: Path) -> str:
     return uri
 
 
+def use_store(uri: str) -> None:
+    """Point this process's mlflow client at `uri` without exporting it.
+
+    `mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI into the environment, which would
+    then override the next project's params.yaml in the same process; the variable is restored.
+    """
+    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
 def configure(params: Params, workdir: Path) -> str:
     """Point mlflow at the store and make sure the experiment exists; returns its id."""
-    mlflow.set_tracking_uri(tracking_uri(params, workdir))
-    mlflow.set_registry_uri(tracking_uri(params, workdir))
+    use_store(tracking_uri(params, workdir))
     experiment = mlflow.get_experiment_by_name(params.mlflow.experiment_name)
     if experiment is not None:
         return experiment.experiment_id

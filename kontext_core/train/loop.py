@@ -56,6 +56,7 @@ def train_loop(
     rng = random.Random(params.seed)
     generator = torch.Generator().manual_seed(params.seed)
     losses: list[float] = []
+    use_bf16 = params.mixed_precision == "bf16" and device.type != "cpu"
     transformer.train()
     progress = tqdm(range(params.max_train_steps), desc="train", unit="step", leave=False, mininterval=2.0)
     for step in progress:
@@ -73,7 +74,9 @@ def train_loop(
         )
         noise = torch.randn(inputs.target_latents.shape, generator=generator).to(device)
         sigmas = sample_sigmas(len(batch), params.flow_schedule_shift, generator).to(device)
-        out = kontext_step(transformer, inputs, noise, sigmas, guidance=params.flux_guidance_value)
+        # bf16 autocast on accelerators only: CPU runs stay float32 and bit-reproducible.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            out = kontext_step(transformer, inputs, noise, sigmas, guidance=params.flux_guidance_value)
         out.loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -9,7 +9,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageFilter
+from PIL import Image
 from safetensors import safe_open
 
 from kontext_core.config import load_params
@@ -137,7 +137,7 @@ def test_train_writes_a_diffusers_lora_and_logs_the_loss(built_project):
     history = mlflow.MlflowClient().get_metric_history(run_id, "train/loss")
     assert [m.step for m in history] == list(range(6))
     run = mlflow.get_run(run_id)
-    assert run.data.params["learning_rate"] == "0.001"
+    assert run.data.params["learning_rate"] == str(load_params(built_project / "params.yaml").learning_rate)
     assert run.data.tags["kontext.fingerprint.train"] == read_manifest(built_project, "train")["fingerprint"]
     assert "kontext.data.pairs-edited" in run.data.tags
     assert (built_project / "artifacts/plots/train_loss.csv").read_text().startswith("step,loss\n0,")
@@ -229,3 +229,17 @@ def test_zero_usable_pairs_fails_with_a_pointer_to_the_report(tmp_path, built_pr
     run_stage("fetch", project / "params.yaml")
     with pytest.raises(RuntimeError, match="no usable training pairs"):
         run_stage("pair", project / "params.yaml")
+
+
+def test_fingerprint_without_upstream_manifest_hashes_outputs_on_disk(built_project, tmp_path):
+    import shutil
+
+    project = tmp_path / "pulled"
+    shutil.copytree(built_project, project, ignore=shutil.ignore_patterns("mlflow.db", "mlruns"))
+    params = load_params(project / "params.yaml")
+    expected = fingerprint("pair", params, project)[0]
+    (project / "artifacts/manifests/fetch.json").unlink()  # as after `dvc pull` into a fresh clone
+    assert fingerprint("pair", params, project)[0] == expected
+    shutil.rmtree(project / "data/fetch")
+    with pytest.raises(RuntimeError, match="needs stage 'fetch'"):
+        fingerprint("pair", params, project)

@@ -110,3 +110,11 @@ def test_pairing_reports_missing_reference_and_bad_caption(tmp_path):
     assert "c.png" in reasons  # unreadable loose reference, reported by path
     assert report.datasets["edit"]["pairs"] == 2
     assert "Pre-flight report" in report.to_markdown()
+
+
+def test_registry_champion_rule():
+    from kontext_core.tracking.registry import beats
+
+    assert beats(12.0, None, True)
+    assert beats(12.0, 11.0, True) and not beats(11.0, 11.0, True)
+    assert beats(0.1, 0.2, False) and not beats(0.3, 0.2, False)

@@ -1,0 +1,26 @@
+from pathlib import Path
+
+import yaml
+
+from flows.deployments import build_deployment
+from tests.conftest import ROOT, make_project
+
+
+def test_served_deployment_uses_the_params_schedule(tmp_path):
+    params_file = make_project(tmp_path, prefect={"cron": "15 4 * * 2", "timezone": "Europe/Berlin"})
+    deployment = build_deployment(params_file)
+    assert deployment.name == "kontext-train-scheduled"
+    schedule = deployment.schedules[0].schedule
+    assert schedule.cron == "15 4 * * 2" and schedule.timezone == "Europe/Berlin"
+    assert deployment.parameters == {"params_file": str(Path(params_file).resolve())}
+
+
+def test_infra_files_parse_and_name_the_flow_entrypoint():
+    compose = yaml.safe_load((ROOT / "infra/docker-compose.yml").read_text())
+    assert {"prefect-server", "prefect-worker", "mlflow", "minio"} <= set(compose["services"])
+    project = yaml.safe_load((ROOT / "infra/prefect.yaml").read_text())
+    entrypoint = project["deployments"][0]["entrypoint"]
+    module, func = entrypoint.split(":")
+    assert (ROOT / module).exists() and f"def {func}(" in (ROOT / module).read_text()
+    for config in (ROOT / "infra/accelerate").glob("*.yaml"):
+        assert yaml.safe_load(config.read_text())["num_processes"] >= 1
