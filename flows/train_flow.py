@@ -6,13 +6,14 @@ import os
 from pathlib import Path
 from typing import Any
 
+import mlflow
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from kontext_core.config import load_params
 from kontext_core.stages import STAGE_ORDER, fingerprint, outputs_intact
 from kontext_core.tracking import runs
-from kontext_core.tracking.lineage import flat_params, lineage_tags
+from kontext_core.tracking.lineage import lineage_tags, log_params
 from tasks.stage_tasks import STAGE_TASKS
 
 
@@ -37,14 +38,10 @@ def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) 
         os.environ["KONTEXT_PREFECT_FLOW_RUN_URL"] = str(flow_run.ui_url)
     run_id = runs.start_run(params, project, run_name=flow_run.name)
     os.environ[runs.RUN_ID_ENV] = run_id
-    import mlflow
-
     client = mlflow.MlflowClient()
     status = "FAILED"
     manifests: dict[str, dict[str, Any]] = {}
     try:
-        from kontext_core.tracking.lineage import log_params
-
         log_params(client, run_id, params)
         for name in STAGE_ORDER:
             fp, _ = fingerprint(name, params, project)
@@ -81,5 +78,4 @@ def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) 
         "alias_uri": registration["alias_uri"],
         "stages": {n: ("skipped" if m.get("skipped") else "ran") for n, m in manifests.items()},
         "prefect_states": {n: m["prefect_state"] for n, m in manifests.items()},
-        "params": len(flat_params(params)),
     }

@@ -15,13 +15,6 @@ from kontext_core.model.source import resolve_model_source
 log = logging.getLogger(__name__)
 
 
-def weight_dtype(params: Params, device: torch.device) -> torch.dtype:
-    # bf16 (never fp16) with quantized layers; CPU keeps float32 for exact reproducibility.
-    if device.type != "cpu" and params.mixed_precision == "bf16":
-        return torch.bfloat16
-    return torch.float32
-
-
 def training_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def edit_image(
 def evaluate(
     pipe: FluxKontextPipeline,
     pairs: list[dict],
-    load: callable,
+    load: Callable[[str], Image.Image],
     params: Params,
 ) -> list[EvalResult]:
     width, height = params.validation_size
