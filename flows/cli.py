@@ -113,7 +113,10 @@ def run(params: Path = ParamsOption) -> None:
         _fail(str(exc))
     from flows.train_flow import kontext_train
 
-    result = kontext_train(params_file=str(params))
+    try:
+        result = kontext_train(params_file=str(params))
+    except ConfigError as exc:
+        _fail(str(exc))
     ran = [n for n, s in result["stages"].items() if s == "ran"]
     typer.echo(f"stages run: {', '.join(ran) or 'none (all up to date)'}")
     typer.echo(f"MLflow run: {result['mlflow_run_id']}")

@@ -13,7 +13,7 @@ from typing import Any
 from prefect import Task, task
 from prefect.context import TaskRunContext
 
-from kontext_core.config import load_params
+from kontext_core.config import ConfigError, load_params
 from kontext_core.stages import STAGES, fingerprint, run_stage
 from tasks.artifacts import publish_artifacts
 
@@ -27,6 +27,17 @@ def stage_cache_key(name: str, params_file: str, workdir: str) -> str:
 
 def _cache_key_fn(context: TaskRunContext, parameters: dict[str, Any]) -> str:
     return stage_cache_key(parameters["name"], parameters["params_file"], parameters["workdir"])
+
+
+def _retry_unless_config_error(task: Task, task_run: Any, state: Any) -> bool:
+    """A bad config fails the same way every time: retry only other errors."""
+    try:
+        state.result()
+    except ConfigError:
+        return False
+    except Exception:
+        return True
+    return True
 
 
 def _run(name: str, params_file: str, workdir: str) -> dict[str, Any]:
@@ -46,6 +57,7 @@ def make_stage_task(name: str) -> Task:
         cache_key_fn=_cache_key_fn,
         persist_result=True,
         result_serializer="json",
+        retry_condition_fn=_retry_unless_config_error,
         description=(spec.fn.__doc__ or "").strip(),
     )
 

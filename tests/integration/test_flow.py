@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import mlflow
 import pytest
 from prefect.client.orchestration import get_client
@@ -66,3 +68,32 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path, mlflow_db, pref
     third_run = mlflow.get_run(third["mlflow_run_id"])
     assert third_run.data.params["learning_rate"] == "0.002"
     assert len(mlflow.MlflowClient().get_metric_history(third_run.info.run_id, "train/loss")) == 6
+
+
+def test_kontext_run_reports_a_config_error_in_one_line_without_retrying(tmp_path, mlflow_db, prefect_harness):
+    import json
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    params_file = make_project(tmp_path / "bad", mlflow_db=mlflow_db)
+    config_file = tmp_path / "bad/config/multidatabackend.json"
+    config = json.loads(config_file.read_text())
+    config[0]["resolution_typ"] = config[0].pop("resolution_type")
+    config_file.write_text(json.dumps(config))
+    result = CliRunner().invoke(app, ["run", "--params", str(params_file)])
+    assert result.exit_code == 2
+    assert "unknown key 'resolution_typ'; did you mean 'resolution_type'" in result.output
+    failed = asyncio.run(_latest_flow_run_id())
+    task_runs = _task_runs_settled(failed, 1)
+    assert [tr.name for tr in task_runs] == ["init"]  # stopped at fetch's fingerprint, before any retry
+    assert all(tr.run_count <= 1 for tr in task_runs)
+
+
+async def _latest_flow_run_id():
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async with get_client() as client:
+        runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=1)
+    return runs[0].id

@@ -24,3 +24,14 @@ def test_infra_files_parse_and_name_the_flow_entrypoint():
     assert (ROOT / module).exists() and f"def {func}(" in (ROOT / module).read_text()
     for config in (ROOT / "infra/accelerate").glob("*.yaml"):
         assert yaml.safe_load(config.read_text())["num_processes"] >= 1
+
+
+def test_stage_tasks_retry_everything_but_config_errors():
+    from prefect.states import Completed, Failed
+
+    from kontext_core.config import ConfigError
+    from tasks.stage_tasks import _retry_unless_config_error
+
+    assert not _retry_unless_config_error(None, None, Failed(data=ConfigError("params: bad key")))
+    assert _retry_unless_config_error(None, None, Failed(data=OSError("disk hiccup")))
+    assert _retry_unless_config_error(None, None, Completed(data={"ok": 1}))
