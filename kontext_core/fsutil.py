@@ -67,12 +67,22 @@ def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# Fingerprints are computed by the flow, the task cache key and the stage itself: remember each
+# file's hash for as long as its size and mtime are unchanged, so a dataset is read once per process.
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    stat = os.stat(path)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key in _FILE_HASHES:
+        return _FILE_HASHES[key]
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
-    return digest.hexdigest()
+    _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]
 
 
 def _file_identity(path: Path, large_file_bytes: int | None) -> str:

@@ -42,3 +42,16 @@ def test_tree_hash_tracks_content_and_names(tmp_path):
     assert sha256_tree(tmp_path) == first
     (tmp_path / "a.json").rename(tmp_path / "b.json")
     assert sha256_tree(tmp_path) != first
+
+
+def test_file_hash_is_recomputed_when_the_file_changes(tmp_path):
+    import os
+
+    from kontext_core.fsutil import sha256_file
+
+    path = tmp_path / "f"
+    path.write_bytes(b"one")
+    first = sha256_file(path)
+    path.write_bytes(b"two")
+    os.utime(path, ns=(1, 1))  # a different mtime even on coarse clocks
+    assert sha256_file(path) != first
