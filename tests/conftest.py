@@ -28,6 +28,19 @@ FAST = {
 }
 
 
+def edit_kwargs(size: int, steps: int = 2) -> dict:
+    """FluxKontextPipeline arguments for a small, explicit-size edit (its auto-resize targets ~1 MP)."""
+    return dict(
+        prompt="invert the colours",
+        height=size,
+        width=size,
+        max_area=size * size,
+        _auto_resize=False,
+        num_inference_steps=steps,
+        guidance_scale=2.5,
+    )
+
+
 def _merge(base: dict, overrides: dict) -> dict:
     out = dict(base)
     for key, value in overrides.items():

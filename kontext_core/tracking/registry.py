@@ -57,8 +57,6 @@ def register_adapter(
     version = str(info.registered_model_version)
     client.set_model_version_tag(name, version, f"val/{params.registry.metric}", repr(float(metric_value)))
     old_version, old_metric = champion_metric(client, params)
-    if old_version == version:
-        old_metric = None
     became = beats(metric_value, old_metric, params.registry.greater_is_better)
     if became:
         client.set_registered_model_alias(name, params.registry.champion_alias, version)

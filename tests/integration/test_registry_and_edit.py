@@ -11,6 +11,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flows.cli import app
+from tests.conftest import edit_kwargs
 
 
 @pytest.fixture
@@ -23,17 +24,7 @@ def store(built_project):
 
 def _edit(pipe, image):
     return np.asarray(
-        pipe(
-            image=image,
-            prompt="invert the colours",
-            height=64,
-            width=64,
-            max_area=64 * 64,
-            _auto_resize=False,
-            num_inference_steps=2,
-            guidance_scale=2.5,
-            generator=torch.Generator().manual_seed(0),
-        ).images[0],
+        pipe(image=image, generator=torch.Generator().manual_seed(0), **edit_kwargs(64)).images[0],
         dtype=int,
     )
 

@@ -2,6 +2,7 @@ import torch
 from diffusers import FluxKontextPipeline
 
 from kontext_core.model.tiny import build_tiny_pipeline, save_tiny_model
+from tests.conftest import edit_kwargs
 
 
 def test_tiny_model_has_kontext_geometry_and_is_deterministic(tmp_path):
@@ -27,16 +28,7 @@ def test_tiny_model_loads_through_from_pretrained_and_edits(tmp_path):
     pipe = FluxKontextPipeline.from_pretrained(path)
     assert not pipe.text_encoder_2.training
     image = Image.new("RGB", (32, 32), (200, 30, 30))
-    kwargs = dict(
-        image=image,
-        prompt="invert the colours",
-        height=32,
-        width=32,
-        max_area=32 * 32,
-        _auto_resize=False,
-        num_inference_steps=2,
-        guidance_scale=2.5,
-    )
+    kwargs = dict(image=image, **edit_kwargs(32))
     first = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images[0]
     second = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images[0]
     assert first.size == (32, 32)
