@@ -52,6 +52,22 @@ class PrefectSection(_Strict):
     retry_delay_seconds: int = Field(10, ge=0)
 
 
+class PairSection(_Strict):
+    """Pre-flight limits of the `pair` stage."""
+
+    # Fraction of an edit dataset's images that may be dropped (missing reference, unreadable,
+    # too small) before the stage fails instead of training on what is left.
+    max_missing_fraction: float = Field(0.5, ge=0.0, le=1.0)
+
+
+class AccelerateSection(_Strict):
+    """How the train stage launches training: in process, or `accelerate launch` when num_processes > 1."""
+
+    num_processes: int = Field(1, ge=1)
+    config_file: str | None = None
+    main_process_port: int | None = None
+
+
 class TinyModelSection(_Strict):
     """The embedded offline model, built by the `init` stage into models/tiny-kontext."""
 
@@ -68,6 +84,8 @@ class SampleDataSection(_Strict):
 
 Precision = Literal["no_change", "int8-quanto", "fp8-quanto", "int4-quanto", "int2-quanto"]
 Optimizer = Literal["adamw", "optimi-adamw", "optimi-lion", "adamw_bf16"]
+LrScheduler = Literal["constant", "constant_with_warmup", "cosine", "polynomial"]
+LoraTarget = Literal["all", "all+ffs", "context", "context+ffs"]
 
 
 class Params(_Strict):
@@ -83,14 +101,41 @@ class Params(_Strict):
     lora_type: Literal["standard", "lycoris"] = "standard"
     lora_rank: int = Field(16, ge=1)
     lora_alpha: float | None = None
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    lora_init_type: Literal["default", "gaussian", "pissa", "olora"] = "default"
+    # A preset name or an explicit list of module names (suffixes such as "to_q" or "ff.net.2").
+    flux_lora_target: LoraTarget | list[str] = "all"
+    lycoris_config: str = "config/lycoris_config.json"
     learning_rate: float = Field(1e-4, gt=0)
     optimizer: Optimizer = "adamw"
-    max_train_steps: int = Field(100, ge=1)
+    lr_scheduler: LrScheduler = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)
+    lr_end: float = Field(4e-7, ge=0)
+    lr_power: float = Field(1.0, gt=0)
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    max_grad_norm: float | None = Field(2.0, ge=0)
+    # 0 or null: train for num_train_epochs instead.
+    max_train_steps: int | None = Field(100, ge=0)
+    num_train_epochs: int | None = Field(None, ge=1)
     train_batch_size: int = Field(1, ge=1)
     seed: int = 42
+    loss_type: Literal["mse", "huber", "smooth_l1"] = "mse"
+    huber_c: float = Field(0.1, gt=0)
+    flow_sigmoid_scale: float = Field(1.0, gt=0)
     flow_schedule_shift: float = Field(3.0, gt=0)
+    flow_schedule_auto_shift: bool = False
+    flow_use_uniform_schedule: bool = False
+    flux_guidance_mode: Literal["constant", "random-range"] = "constant"
     flux_guidance_value: float = 1.0
+    flux_guidance_min: float = 1.0
+    flux_guidance_max: float = 4.0
+    caption_dropout_probability: float = Field(0.0, ge=0.0, le=1.0)
     mixed_precision: Literal["no", "bf16"] = "no"
+    gradient_checkpointing_interval: int | None = Field(None, ge=1)
+    checkpoint_step_interval: int | None = Field(None, ge=1)
+    checkpoints_total_limit: int | None = Field(None, ge=1)
+    # "latest" or a checkpoint folder; null starts fresh.
+    resume_from_checkpoint: str | None = None
     validation_guidance: float = 2.5
     validation_guidance_real: float = 1.0
     validation_resolution: str = "1024x1024"
@@ -100,6 +145,8 @@ class Params(_Strict):
     eval_dataset_id: str | None = None
     offload_during_startup: bool = False
     data_backend_config: str = "config/multidatabackend.json"
+    pair: PairSection = PairSection()
+    accelerate: AccelerateSection = AccelerateSection()
     mlflow: MlflowSection = MlflowSection()
     registry: RegistrySection = RegistrySection()
     prefect: PrefectSection = PrefectSection()
@@ -124,6 +171,12 @@ class Params(_Strict):
         """(width, height) of validation images."""
         width, height = self.validation_resolution.split("x")
         return int(width), int(height)
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> Params:
+        if not self.max_train_steps and not self.num_train_epochs:
+            raise ValueError("set max_train_steps (> 0) or num_train_epochs")
+        return self
 
     @property
     def effective_lora_alpha(self) -> float:

@@ -73,6 +73,12 @@ class StageContext:
         path = Path(stored)
         return path if path.is_absolute() else self.workdir / path
 
+    def open_image(self, stored: str):
+        """RGB pixels of an image reference kept in a table (see kontext_core.data.sources)."""
+        from kontext_core.data.sources import open_ref
+
+        return open_ref(stored, self.workdir)
+
 
 @dataclass
 class StageSpec:
@@ -335,7 +341,6 @@ def stage_degrade(ctx: StageContext) -> None:
     """Generate the degraded references that generated datasets point at."""
     from kontext_core.config import ConditioningGenerator
     from kontext_core.data.degrade import degrade
-    from kontext_core.data.images import open_rgb
 
     pairs = _read_json(ctx.path("data/pair/pairs.json"))
     out = ctx.out("data/degrade")
@@ -350,15 +355,16 @@ def stage_degrade(ctx: StageContext) -> None:
             rel = Path(ref["image"]).relative_to("data/degrade")
             dest = out / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            degrade(open_rgb(ctx.from_stored(source)), generator, ctx.params.seed, pair["key"]).save(dest)
+            degrade(ctx.open_image(source), generator, ctx.params.seed, pair["key"]).save(dest)
             made += 1
     ctx.info["generated"] = made
 
 
 def _vae_key(ctx: StageContext, image: str, size: list[int], model_fp: Any) -> str:
     from kontext_core.cache.store import TensorStore
+    from kontext_core.data.sources import ref_digest
 
-    return TensorStore.key(image=sha256_file(ctx.from_stored(image)), size=size, vae=model_fp)
+    return TensorStore.key(image=ref_digest(image, ctx.workdir), size=size, vae=model_fp)
 
 
 def stage_cache_vae(ctx: StageContext) -> None:
@@ -368,7 +374,6 @@ def stage_cache_vae(ctx: StageContext) -> None:
     from kontext_core.cache.store import TensorStore
     from kontext_core.cache.vae_cache import encode_image
     from kontext_core.data.buckets import resize_and_crop
-    from kontext_core.data.images import open_rgb
     from kontext_core.model.load import load_vae, training_device
     from kontext_core.model.source import model_fingerprint
 
@@ -388,7 +393,7 @@ def stage_cache_vae(ctx: StageContext) -> None:
             if not store.has(key):
                 if vae is None:
                     vae = load_vae(ctx.params, ctx.workdir).to(training_device())
-                img = resize_and_crop(open_rgb(ctx.from_stored(image)), tuple(size))
+                img = resize_and_crop(ctx.open_image(image), tuple(size))
                 store.put(key, {"latents": encode_image(vae, img).to(torch.float32)})
                 encoded += 1
             if role == "target":
@@ -519,7 +524,6 @@ def stage_validate(ctx: StageContext) -> None:
     """Edit the eval pairs with the trained adapter (live, on the training-precision base)."""
     import mlflow
 
-    from kontext_core.data.images import open_rgb
     from kontext_core.model.adapters import LORA_FILE, attach_saved_lora
     from kontext_core.model.load import load_pipeline, training_device
     from kontext_core.tracking import runs
@@ -531,7 +535,7 @@ def stage_validate(ctx: StageContext) -> None:
     eval_pairs = [x for x in pairs if x["split"] == "eval"] or [x for x in pairs if x["split"] == "train"][:2]
     transformer = _base_transformer(ctx)
     pipe = load_pipeline(p, ctx.workdir, transformer=transformer).to(training_device())
-    load = lambda stored: open_rgb(ctx.from_stored(stored))  # noqa: E731
+    load = ctx.open_image
     base_results = evaluate(pipe, eval_pairs, load, p)
     attach_saved_lora(pipe.transformer, ctx.path("models/adapter") / LORA_FILE, p)
     results = evaluate(pipe, eval_pairs, load, p)

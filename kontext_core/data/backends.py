@@ -28,6 +28,9 @@ class Record:
     image: str
     caption: str | None
     source: str
+    # Oriented size from the image header (fetch scans headers only); None when not scanned.
+    width: int | None = None
+    height: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
