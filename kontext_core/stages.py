@@ -465,7 +465,7 @@ def stage_train(ctx: StageContext) -> None:
     import mlflow
 
     from kontext_core.cache.store import TensorStore
-    from kontext_core.model.adapters import add_lora, save_lora
+    from kontext_core.model.adapters import add_adapter
     from kontext_core.model.load import training_device
     from kontext_core.tracking import runs
     from kontext_core.tracking.lineage import log_params
@@ -494,7 +494,7 @@ def stage_train(ctx: StageContext) -> None:
     transformer = _base_transformer(ctx).to(device)
     if p.gradient_checkpointing:
         transformer.enable_gradient_checkpointing()
-    trainable = add_lora(transformer, p)
+    adapter = add_adapter(transformer, p)
 
     run_id = runs.current_run_id(p, ctx.workdir)
     client = mlflow.MlflowClient()
@@ -504,8 +504,8 @@ def stage_train(ctx: StageContext) -> None:
         client.log_metric(run_id, "train/loss", loss, step=step)
         client.log_metric(run_id, "train/lr", lr, step=step)
 
-    losses = train_loop(p, transformer, trainable, samples, on_step=on_step)
-    save_lora(transformer, ctx.out("models/adapter"), p)
+    losses = train_loop(p, transformer, adapter.parameters(), samples, on_step=on_step)
+    adapter.save(ctx.out("models/adapter"))
     write_text(ctx.out(LOSS_PLOT), "step,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses)))
     window = max(1, len(losses) // 5)
     metrics = {
@@ -524,7 +524,7 @@ def stage_validate(ctx: StageContext) -> None:
     """Edit the eval pairs with the trained adapter (live, on the training-precision base)."""
     import mlflow
 
-    from kontext_core.model.adapters import LORA_FILE, attach_saved_lora
+    from kontext_core.model.adapters import attach_saved_adapter
     from kontext_core.model.load import load_pipeline, training_device
     from kontext_core.tracking import runs
     from kontext_core.validate.grids import make_grid
@@ -537,7 +537,7 @@ def stage_validate(ctx: StageContext) -> None:
     pipe = load_pipeline(p, ctx.workdir, transformer=transformer).to(training_device())
     load = ctx.open_image
     base_results = evaluate(pipe, eval_pairs, load, p)
-    attach_saved_lora(pipe.transformer, ctx.path("models/adapter") / LORA_FILE, p)
+    attach_saved_adapter(pipe.transformer, ctx.path("models/adapter"), p)
     results = evaluate(pipe, eval_pairs, load, p)
     out = ctx.out("artifacts/validate")
     grids = out / "grids"

@@ -29,3 +29,10 @@ def ref_digest(ref: str, workdir: Path) -> str:
     from kontext_core.fsutil import sha256_file
 
     return sha256_file(resolve_ref(ref, workdir))
+
+
+def ref_size(ref: str, workdir: Path) -> tuple[int, int]:
+    """(width, height), EXIF orientation applied, from the header only; ImageReadError if unreadable."""
+    from kontext_core.data.images import image_size
+
+    return image_size(resolve_ref(ref, workdir))

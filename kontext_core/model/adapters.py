@@ -36,6 +36,44 @@ def lora_config(params: Params) -> LoraConfig:
     )
 
 
+class Adapter:
+    """A trainable adapter attached to a transformer: what the trainer and checkpoints see.
+
+    `state_dict` / `load_state_dict` carry only the adapter's tensors (checkpoints, DDP sync);
+    `save` writes the release format into a folder atomically.
+    """
+
+    def __init__(self, transformer: FluxTransformer2DModel, params: Params) -> None:
+        self.transformer = transformer
+        self.params = params
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.transformer.parameters() if p.requires_grad]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu").contiguous() for k, v in get_peft_model_state_dict(self.transformer).items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        incompatible = set_peft_model_state_dict(self.transformer, state)
+        unexpected = getattr(incompatible, "unexpected_keys", None)
+        if unexpected:
+            raise ValueError(f"adapter state has keys not in the model: {unexpected[:3]}")
+
+    def save(self, out_dir: Path) -> Path:
+        return save_lora(self.transformer, out_dir, self.params)
+
+
+def add_adapter(transformer: FluxTransformer2DModel, params: Params) -> Adapter:
+    """Attach the adapter that `params` describe (deterministic under the caller's seed)."""
+    add_lora(transformer, params)
+    return Adapter(transformer, params)
+
+
+def attach_saved_adapter(transformer: FluxTransformer2DModel, adapter_dir: Path, params: Params) -> None:
+    """Re-create a saved adapter (the folder `Adapter.save` wrote) live on a (quantized) transformer."""
+    attach_saved_lora(transformer, Path(adapter_dir) / LORA_FILE, params)
+
+
 def add_lora(transformer: FluxTransformer2DModel, params: Params) -> list[torch.nn.Parameter]:
     """Attach a fresh LoRA (deterministic under the caller's seed); returns trainable params."""
     transformer.requires_grad_(False)
