@@ -200,10 +200,22 @@ class CompositeImageConfig(_Strict):
 
 
 class HuggingfaceOptions(_Strict):
-    caption_column: str | list[str] | None = None
+    """SimpleTuner's `huggingface: {...}` block of a dataset entry.
+
+    `caption_column` is a column name or a dotted path into struct columns (`description.description_1`),
+    or a list of them (the first non-empty value wins, then `fallback_caption_column`). Keys SimpleTuner
+    uses only as hints are accepted and need nothing here: sizes always come from the image header, and
+    rows are iterated from memory-mapped Arrow whether or not `streaming` is set.
+    """
+
+    caption_column: str | list[str] | None = "caption"
     fallback_caption_column: str | None = None
     image_column: str = "image"
     composite_image_config: CompositeImageConfig = CompositeImageConfig()
+    width_column: str | None = None
+    height_column: str | None = None
+    streaming: bool = False
+    num_proc: int | None = Field(None, ge=1)
 
 
 class ConditioningGenerator(BaseModel):

@@ -32,6 +32,7 @@ SAMPLE_DATA_DIR = "data/samples"
 TRAIN_METRICS = "artifacts/metrics/train.json"
 VALIDATE_METRICS = "artifacts/metrics/validate.json"
 LOSS_PLOT = "artifacts/plots/train_loss.csv"
+SCAN_CACHE_DIR = "cache/scan"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -242,7 +243,7 @@ def _read_json(path: Path) -> Any:
 
 
 def _dataset_inputs(params: Params, workdir: Path) -> dict[str, Any]:
-    """Content of the dataset file and of every local folder or file it points at."""
+    """Content of the dataset file and of every local folder or file it points at (hub ids by name)."""
     from kontext_core.config import load_datasets
 
     data_path = Path(params.data_backend_config)
@@ -259,7 +260,12 @@ def _dataset_inputs(params: Params, workdir: Path) -> dict[str, Any]:
             if local.exists():
                 hashes[f"dataset:{entry.id}"] = sha256_tree(local)
             else:
-                hashes[f"dataset:{entry.id}"] = {"hub": entry.dataset_name, "revision": entry.revision}
+                # A hub id: the fingerprint names what to download, and fetch downloads it (never this).
+                hashes[f"dataset:{entry.id}"] = {
+                    "hub": entry.dataset_name,
+                    "split": entry.split,
+                    "revision": entry.revision,
+                }
     return hashes
 
 
@@ -287,29 +293,32 @@ def stage_init(ctx: StageContext) -> None:
 
 
 def stage_fetch(ctx: StageContext) -> None:
-    """Normalised records per dataset: image file, caption, key; composite panels split."""
-    from kontext_core.data.backends import huggingface_records, local_records
+    """Normalised records per dataset: image reference, caption, key and header size; problems beside."""
+    from kontext_core.data.backends import entry_records
 
     datasets = _datasets(ctx)
     out = ctx.out("data/fetch")
+    scan_cache = ctx.path(SCAN_CACHE_DIR)
+    scan_cache.mkdir(parents=True, exist_ok=True)
     records: dict[str, list[dict]] = {}
     problems: list[dict] = []
     for entry in datasets.enabled():
         if entry.dataset_type == "text_embeds":
             continue
-        if entry.type == "local":
-            recs, probs = local_records(entry, ctx.workdir)
-        else:
-            recs, probs = huggingface_records(
-                entry, ctx.workdir, out / "panels" / entry.id, ctx.workdir / "data/fetch/panels" / entry.id
-            )
+        recs, probs = entry_records(entry, ctx.workdir, scan_cache)
         for rec in recs:
-            rec.image = ctx.to_stored(Path(rec.image))
+            if not rec.image.startswith("hf:"):
+                rec.image = ctx.to_stored(Path(rec.image))
         records[entry.id] = [r.to_dict() for r in recs]
-        problems += [p.__dict__ for p in probs]
+        problems += [p.to_dict() for p in probs]
         log.info("fetch %s: %d records, %d problems", entry.id, len(recs), len(probs))
+    # Drop scan caches of datasets no longer configured, so the persisted store does not grow forever.
+    for stale in scan_cache.glob("*.json"):
+        if stale.stem not in records:
+            stale.unlink()
     write_json(out / "records.json", {"records": records, "problems": problems})
     ctx.info["records"] = {k: len(v) for k, v in records.items()}
+    ctx.info["problems"] = len(problems)
 
 
 def stage_pair(ctx: StageContext) -> None:
@@ -632,8 +641,17 @@ STAGES: dict[str, StageSpec] = {
             ["data_backend_config"],
             ["init"],
             ["data/fetch"],
-            ["kontext_core.data.backends", "kontext_core.data.images", "kontext_core.config"],
+            [
+                "kontext_core.data.backends",
+                "kontext_core.data.records",
+                "kontext_core.data.local",
+                "kontext_core.data.huggingface",
+                "kontext_core.data.scan",
+                "kontext_core.data.images",
+                "kontext_core.config",
+            ],
             extra_inputs=_dataset_inputs,
+            persist=[SCAN_CACHE_DIR],
         ),
         StageSpec(
             "pair",

@@ -1,50 +1,151 @@
-"""Opening images the same way everywhere: EXIF orientation applied, any mode converted to RGB."""
+"""Opening images the same way everywhere, and reading their size from the header alone.
+
+`to_rgb` is the one conversion from any PIL mode to RGB (EXIF orientation applied, transparency
+composited onto white), used for edit and reference images alike. `probe_header` answers "can this be
+used, and how big is it once oriented?" without decoding a pixel: PIL parses only the header on
+`Image.open`, and truncation is caught from the file's end (JPEG end-of-image marker, PNG IEND chunk,
+RIFF size of WebP, BMP file size), so a metadata scan costs a few reads per file.
+"""
 
 from __future__ import annotations
 
+import io
+import os
+import struct
+import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+# EXIF orientations that swap width and height (rotations by 90 or 270 degrees).
+_TRANSPOSED = (5, 6, 7, 8)
+_EXIF_ORIENTATION = 0x0112
+_TAIL_BYTES = 4096
 
 
 class ImageReadError(ValueError):
-    """An image that cannot be used, with its path and the reason."""
+    """An image that cannot be used: its path, the reason, and a kind for reports ("unreadable")."""
+
+    def __init__(self, message: str, kind: str = "unreadable") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
     img = ImageOps.exif_transpose(img)
     if img.mode == "RGB":
         return img
-    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         # Composite transparency onto white so edit and reference get identical backgrounds.
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if img.mode.startswith("I;16") or img.mode == "I":
+        # 16-bit greyscale: keep the top 8 bits rather than clipping everything above 255 to white.
         return img.point(lambda v: v / 256).convert("L").convert("RGB")
+    if img.mode == "F":
+        return img.convert("L").convert("RGB")
     return img.convert("RGB")
 
 
-def open_rgb(path: Path) -> Image.Image:
-    """Fully decode `path` as RGB or raise ImageReadError naming the path."""
+def open_rgb(source: Path | bytes, name: str | None = None) -> Image.Image:
+    """Fully decode a file (or encoded bytes) as RGB, or raise ImageReadError naming it."""
+    label = name or str(source if not isinstance(source, bytes) else "<bytes>")
     try:
-        with Image.open(path) as img:
+        handle = io.BytesIO(source) if isinstance(source, bytes) else source
+        with Image.open(handle) as img:
             img.load()
             return to_rgb(img)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise ImageReadError(f"{path}: {type(exc).__name__}: {exc}") from exc
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{label}: {type(exc).__name__}: {exc}") from exc
+
+
+def _orientation(img: Image.Image) -> int:
+    # Parse the EXIF block the header already yielded; `getexif()` on a PNG would decode the pixels.
+    raw = img.info.get("exif")
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    try:
+        exif.load(raw)
+    except (OSError, SyntaxError, ValueError, struct.error):
+        return 1
+    value = exif.get(_EXIF_ORIENTATION, 1)
+    return value if isinstance(value, int) else 1
+
+
+def _truncation(fmt: str | None, head: bytes, tail: bytes, size: int) -> str | None:
+    """Why a file looks cut short, judged from its first and last bytes; None when it looks whole."""
+    if fmt == "JPEG":
+        return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
+    if fmt == "PNG":
+        return None if b"IEND" in tail[-64:] else "truncated PNG (no IEND chunk)"
+    if fmt == "WEBP" and len(head) >= 8:
+        riff_size = struct.unpack("<I", head[4:8])[0] + 8
+        return None if riff_size <= size else f"truncated WebP ({size} of {riff_size} bytes)"
+    if fmt == "BMP" and len(head) >= 6:
+        bmp_size = struct.unpack("<I", head[2:6])[0]
+        return None if bmp_size <= size else f"truncated BMP ({size} of {bmp_size} bytes)"
+    return None
+
+
+def _probe(handle: BinaryIO, size: int, max_pixels: int | None) -> tuple[int, int]:
+    if size == 0:
+        raise ImageReadError("empty file (0 bytes)")
+    head = handle.read(16)
+    handle.seek(max(0, size - _TAIL_BYTES))
+    tail = handle.read(_TAIL_BYTES)
+    handle.seek(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(handle) as img:
+                width, height = img.size
+                fmt = img.format
+                orientation = _orientation(img)
+        except Image.DecompressionBombError as exc:
+            raise ImageReadError(f"decompression bomb: {exc}") from exc
+        except (UnidentifiedImageError, SyntaxError, ValueError, struct.error) as exc:
+            raise ImageReadError(f"not an image this reader understands ({type(exc).__name__})") from exc
+        except OSError as exc:
+            raise ImageReadError(f"cannot read image header: {exc}") from exc
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageReadError(
+            f"decompression bomb: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+        )
+    reason = _truncation(fmt, head, tail, size)
+    if reason:
+        raise ImageReadError(reason)
+    return (height, width) if orientation in _TRANSPOSED else (width, height)
+
+
+def default_max_pixels() -> int | None:
+    return Image.MAX_IMAGE_PIXELS
+
+
+def probe_header(source: Path | bytes, max_pixels: int | None = -1) -> tuple[int, int]:
+    """(width, height) with EXIF orientation applied, from the header only; ImageReadError otherwise.
+
+    `max_pixels` bounds width*height (default: PIL's Image.MAX_IMAGE_PIXELS; None: no bound), so a
+    decompression bomb is reported instead of decoded. The reason in the error leaves out the path.
+    """
+    limit = default_max_pixels() if max_pixels == -1 else max_pixels
+    if isinstance(source, bytes):
+        return _probe(io.BytesIO(source), len(source), limit)
+    try:
+        with open(source, "rb") as handle:
+            return _probe(handle, os.fstat(handle.fileno()).st_size, limit)
+    except ImageReadError:
+        raise
+    except OSError as exc:
+        raise ImageReadError(f"I/O error: {exc.strerror or exc}") from exc
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(width, height) from the header only, EXIF orientation applied."""
+    """(width, height) from the header only, EXIF orientation applied; ImageReadError naming the path."""
     try:
-        with Image.open(path) as img:
-            width, height = img.size
-            orientation = img.getexif().get(0x0112, 1)
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError, SyntaxError) as exc:
-        raise ImageReadError(f"{path}: {type(exc).__name__}: {exc}") from exc
-    if orientation in (5, 6, 7, 8):
-        return height, width
-    return width, height
+        return probe_header(Path(path))
+    except ImageReadError as exc:
+        raise ImageReadError(f"{path}: {exc}", exc.kind) from exc

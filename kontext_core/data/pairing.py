@@ -52,6 +52,13 @@ def _inherit_resolution(reference: DatasetEntry, edit: DatasetEntry) -> DatasetE
     )
 
 
+def _header_size(record: Record, from_stored: Any) -> tuple[int, int]:
+    # fetch fills the header size; records without one (older tables) are probed here.
+    if record.width is not None and record.height is not None:
+        return record.width, record.height
+    return image_size(from_stored(record.image))
+
+
 def build_pairs(
     params: Params,
     datasets: DatasetConfig,
@@ -79,7 +86,7 @@ def build_pairs(
         stats = {"images": len(edit_records), "pairs": 0, "missing_references": 0, "unreadable": 0, "missing_captions": 0, "buckets": Counter()}
         for record in edit_records:
             try:
-                width, height = image_size(from_stored(record.image))
+                width, height = _header_size(record, from_stored)
             except ImageReadError as exc:
                 stats["unreadable"] += 1
                 report.add_problem(edit.id, record.image, str(exc).split(": ", 1)[-1])
@@ -97,7 +104,7 @@ def build_pairs(
                 ref_entry = _inherit_resolution(by_id[ref_id], edit)
                 if ref_entry.conditioning_type == "reference_loose":
                     try:
-                        ref_w, ref_h = image_size(from_stored(ref_record.image))
+                        ref_w, ref_h = _header_size(ref_record, from_stored)
                     except ImageReadError as exc:
                         missing = True
                         report.add_problem(ref_id, ref_record.image, str(exc).split(": ", 1)[-1])

@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from kontext_core.config import load_params
+from kontext_core.data.sources import open_ref
 from kontext_core.fsutil import sha256_file
 from kontext_core.stages import STAGE_ORDER, STAGES, fingerprint, read_manifest, run_stage
 from tests.conftest import write_params
@@ -40,7 +41,8 @@ def test_fetch_splits_composites_and_reads_folders(built_project):
         "sharp-images": 4,
     }
     scene = fetched["subjects-scene"][0]
-    assert Image.open(built_project / scene["image"]).size == (64, 64)  # half of the 128x64 composite
+    assert open_ref(scene["image"], built_project).size == (64, 64)  # half of the 128x64 composite
+    assert (scene["width"], scene["height"]) == (64, 64)  # the panel size, from the header alone
     assert scene["caption"].startswith("put the")
     assert not Path(scene["image"]).is_absolute()  # tables are portable across project copies
 
@@ -75,14 +77,13 @@ def test_vae_cache_matches_a_fresh_encode(built_project):
     from kontext_core.cache.store import TensorStore
     from kontext_core.cache.vae_cache import encode_image
     from kontext_core.data.buckets import resize_and_crop
-    from kontext_core.data.images import open_rgb
 
     pair = _json(built_project, "data/pair/pairs.json")[0]
     key = _json(built_project, "cache/vae/index.json")[pair["pair_id"]]["target"]
     cached = TensorStore(built_project / "cache/vae/latents").get(key)["latents"]
     assert cached.shape == (16, 8, 8)
     vae = AutoencoderKL.from_pretrained(built_project / "models/tiny-kontext", subfolder="vae").eval()
-    fresh = encode_image(vae, resize_and_crop(open_rgb(built_project / pair["target"]), (64, 64)))
+    fresh = encode_image(vae, resize_and_crop(open_ref(pair["target"], built_project), (64, 64)))
     assert torch.allclose(cached, fresh, atol=1e-6)
 
 

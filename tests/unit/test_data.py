@@ -9,6 +9,7 @@ from kontext_core.data.buckets import target_size
 from kontext_core.data.degrade import degrade, pick_caption
 from kontext_core.data.pairing import build_pairs
 from kontext_core.data.samples import write_sample_data
+from kontext_core.data.sources import open_ref
 from kontext_core.fsutil import sha256_tree
 
 
@@ -36,10 +37,10 @@ def test_hf_composite_split_and_dotted_captions(tmp_path):
             },
         }
     )
-    records, problems = huggingface_records(entry, tmp_path, tmp_path / "panels", tmp_path / "panels")
+    records, problems = huggingface_records(entry, tmp_path)
     assert problems == []
     assert [r.key for r in records] == ["00000000", "00000001", "00000002"]
-    assert Image.open(records[0].image).size == (40, 40)
+    assert open_ref(records[0].image, tmp_path).size == (40, 40)
     assert records[0].caption.startswith("put the red")
 
 

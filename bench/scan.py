@@ -1,0 +1,115 @@
+"""Metadata scan speed: header-only scan (cold, then warm from the cache) against a full decode.
+
+Generates `--count` image files (JPEG, PNG and WebP, `--size` pixels, spread over sub-folders),
+then times on the same files:
+- cold scan: what fetch does for a local dataset (walk, header probe on every core, cache written);
+- warm scan: the same again, answered from the (path, size, mtime) cache;
+- full-decode baseline: every file decoded to RGB, on the same number of processes as the scan.
+Usage: `python bench/scan.py [--count 10000] [--size 512] [--workers N] [--dir DIR]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import multiprocessing
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from kontext_core.config import DatasetEntry  # noqa: E402
+from kontext_core.data.images import open_rgb  # noqa: E402
+from kontext_core.data.local import find_images, local_records  # noqa: E402
+from kontext_core.data.scan import _cpu_count  # noqa: E402
+
+FORMATS = (("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"))
+
+
+def _encoded_bases(size: int, n: int = 24) -> list[tuple[bytes, str]]:
+    """A few distinct pictures (smooth gradients with noise, like photos), encoded once each."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    bases = []
+    for index in range(n):
+        rgb = np.stack([xx * rng.uniform(50, 255), yy * rng.uniform(50, 255), (xx + yy) * rng.uniform(20, 120)], -1)
+        rgb = np.clip(rgb + rng.normal(0, 12, rgb.shape), 0, 255).astype(np.uint8)
+        fmt, ext = FORMATS[index % len(FORMATS)]
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format=fmt, quality=90)
+        bases.append((buf.getvalue(), ext))
+    return bases
+
+
+def generate(root: Path, count: int, size: int) -> None:
+    bases = _encoded_bases(size)
+    for index in range(count):
+        data, ext = bases[index % len(bases)]
+        folder = root / f"part_{index // 1000:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"img_{index:06d}{ext}").write_bytes(data)
+
+
+def _decode_chunk(paths: list[str]) -> int:
+    return sum(open_rgb(Path(p)).width > 0 for p in paths)
+
+
+def decode_all(paths: list[str], workers: int) -> int:
+    if workers <= 1:
+        return _decode_chunk(paths)
+    size = -(-len(paths) // (workers * 4))
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+        return sum(pool.map(_decode_chunk, chunks))
+
+
+def _timed(fn) -> tuple[float, object]:
+    start = time.perf_counter()
+    value = fn()
+    return time.perf_counter() - start, value
+
+
+def run(root: Path, count: int, size: int, workers: int) -> dict[str, float]:
+    data_dir, cache = root / "images", root / "cache" / "scan.json"
+    generate(data_dir, count, size)
+    entry = DatasetEntry(id="bench", instance_data_dir=str(data_dir), caption_strategy=None)
+
+    def scan() -> int:
+        records, problems = local_records(entry, root, cache, workers=workers)
+        assert not problems, problems[:3]
+        return len(records)
+
+    cold_s, cold_n = _timed(scan)
+    warm_s, warm_n = _timed(scan)
+    paths = [str(real) for _, real in find_images(data_dir.resolve())[0]]
+    decode_s, decode_n = _timed(lambda: decode_all(paths, workers))
+    assert cold_n == warm_n == decode_n == count, (cold_n, warm_n, decode_n)
+    return {"cold": count / cold_s, "warm": count / warm_s, "decode": count / decode_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=10_000)
+    parser.add_argument("--size", type=int, default=512, help="edge of the square test images, pixels")
+    parser.add_argument("--workers", type=int, default=_cpu_count())
+    parser.add_argument("--dir", type=Path, default=None, help="where to write the files (default: a temp dir)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        rates = run(Path(tmp), args.count, args.size, args.workers)
+    print(f"{args.count} files, {args.size}x{args.size} px (jpg/png/webp), {args.workers} processes")
+    print(f"{'measure':<26}{'images/s':>12}")
+    print(f"{'metadata scan, cold':<26}{rates['cold']:>12.0f}")
+    print(f"{'metadata scan, warm':<26}{rates['warm']:>12.0f}")
+    print(f"{'full decode (baseline)':<26}{rates['decode']:>12.0f}")
+    print(f"cold scan / full decode: {rates['cold'] / rates['decode']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

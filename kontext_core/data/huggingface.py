@@ -1,0 +1,321 @@
+"""The `huggingface` backend: rows of a `datasets` dataset as records, images left in the dataset.
+
+`dataset_name` is a hub id (downloaded by `datasets` on a user's machine) or a local path: a parquet
+file, a `save_to_disk` folder, or a script-less dataset folder. The dataset is memory-mapped Arrow and
+read in column batches, touching only the encoded image bytes (never `PIL` objects): fetch probes each
+row's header for its size and leaves the pixels where they are. A record's image is a reference string
+
+    hf:<dataset_name>?split=train&column=image&row=12[&revision=REV][&panel=1/2]
+
+that `kontext_core.data.sources` opens lazily: the dataset is opened once per process, the row's
+bytes decoded, and for a composite the panel `panel=i/n` cropped (panels of width W // n).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, quote, unquote, urlencode
+
+from PIL import Image
+
+from kontext_core.config import ConfigError, DatasetEntry, HuggingfaceOptions
+from kontext_core.data.images import ImageReadError, open_rgb, probe_header
+from kontext_core.data.records import COMPOSITE, MISSING_CAPTION, UNREADABLE, Problem, Record
+
+log = logging.getLogger(__name__)
+
+REF_PREFIX = "hf:"
+_BATCH_ROWS = 256
+
+
+@dataclass(frozen=True)
+class HfRef:
+    """One row's image (or one panel of it) in a dataset."""
+
+    dataset: str  # hub id, or a local path (relative to the project, or absolute)
+    split: str
+    column: str
+    row: int
+    revision: str | None = None
+    panel: int = 0
+    panels: int = 1
+
+    def __str__(self) -> str:
+        query: dict[str, str] = {"split": self.split, "column": self.column, "row": str(self.row)}
+        if self.revision:
+            query["revision"] = self.revision
+        if self.panels > 1:
+            query["panel"] = f"{self.panel}/{self.panels}"
+        return f"{REF_PREFIX}{quote(self.dataset, safe='/:@._-~')}?{urlencode(query, safe='/')}"
+
+    @classmethod
+    def parse(cls, ref: str) -> HfRef:
+        if not ref.startswith(REF_PREFIX) or "?" not in ref:
+            raise ValueError(f"not a Hugging Face image reference: {ref!r}")
+        dataset, _, query = ref[len(REF_PREFIX) :].partition("?")
+        fields = {k: v[0] for k, v in parse_qs(query, keep_blank_values=True).items()}
+        try:
+            panel, panels = (int(x) for x in fields.get("panel", "0/1").split("/"))
+            return cls(
+                dataset=unquote(dataset),
+                split=fields["split"],
+                column=fields["column"],
+                row=int(fields["row"]),
+                revision=fields.get("revision") or None,
+                panel=panel,
+                panels=panels,
+            )
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"malformed Hugging Face image reference {ref!r}: {exc}") from exc
+
+
+def is_hf_ref(ref: str) -> bool:
+    return ref.startswith(REF_PREFIX)
+
+
+def _local_path(dataset: str, base_dir: Path) -> Path | None:
+    path = Path(dataset).expanduser()
+    path = path if path.is_absolute() else Path(base_dir) / path
+    return path if path.exists() else None
+
+
+def _load(dataset: str, split: str, revision: str | None, base_dir: Path) -> Any:
+    import datasets
+
+    local = _local_path(dataset, base_dir)
+    if local is None:
+        # A hub id: `datasets` downloads (or, offline, reuses its cache) and memory-maps the result.
+        return datasets.load_dataset(dataset, split=split, revision=revision)
+    if local.is_dir() and ((local / "state.json").exists() or (local / "dataset_dict.json").exists()):
+        loaded = datasets.load_from_disk(str(local))
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise ConfigError(f"{dataset}: no split '{split}' (splits: {', '.join(loaded)})")
+            return loaded[split]
+        return loaded
+    if local.is_file():
+        builder = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
+        if local.suffix not in builder:
+            raise ConfigError(f"{dataset}: unsupported dataset file type '{local.suffix}'")
+        return datasets.load_dataset(builder[local.suffix], data_files=str(local), split=split)
+    return datasets.load_dataset(str(local), split=split)
+
+
+@functools.lru_cache(maxsize=16)
+def _open_cached(dataset: str, split: str, revision: str | None, base_dir: str) -> Any:
+    return _load(dataset, split, revision, Path(base_dir))
+
+
+def open_dataset(dataset: str, split: str, revision: str | None, base_dir: Path) -> Any:
+    """The dataset, opened once per process (memory-mapped; nothing is materialised)."""
+    try:
+        return _open_cached(dataset, split, revision, str(Path(base_dir).resolve()))
+    except ConfigError:
+        raise
+    except Exception as exc:  # datasets raises many types; the user needs the name and the first line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"dataset_name '{dataset}' (split '{split}'): cannot load: {first}") from exc
+
+
+@functools.lru_cache(maxsize=16)
+def _image_view(dataset: str, split: str, revision: str | None, base_dir: str, column: str) -> Any:
+    return open_dataset(dataset, split, revision, Path(base_dir)).select_columns([column]).with_format("arrow")
+
+
+def _encoded(value: Any, where: str) -> bytes | Path:
+    """Encoded image bytes (or the file they live in) from an image cell: Image struct, binary or path."""
+    if isinstance(value, dict):
+        if value.get("bytes"):
+            return value["bytes"]
+        if value.get("path"):
+            return Path(value["path"])
+    elif isinstance(value, bytes | bytearray):
+        return bytes(value)
+    elif isinstance(value, str) and value:
+        return Path(value)
+    raise ImageReadError(f"{where}: the image cell is empty")
+
+
+def row_image(ref: HfRef, workdir: Path) -> bytes | Path:
+    view = _image_view(ref.dataset, ref.split, ref.revision, str(Path(workdir).resolve()), ref.column)
+    if not 0 <= ref.row < view.num_rows:
+        raise ImageReadError(f"{ref}: row {ref.row} is out of range ({view.num_rows} rows)")
+    return _encoded(view[ref.row].column(ref.column)[0].as_py(), str(ref))
+
+
+def _panel_box(width: int, height: int, panel: int, panels: int) -> tuple[int, int, int, int]:
+    panel_w = width // panels
+    return panel_w * panel, 0, panel_w * (panel + 1), height
+
+
+def open_hf_ref(ref: str, workdir: Path) -> Image.Image:
+    parsed = HfRef.parse(ref)
+    img = open_rgb(row_image(parsed, workdir), name=ref)
+    if parsed.panels > 1:
+        if img.width % parsed.panels:
+            raise ImageReadError(f"{ref}: composite width {img.width} is not divisible by {parsed.panels}", COMPOSITE)
+        img = img.crop(_panel_box(img.width, img.height, parsed.panel, parsed.panels))
+    return img
+
+
+def hf_ref_digest(ref: str, workdir: Path) -> str:
+    """Hash of the row's encoded image and the panel: content-based, so equal across processes and copies."""
+    from kontext_core.fsutil import sha256_file
+
+    parsed = HfRef.parse(ref)
+    data = row_image(parsed, workdir)
+    content = sha256_file(data) if isinstance(data, Path) else hashlib.sha256(data).hexdigest()
+    return hashlib.sha256(f"{content}|panel={parsed.panel}/{parsed.panels}".encode()).hexdigest()
+
+
+def hf_ref_size(ref: str, workdir: Path) -> tuple[int, int]:
+    parsed = HfRef.parse(ref)
+    try:
+        width, height = probe_header(row_image(parsed, workdir))
+    except ImageReadError as exc:
+        raise ImageReadError(f"{ref}: {exc}", exc.kind) from exc
+    return width // parsed.panels, height
+
+
+# ----------------------------------------------------------------------------------------------
+# fetch: rows -> records
+
+
+def _dotted(value: Any, column: str) -> Any:
+    for part in column.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return None
+        value = value[part]
+    return value
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, list):
+        return next((t for t in (_text(v) for v in value) if t), None)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    return None
+
+
+def _check_column_path(features: Any, column: str, entry_id: str, key: str) -> None:
+    """A caption path must exist in the schema; a row where it is empty is reported, not this."""
+    node: Any = features
+    walked: list[str] = []
+    for part in column.split("."):
+        fields = list(node) if isinstance(node, dict) else []
+        if part not in fields:
+            where = ".".join(walked) or "the dataset"
+            raise ConfigError(
+                f"dataset '{entry_id}': huggingface.{key} '{column}' not found: {where} has "
+                f"{', '.join(fields) or 'no fields'}"
+            )
+        node = node[part]
+        walked.append(part)
+
+
+def _caption_columns(entry: DatasetEntry, options: HuggingfaceOptions, features: Any) -> list[str]:
+    if entry.caption_strategy != "huggingface":
+        if entry.caption_strategy in ("textfile", "filename"):
+            raise ConfigError(
+                f"dataset '{entry.id}': caption_strategy '{entry.caption_strategy}' does not apply to a "
+                "huggingface dataset (use 'huggingface', 'instanceprompt' or null)"
+            )
+        return []
+    columns = options.caption_column
+    names = [columns] if isinstance(columns, str) else list(columns or [])
+    for name in names:
+        _check_column_path(features, name, entry.id, "caption_column")
+    if options.fallback_caption_column:
+        _check_column_path(features, options.fallback_caption_column, entry.id, "fallback_caption_column")
+        names.append(options.fallback_caption_column)
+    return names
+
+
+def dataset_location(entry: DatasetEntry, base_dir: Path) -> str:
+    """`dataset_name` as references carry it: project-relative when local and inside the project."""
+    name = entry.dataset_name or ""
+    local = _local_path(name, base_dir)
+    if local is None:
+        return name
+    try:
+        return local.resolve().relative_to(Path(base_dir).resolve()).as_posix()
+    except ValueError:
+        return str(local.resolve())
+
+
+def huggingface_records(entry: DatasetEntry, base_dir: Path) -> tuple[list[Record], list[Problem]]:
+    """One record per usable row (its panel for composites); keys are zero-padded row indices."""
+    import pyarrow.compute as pc
+
+    options = entry.huggingface or HuggingfaceOptions()
+    location = dataset_location(entry, base_dir)
+    dataset = open_dataset(location, entry.split, entry.revision, base_dir)
+    if options.image_column not in dataset.column_names:
+        raise ConfigError(
+            f"dataset '{entry.id}': huggingface.image_column '{options.image_column}' not in "
+            f"{entry.dataset_name} (columns: {', '.join(dataset.column_names)})"
+        )
+    caption_columns = _caption_columns(entry, options, dataset.features)
+    composite = options.composite_image_config
+    panels = composite.image_count if composite.enabled else 1
+    roots = list(dict.fromkeys([options.image_column] + [c.split(".")[0] for c in caption_columns]))
+    view = dataset.select_columns(roots).with_format("arrow")
+    records: list[Record] = []
+    problems: list[Problem] = []
+    index = 0
+    for batch in view.iter(batch_size=_BATCH_ROWS):
+        images = batch.column(options.image_column)
+        if hasattr(images.type, "get_field_index") and images.type.get_field_index("bytes") >= 0:
+            # Image feature: pull one row's bytes at a time, so a batch never copies all its images at once.
+            image_bytes, image_paths = pc.struct_field(images, "bytes"), pc.struct_field(images, "path")
+
+            def cell(i: int, image_bytes=image_bytes, image_paths=image_paths) -> Any:
+                return {"bytes": image_bytes[i].as_py(), "path": image_paths[i].as_py()}
+        else:
+
+            def cell(i: int, images=images) -> Any:
+                return images[i].as_py()
+        caption_cells = {root: batch.column(root).to_pylist() for root in roots[1:]}
+        for offset in range(batch.num_rows):
+            row = index + offset
+            where = f"{entry.dataset_name}[{row}]"
+            try:
+                width, height = probe_header(_encoded(cell(offset), where))
+            except ImageReadError as exc:
+                problems.append(Problem(entry.id, where, str(exc), UNREADABLE))
+                continue
+            if width % panels:
+                problems.append(
+                    Problem(entry.id, where, f"composite width {width} is not divisible by image_count {panels}", COMPOSITE)
+                )
+                continue
+            caption = None
+            if caption_columns:
+                values = (_dotted({r: caption_cells[r][offset] for r in caption_cells}, c) for c in caption_columns)
+                caption = next((t for t in map(_text, values) if t), None)
+                if caption is None:
+                    problems.append(
+                        Problem(entry.id, where, f"no caption in {', '.join(caption_columns)}", MISSING_CAPTION)
+                    )
+            elif entry.caption_strategy == "instanceprompt":
+                caption = entry.instance_prompt
+            panel = composite.select_index if panels > 1 else 0
+            ref = HfRef(location, entry.split, options.image_column, row, entry.revision, panel, panels)
+            records.append(
+                Record(
+                    dataset_id=entry.id,
+                    key=f"{row:08d}",
+                    image=str(ref),
+                    caption=caption,
+                    source=where,
+                    width=width // panels,
+                    height=height,
+                )
+            )
+        index += batch.num_rows
+    return records, problems

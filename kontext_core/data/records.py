@@ -1,0 +1,40 @@
+"""What the fetch stage hands to the rest of the pipeline: records, and problems found on the way."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+# Problem kinds the pre-flight report groups by.
+UNREADABLE = "unreadable"  # zero-byte, truncated, not an image, decompression bomb, I/O error
+OUTSIDE_ROOT = "outside_root"  # a symlink that leaves instance_data_dir
+BAD_CAPTION = "bad_caption"  # caption file not UTF-8 or unreadable
+MISSING_CAPTION = "missing_caption"  # caption file or caption column value missing
+COMPOSITE = "composite"  # composite width not divisible by image_count
+
+
+@dataclass
+class Record:
+    dataset_id: str
+    key: str
+    # An image reference (see kontext_core.data.sources): a file path, or an `hf:` row reference.
+    image: str
+    caption: str | None
+    source: str
+    # Oriented size from the image header (for a composite: the panel's size).
+    width: int | None = None
+    height: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Problem:
+    dataset_id: str
+    path: str
+    reason: str
+    kind: str = UNREADABLE
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

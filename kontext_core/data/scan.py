@@ -1,0 +1,131 @@
+"""Metadata scan of image files: header sizes on every core, remembered across runs.
+
+A scan reads each file's header and tail (see `images.probe_header`), never its pixels. Results are
+kept in a JSON cache keyed by (path, size, mtime_ns), so a second scan of an unchanged folder only
+stats the files. A cold scan of many files is split into chunks over a process pool; a small one
+runs in this process, where starting workers would cost more than it saves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kontext_core.data.images import ImageReadError, default_max_pixels, probe_header
+from kontext_core.fsutil import atomic_path
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+# Below this many uncached files the scan runs serially: two worker processes take ~0.1 s to start.
+SERIAL_BELOW = 256
+
+# (width, height, None) for a usable image, (None, None, reason) for an unreadable one.
+Header = tuple[int | None, int | None, str | None]
+
+
+@dataclass
+class ScanResult:
+    headers: dict[str, Header] = field(default_factory=dict)
+    cached: int = 0
+    scanned: int = 0
+
+
+def _probe_one(path: str, max_pixels: int | None) -> Header:
+    try:
+        width, height = probe_header(Path(path), max_pixels)
+    except ImageReadError as exc:
+        return None, None, str(exc)
+    return width, height, None
+
+
+def _probe_chunk(paths: list[str], max_pixels: int | None) -> list[Header]:
+    return [_probe_one(path, max_pixels) for path in paths]
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def probe_many(paths: list[str], max_pixels: int | None, workers: int | None = None) -> list[Header]:
+    """Probe `paths` in order, over `workers` processes (default: every core) when worth it."""
+    workers = workers or _cpu_count()
+    if workers <= 1 or len(paths) < SERIAL_BELOW:
+        return _probe_chunk(paths, max_pixels)
+    # Several chunks per worker even out slow files; forkserver avoids forking a threaded parent.
+    n_chunks = workers * 4
+    size = -(-len(paths) // n_chunks)
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        parts = pool.map(_probe_chunk, chunks, [max_pixels] * len(chunks))
+        return [header for part in parts for header in part]
+
+
+def _load_cache(cache_file: Path | None, max_pixels: int | None) -> dict[str, list]:
+    if cache_file is None or not cache_file.exists():
+        return {}
+    try:
+        data = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        log.warning("scan cache %s is unreadable; scanning again", cache_file)
+        return {}
+    if data.get("version") != CACHE_VERSION or data.get("max_pixels") != max_pixels:
+        return {}
+    return data.get("entries", {})
+
+
+def _save_cache(cache_file: Path, max_pixels: int | None, entries: dict[str, list]) -> None:
+    payload = {"version": CACHE_VERSION, "max_pixels": max_pixels, "entries": entries}
+    with atomic_path(cache_file) as tmp:
+        tmp.write_text(json.dumps(payload, sort_keys=True, separators=(",", ":")))
+
+
+def scan_headers(
+    paths: list[Path],
+    cache_file: Path | None = None,
+    max_pixels: int | None = -1,
+    workers: int | None = None,
+) -> ScanResult:
+    """Header size or unreadable-reason of each file, keyed by `str(path)`.
+
+    Paths are used as given for cache keys: pass resolved paths. With `cache_file`, results for
+    unchanged files (same size and mtime_ns) are reused and the cache is rewritten (atomically) to
+    hold exactly these paths. `max_pixels` as in `images.probe_header`.
+    """
+    limit = default_max_pixels() if max_pixels == -1 else max_pixels
+    cache = _load_cache(cache_file, limit)
+    result = ScanResult()
+    entries: dict[str, list] = {}
+    todo: list[tuple[str, int, int]] = []
+    for path in paths:
+        name = str(path)
+        try:
+            stat = os.stat(name)
+        except OSError as exc:
+            result.headers[name] = (None, None, f"I/O error: {exc.strerror or exc}")
+            continue
+        hit = cache.get(name)
+        if hit is not None and hit[0] == stat.st_size and hit[1] == stat.st_mtime_ns:
+            result.headers[name] = (hit[2], hit[3], hit[4])
+            entries[name] = hit
+            result.cached += 1
+        else:
+            todo.append((name, stat.st_size, stat.st_mtime_ns))
+    if todo:
+        probed = probe_many([name for name, _, _ in todo], limit, workers)
+        for (name, size, mtime_ns), header in zip(todo, probed, strict=True):
+            result.headers[name] = header
+            entries[name] = [size, mtime_ns, *header]
+        result.scanned = len(todo)
+    if cache_file is not None and (todo or len(entries) != len(cache)):
+        _save_cache(cache_file, limit, entries)
+    return result
