@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import multiprocessing
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from kontext_core.config import DatasetEntry  # noqa: E402
 from kontext_core.data.images import open_rgb  # noqa: E402
 from kontext_core.data.local import find_images, local_records  # noqa: E402
-from kontext_core.data.scan import _cpu_count  # noqa: E402
+from kontext_core.data.scan import cpu_count, pool_context  # noqa: E402
 
 FORMATS = (("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"))
 
@@ -66,7 +65,7 @@ def decode_all(paths: list[str], workers: int) -> int:
         return _decode_chunk(paths)
     size = -(-len(paths) // (workers * 4))
     chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver")) as pool:
+    with ProcessPoolExecutor(workers, mp_context=pool_context()) as pool:
         return sum(pool.map(_decode_chunk, chunks))
 
 
@@ -88,7 +87,7 @@ def run(root: Path, count: int, size: int, workers: int) -> dict[str, float]:
 
     cold_s, cold_n = _timed(scan)
     warm_s, warm_n = _timed(scan)
-    paths = [str(real) for _, real in find_images(data_dir.resolve())[0]]
+    paths = [image.real for image in find_images(data_dir.resolve())[0]]
     decode_s, decode_n = _timed(lambda: decode_all(paths, workers))
     assert cold_n == warm_n == decode_n == count, (cold_n, warm_n, decode_n)
     return {"cold": count / cold_s, "warm": count / warm_s, "decode": count / decode_s}
@@ -98,7 +97,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=512, help="edge of the square test images, pixels")
-    parser.add_argument("--workers", type=int, default=_cpu_count())
+    parser.add_argument("--workers", type=int, default=cpu_count())
     parser.add_argument("--dir", type=Path, default=None, help="where to write the files (default: a temp dir)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:

@@ -3,8 +3,9 @@
 `to_rgb` is the one conversion from any PIL mode to RGB (EXIF orientation applied, transparency
 composited onto white), used for edit and reference images alike. `probe_header` answers "can this be
 used, and how big is it once oriented?" without decoding a pixel: PIL parses only the header on
-`Image.open`, and truncation is caught from the file's end (JPEG end-of-image marker, PNG IEND chunk,
-RIFF size of WebP, BMP file size), so a metadata scan costs a few reads per file.
+`Image.open` (WebP, where PIL reads the whole file, is parsed here from its first chunk), and truncation
+is caught from the file's end (JPEG end-of-image marker, PNG IEND chunk, RIFF size of WebP, BMP file
+size), so a metadata scan costs a few small reads per file.
 """
 
 from __future__ import annotations
@@ -62,9 +63,8 @@ def open_rgb(source: Path | bytes, name: str | None = None) -> Image.Image:
         raise ImageReadError(f"{label}: {type(exc).__name__}: {exc}") from exc
 
 
-def _orientation(img: Image.Image) -> int:
-    # Parse the EXIF block the header already yielded; `getexif()` on a PNG would decode the pixels.
-    raw = img.info.get("exif")
+def _orientation(raw: bytes | None) -> int:
+    """EXIF orientation from a raw EXIF block (1 when absent or unreadable)."""
     if not raw:
         return 1
     exif = Image.Exif()
@@ -76,25 +76,65 @@ def _orientation(img: Image.Image) -> int:
     return value if isinstance(value, int) else 1
 
 
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageReadError(
+            f"decompression bomb: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
+        )
+
+
 def _truncation(fmt: str | None, head: bytes, tail: bytes, size: int) -> str | None:
     """Why a file looks cut short, judged from its first and last bytes; None when it looks whole."""
     if fmt == "JPEG":
         return None if b"\xff\xd9" in tail else "truncated JPEG (no end-of-image marker)"
     if fmt == "PNG":
         return None if b"IEND" in tail[-64:] else "truncated PNG (no IEND chunk)"
-    if fmt == "WEBP" and len(head) >= 8:
-        riff_size = struct.unpack("<I", head[4:8])[0] + 8
-        return None if riff_size <= size else f"truncated WebP ({size} of {riff_size} bytes)"
     if fmt == "BMP" and len(head) >= 6:
         bmp_size = struct.unpack("<I", head[2:6])[0]
         return None if bmp_size <= size else f"truncated BMP ({size} of {bmp_size} bytes)"
     return None
 
 
+def _webp_orientation(handle: BinaryIO, size: int) -> int:
+    """Orientation from a WebP EXIF chunk, found by hopping over chunk headers (no pixel data read)."""
+    pos = 12
+    while pos + 8 <= size:
+        handle.seek(pos)
+        fourcc, length = struct.unpack("<4sI", handle.read(8))
+        if fourcc == b"EXIF":
+            return _orientation(handle.read(length))
+        pos += 8 + length + (length & 1)
+    return 1
+
+
+def _webp_size(handle: BinaryIO, head: bytes, size: int) -> tuple[int, int, int]:
+    """(width, height, orientation) of a WebP from its first chunk; PIL would read the whole file."""
+    riff_size = struct.unpack("<I", head[4:8])[0] + 8
+    if riff_size > size:
+        raise ImageReadError(f"truncated WebP ({size} of {riff_size} bytes)")
+    chunk = head[12:16]
+    if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":
+        width, height = struct.unpack("<HH", head[26:30])
+        return width & 0x3FFF, height & 0x3FFF, 1
+    if chunk == b"VP8L" and head[20] == 0x2F:
+        bits = struct.unpack("<I", head[21:25])[0]
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1, 1
+    if chunk == b"VP8X":
+        width = int.from_bytes(head[24:27], "little") + 1
+        height = int.from_bytes(head[27:30], "little") + 1
+        has_exif = bool(head[20] & 0x08)
+        return width, height, _webp_orientation(handle, size) if has_exif else 1
+    raise ImageReadError("not a WebP image this reader understands (unknown first chunk)")
+
+
 def _probe(handle: BinaryIO, size: int, max_pixels: int | None) -> tuple[int, int]:
     if size == 0:
         raise ImageReadError("empty file (0 bytes)")
-    head = handle.read(16)
+    head = handle.read(32)
+    if len(head) >= 30 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        width, height, orientation = _webp_size(handle, head, size)
+        _check_pixels(width, height, max_pixels)
+        return (height, width) if orientation in _TRANSPOSED else (width, height)
     handle.seek(max(0, size - _TAIL_BYTES))
     tail = handle.read(_TAIL_BYTES)
     handle.seek(0)
@@ -104,17 +144,15 @@ def _probe(handle: BinaryIO, size: int, max_pixels: int | None) -> tuple[int, in
             with Image.open(handle) as img:
                 width, height = img.size
                 fmt = img.format
-                orientation = _orientation(img)
+                # The EXIF block the header already yielded; `getexif()` on a PNG would decode the pixels.
+                orientation = _orientation(img.info.get("exif"))
         except Image.DecompressionBombError as exc:
             raise ImageReadError(f"decompression bomb: {exc}") from exc
         except (UnidentifiedImageError, SyntaxError, ValueError, struct.error) as exc:
             raise ImageReadError(f"not an image this reader understands ({type(exc).__name__})") from exc
         except OSError as exc:
             raise ImageReadError(f"cannot read image header: {exc}") from exc
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageReadError(
-            f"decompression bomb: {width}x{height} = {width * height} pixels exceeds the limit of {max_pixels}"
-        )
+    _check_pixels(width, height, max_pixels)
     reason = _truncation(fmt, head, tail, size)
     if reason:
         raise ImageReadError(reason)

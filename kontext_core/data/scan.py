@@ -16,14 +16,16 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+
 from kontext_core.data.images import ImageReadError, default_max_pixels, probe_header
 from kontext_core.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
-# Below this many uncached files the scan runs serially: two worker processes take ~0.1 s to start.
-SERIAL_BELOW = 256
+# Below this many uncached files the scan runs serially: starting workers costs about as much.
+SERIAL_BELOW = 128
 
 # (width, height, None) for a usable image, (None, None, reason) for an unreadable one.
 Header = tuple[int | None, int | None, str | None]
@@ -48,24 +50,32 @@ def _probe_chunk(paths: list[str], max_pixels: int | None) -> list[Header]:
     return [_probe_one(path, max_pixels) for path in paths]
 
 
-def _cpu_count() -> int:
+def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
 
 
+def pool_context() -> multiprocessing.context.BaseContext:
+    """Fork where there is fork: workers start in milliseconds, where spawn/forkserver re-import the
+    caller's main module (seconds, and impossible from `python -`). The workers only parse headers with
+    PIL; its format plugins are loaded before forking so a child never needs the import machinery."""
+    Image.init()
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else methods[0])
+
+
 def probe_many(paths: list[str], max_pixels: int | None, workers: int | None = None) -> list[Header]:
     """Probe `paths` in order, over `workers` processes (default: every core) when worth it."""
-    workers = workers or _cpu_count()
+    workers = workers or cpu_count()
     if workers <= 1 or len(paths) < SERIAL_BELOW:
         return _probe_chunk(paths, max_pixels)
-    # Several chunks per worker even out slow files; forkserver avoids forking a threaded parent.
+    # Several chunks per worker even out slow files.
     n_chunks = workers * 4
     size = -(-len(paths) // n_chunks)
     chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=pool_context()) as pool:
         parts = pool.map(_probe_chunk, chunks, [max_pixels] * len(chunks))
         return [header for part in parts for header in part]
 
@@ -90,7 +100,7 @@ def _save_cache(cache_file: Path, max_pixels: int | None, entries: dict[str, lis
 
 
 def scan_headers(
-    paths: list[Path],
+    paths: list[str] | list[Path],
     cache_file: Path | None = None,
     max_pixels: int | None = -1,
     workers: int | None = None,
