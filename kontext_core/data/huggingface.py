@@ -280,6 +280,7 @@ def huggingface_records(entry: DatasetEntry, base_dir: Path) -> tuple[list[Recor
 
             def cell(i: int, images=images) -> Any:
                 return images[i].as_py()
+
         caption_cells = {root: batch.column(root).to_pylist() for root in roots[1:]}
         for offset in range(batch.num_rows):
             row = index + offset
@@ -291,7 +292,9 @@ def huggingface_records(entry: DatasetEntry, base_dir: Path) -> tuple[list[Recor
                 continue
             if width % panels:
                 problems.append(
-                    Problem(entry.id, where, f"composite width {width} is not divisible by image_count {panels}", COMPOSITE)
+                    Problem(
+                        entry.id, where, f"composite width {width} is not divisible by image_count {panels}", COMPOSITE
+                    )
                 )
                 continue
             caption = None

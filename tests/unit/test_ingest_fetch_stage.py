@@ -1,0 +1,82 @@
+"""The fetch stage on a small project: records.json, problem kinds, disabled entries, the scan cache."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import datasets
+from PIL import Image
+
+from kontext_core.config import params_from_dict
+from kontext_core.stages import SCAN_CACHE_DIR, STAGES, StageContext, _dataset_inputs, stage_fetch
+
+
+def _project(tmp: Path) -> Path:
+    folder = tmp / "photos"
+    folder.mkdir()
+    for name in ("a", "b"):
+        Image.new("RGB", (32, 16)).save(folder / f"{name}.png")
+        (folder / f"{name}.txt").write_text(f"caption {name}")
+    (folder / "broken.png").write_bytes(b"")
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 16)).save(buf, format="PNG")
+    rows = {"image": [{"bytes": buf.getvalue(), "path": None}], "caption": ["a composite"]}
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp / "rows.parquet"))
+    entries = [
+        {"id": "photos", "type": "local", "instance_data_dir": "photos", "caption_strategy": "textfile"},
+        {
+            "id": "rows",
+            "type": "huggingface",
+            "dataset_name": "rows.parquet",
+            "caption_strategy": "huggingface",
+            "huggingface": {"composite_image_config": {"enabled": True, "image_count": 2, "select_index": 1}},
+        },
+        {"id": "gone", "type": "local", "instance_data_dir": "does/not/exist", "disabled": True},
+        {"id": "text", "dataset_type": "text_embeds", "default": True, "type": "local", "cache_dir": "cache/text"},
+    ]
+    (tmp / "datasets.json").write_text(json.dumps(entries))
+    return tmp
+
+
+def test_fetch_writes_records_and_kinds_and_persists_the_scan_cache(tmp_path):
+    project = _project(tmp_path)
+    params = params_from_dict({"data_backend_config": "datasets.json"})
+    stage_fetch(StageContext(name="fetch", params=params, workdir=project))
+
+    fetched = json.loads((project / "data/fetch/records.json").read_text())
+    assert set(fetched["records"]) == {"photos", "rows"}  # disabled and text_embeds entries are skipped
+    photos = fetched["records"]["photos"]
+    assert [(r["key"], r["image"], r["caption"], r["width"], r["height"]) for r in photos] == [
+        ("a.png", "photos/a.png", "caption a", 32, 16),
+        ("b.png", "photos/b.png", "caption b", 32, 16),
+    ]
+    (row,) = fetched["records"]["rows"]
+    assert row["image"].startswith("hf:rows.parquet?") and (row["width"], row["height"]) == (32, 16)
+    assert fetched["problems"] == [
+        {
+            "dataset_id": "photos",
+            "path": str(project / "photos/broken.png"),
+            "reason": "empty file (0 bytes)",
+            "kind": "unreadable",
+        }
+    ]
+    cache = json.loads((project / SCAN_CACHE_DIR / "photos.json").read_text())
+    assert len(cache["entries"]) == 3
+    assert SCAN_CACHE_DIR in STAGES["fetch"].persist
+
+
+def test_dataset_fingerprint_names_hub_ids_and_hashes_local_files(tmp_path):
+    project = _project(tmp_path)
+    entries = json.loads((project / "datasets.json").read_text())
+    entries.append({"id": "hub", "type": "huggingface", "dataset_name": "someone/not-downloaded", "revision": "abc"})
+    (project / "datasets.json").write_text(json.dumps(entries))
+    params = params_from_dict({"data_backend_config": "datasets.json"})
+    before = _dataset_inputs(params, project)
+    assert before["dataset:hub"] == {"hub": "someone/not-downloaded", "split": "train", "revision": "abc"}
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(project / "photos/a.png")
+    after = _dataset_inputs(params, project)
+    assert after["dataset:photos"] != before["dataset:photos"]
+    assert after["dataset:rows"] == before["dataset:rows"]
