@@ -31,12 +31,7 @@ class PairReport:
         return {"datasets": self.datasets, "problems": self.problems}
 
     def to_markdown(self) -> str:
-        lines = [
-            "# Pre-flight report",
-            "",
-            "| dataset | images | usable pairs | missing refs | unreadable | buckets |",
-            "|---|---|---|---|---|---|",
-        ]
+        lines = ["# Pre-flight report", "", "| dataset | images | usable pairs | missing refs | unreadable | buckets |", "|---|---|---|---|---|---|"]
         for dataset_id, stats in sorted(self.datasets.items()):
             buckets = ", ".join(f"{k}: {v}" for k, v in sorted(stats["buckets"].items()))
             lines.append(
@@ -52,7 +47,9 @@ class PairReport:
 def _inherit_resolution(reference: DatasetEntry, edit: DatasetEntry) -> DatasetEntry:
     if reference.resolution is not None:
         return reference
-    return reference.model_copy(update={"resolution": edit.resolution, "resolution_type": edit.resolution_type})
+    return reference.model_copy(
+        update={"resolution": edit.resolution, "resolution_type": edit.resolution_type}
+    )
 
 
 def _header_size(record: Record, from_stored: Any) -> tuple[int, int]:
@@ -83,15 +80,10 @@ def build_pairs(
     pairs: list[dict[str, Any]] = []
     for edit in datasets.edit_sets():
         edit_records = records.get(edit.id, [])
-        ref_index = {ref_id: {r.key: r for r in records.get(ref_id, [])} for ref_id in edit.conditioning_ids}
-        stats = {
-            "images": len(edit_records),
-            "pairs": 0,
-            "missing_references": 0,
-            "unreadable": 0,
-            "missing_captions": 0,
-            "buckets": Counter(),
+        ref_index = {
+            ref_id: {r.key: r for r in records.get(ref_id, [])} for ref_id in edit.conditioning_ids
         }
+        stats = {"images": len(edit_records), "pairs": 0, "missing_references": 0, "unreadable": 0, "missing_captions": 0, "buckets": Counter()}
         for record in edit_records:
             try:
                 width, height = _header_size(record, from_stored)
@@ -120,9 +112,7 @@ def build_pairs(
                     ref_bucket = target_size(ref_w, ref_h, ref_entry)
                 else:
                     ref_bucket = bucket
-                references.append(
-                    {"dataset_id": ref_id, "image": ref_record.image, "size": list(ref_bucket), "generated": None}
-                )
+                references.append({"dataset_id": ref_id, "image": ref_record.image, "size": list(ref_bucket), "generated": None})
                 if caption is None and ref_record.caption:
                     caption = ref_record.caption
             for generator in edit.conditioning or []:
