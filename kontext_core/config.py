@@ -217,6 +217,16 @@ class HuggingfaceOptions(_Strict):
     streaming: bool = False
     num_proc: int | None = Field(None, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        # Name the nearest valid key: a typo here otherwise silently loses the caption column.
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise ValueError(f"unknown key '{key}'; {_suggest(key, list(cls.model_fields))}")
+        return data
+
 
 class ConditioningGenerator(BaseModel):
     """One `conditioning: [...]` entry; generator parameters are kept as given."""

@@ -165,10 +165,17 @@ def open_hf_ref(ref: str, workdir: Path) -> Image.Image:
 
 def hf_ref_digest(ref: str, workdir: Path) -> str:
     """Hash of the row's encoded image and the panel: content-based, so equal across processes and copies."""
+    return _digest_cached(ref, str(Path(workdir).resolve()))
+
+
+# A stage asks for the same row's digest once per use (target, then reference of another pair...);
+# the dataset is immutable while a stage runs, so remember the answer for the process.
+@functools.lru_cache(maxsize=1 << 16)
+def _digest_cached(ref: str, workdir: str) -> str:
     from kontext_core.fsutil import sha256_file
 
     parsed = HfRef.parse(ref)
-    data = row_image(parsed, workdir)
+    data = row_image(parsed, Path(workdir))
     content = sha256_file(data) if isinstance(data, Path) else hashlib.sha256(data).hexdigest()
     return hashlib.sha256(f"{content}|panel={parsed.panel}/{parsed.panels}".encode()).hexdigest()
 

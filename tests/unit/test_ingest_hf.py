@@ -111,8 +111,8 @@ def test_digest_is_content_based_and_stable(stored):
     from_disk, _ = huggingface_records(_entry("saved"), stored)
     left, _ = huggingface_records(_entry("saved", select=0), stored)
     digest = ref_digest(from_parquet[0].image, stored)
-    hf._open_cached.cache_clear()
-    hf._image_view.cache_clear()
+    for cached in (hf._open_cached, hf._image_view, hf._digest_cached):
+        cached.cache_clear()
     assert ref_digest(from_parquet[0].image, stored) == digest  # reopened: same answer
     assert ref_digest(from_disk[0].image, stored) == digest  # same bytes stored another way
     assert ref_digest(left[0].image, stored) != digest  # the other panel
@@ -155,6 +155,8 @@ def test_config_errors_name_the_key(stored):
         huggingface_records(_entry("saved", image_column="picture"), stored)
     with pytest.raises(ConfigError, match=r"dataset_name 'no/such-dataset' \(split 'train'\): cannot load"):
         huggingface_records(_entry("no/such-dataset"), stored)
+    with pytest.raises(ValueError, match=r"unknown key 'caption_colum'; did you mean 'caption_column'"):
+        DatasetEntry.model_validate({"id": "x", "huggingface": {"caption_colum": "x"}})
 
 
 def test_reference_strings_round_trip():
