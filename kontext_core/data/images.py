@@ -3,8 +3,8 @@
 `to_rgb` is the one conversion from any PIL mode to RGB (EXIF orientation applied, transparency
 composited onto white), used for edit and reference images alike. `probe_header` answers "can this be
 used, and how big is it once oriented?" without decoding a pixel: PIL parses only the header on
-`Image.open` (WebP, where PIL reads the whole file, is parsed here from its first chunk), and truncation
-is caught from the file's end (JPEG end-of-image marker, PNG IEND chunk, RIFF size of WebP, BMP file
+`Image.open` (JPEG and WebP headers are parsed here: PIL builds JPEG quantisation tables and reads a
+whole WebP file), and truncation is caught from the file's end (JPEG end-of-image marker, PNG IEND chunk, RIFF size of WebP, BMP file
 size), so a metadata scan costs a few small reads per file.
 """
 
@@ -127,6 +127,47 @@ def _webp_size(handle: BinaryIO, head: bytes, size: int) -> tuple[int, int, int]
     raise ImageReadError("not a WebP image this reader understands (unknown first chunk)")
 
 
+# Start-of-frame markers (baseline, progressive, lossless, arithmetic); C4, C8 and CC are not frames.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(handle: BinaryIO) -> tuple[int, int, int] | None:
+    """(width, height, orientation) from the JPEG segments before the frame header; None if unusual.
+
+    PIL's JPEG header parser also builds quantisation tables (~0.3 ms a file); the size needs only
+    a hop over segment lengths to the start-of-frame marker, and the Exif APP1 segment on the way.
+    """
+    handle.seek(2)
+    orientation = 1
+    while True:
+        marker = handle.read(4)
+        if len(marker) < 4:
+            raise ImageReadError("truncated JPEG (ends inside its header)")
+        if marker[0] != 0xFF:
+            raise ImageReadError("corrupt JPEG header (segment without a marker)")
+        code = marker[1]
+        if code == 0xFF or code == 0x01 or 0xD0 <= code <= 0xD8:
+            handle.seek(-2 if code != 0xFF else -3, io.SEEK_CUR)  # fill byte or a marker without length
+            continue
+        if code in (0xD9, 0xDA):
+            raise ImageReadError("corrupt JPEG header (image data before a frame header)")
+        length = int.from_bytes(marker[2:4], "big")
+        if length < 2:
+            raise ImageReadError("corrupt JPEG header (bad segment length)")
+        if code in _JPEG_SOF:
+            frame = handle.read(5)
+            if len(frame) < 5:
+                raise ImageReadError("truncated JPEG (ends inside its header)")
+            height, width = int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big")
+            return None if height == 0 or width == 0 else (width, height, orientation)
+        if code == 0xE1 and orientation == 1:
+            segment = handle.read(length - 2)
+            if segment.startswith(b"Exif\x00\x00"):
+                orientation = _orientation(segment)
+        else:
+            handle.seek(length - 2, io.SEEK_CUR)
+
+
 def _probe(handle: BinaryIO, size: int, max_pixels: int | None) -> tuple[int, int]:
     if size == 0:
         raise ImageReadError("empty file (0 bytes)")
@@ -137,26 +178,33 @@ def _probe(handle: BinaryIO, size: int, max_pixels: int | None) -> tuple[int, in
         return (height, width) if orientation in _TRANSPOSED else (width, height)
     handle.seek(max(0, size - _TAIL_BYTES))
     tail = handle.read(_TAIL_BYTES)
+    found = _jpeg_size(handle) if head[:3] == b"\xff\xd8\xff" else None
+    if found is not None:
+        width, height, orientation = found
+        fmt = "JPEG"
+    else:
+        width, height, orientation, fmt = _pil_header(handle)
+    _check_pixels(width, height, max_pixels)
+    reason = _truncation(fmt, head, tail, size)
+    if reason:
+        raise ImageReadError(reason)
+    return (height, width) if orientation in _TRANSPOSED else (width, height)
+
+
+def _pil_header(handle: BinaryIO) -> tuple[int, int, int, str | None]:
     handle.seek(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             with Image.open(handle) as img:
-                width, height = img.size
-                fmt = img.format
                 # The EXIF block the header already yielded; `getexif()` on a PNG would decode the pixels.
-                orientation = _orientation(img.info.get("exif"))
+                return img.size[0], img.size[1], _orientation(img.info.get("exif")), img.format
         except Image.DecompressionBombError as exc:
             raise ImageReadError(f"decompression bomb: {exc}") from exc
         except (UnidentifiedImageError, SyntaxError, ValueError, struct.error) as exc:
             raise ImageReadError(f"not an image this reader understands ({type(exc).__name__})") from exc
         except OSError as exc:
             raise ImageReadError(f"cannot read image header: {exc}") from exc
-    _check_pixels(width, height, max_pixels)
-    reason = _truncation(fmt, head, tail, size)
-    if reason:
-        raise ImageReadError(reason)
-    return (height, width) if orientation in _TRANSPOSED else (width, height)
 
 
 def default_max_pixels() -> int | None:

@@ -192,3 +192,34 @@ def test_truncated_files_of_each_format_are_caught_from_the_tail(tmp_path, fmt, 
     assert [r.key for r in records] == [f"whole{ext}"]
     assert [(Path(p.path).name, p.kind) for p in problems] == [(f"cut{ext}", "unreadable")]
     assert "truncated" in problems[0].reason
+
+
+def test_jpeg_header_parser_agrees_with_pil(tmp_path):
+    """Our segment walk must give PIL's (oriented) size on every kind of JPEG a user may have."""
+    rng = np.random.default_rng(1)
+    picture = Image.fromarray(rng.integers(0, 255, (27, 45, 3), dtype=np.uint8))
+    variants = {
+        "baseline": dict(),
+        "progressive": dict(progressive=True),
+        "optimized": dict(optimize=True, quality=30),
+        "subsampled": dict(subsampling=2),
+        "icc": dict(icc_profile=b"\0" * 3000),
+        "rotated": dict(exif=_exif(6)),
+        "mirrored": dict(exif=_exif(2)),
+        "transverse": dict(exif=_exif(7), progressive=True),
+    }
+    for name, kw in variants.items():
+        path = tmp_path / f"{name}.jpg"
+        picture.save(path, format="JPEG", **kw)
+        expected = open_ref(str(path), tmp_path).size  # a full decode with EXIF applied
+        assert ref_size(str(path), tmp_path) == expected, name
+    for mode in ("L", "CMYK"):
+        path = tmp_path / f"{mode}.jpg"
+        picture.convert(mode).save(path, format="JPEG")
+        assert ref_size(str(path), tmp_path) == (45, 27), mode
+
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
