@@ -211,6 +211,11 @@ def default_max_pixels() -> int | None:
     return Image.MAX_IMAGE_PIXELS
 
 
+def probe_stream(handle: BinaryIO, size: int, max_pixels: int | None = -1) -> tuple[int, int]:
+    """`probe_header` on an open binary stream of `size` bytes (e.g. a zero-copy Arrow buffer reader)."""
+    return _probe(handle, size, default_max_pixels() if max_pixels == -1 else max_pixels)
+
+
 def probe_header(source: Path | bytes, max_pixels: int | None = -1) -> tuple[int, int]:
     """(width, height) with EXIF orientation applied, from the header only; ImageReadError otherwise.
 

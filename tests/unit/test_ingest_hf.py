@@ -167,3 +167,12 @@ def test_reference_strings_round_trip():
     assert HfRef.parse(str(HfRef("org/name", "train", "image", 0))) == HfRef("org/name", "train", "image", 0)
     with pytest.raises(ValueError, match="malformed"):
         HfRef.parse("hf:org/name?split=train")
+
+
+def test_row_ranges_on_worker_processes_give_the_serial_answer(stored, monkeypatch):
+    monkeypatch.setattr(hf, "_PARALLEL_ROWS", 2)
+    entry = _entry("saved", caption_column=["short", "description.description_1"], fallback_caption_column="tags")
+    serial = huggingface_records(entry, stored, workers=1)
+    pooled = huggingface_records(entry, stored, workers=2)
+    assert pooled == serial
+    assert [r.key for r in pooled[0]] == ["00000000", "00000001"] and len(pooled[1]) == 2
