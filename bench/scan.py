@@ -5,7 +5,8 @@ then times on the same files:
 - cold scan: what fetch does for a local dataset (walk, header probe on every core, cache written);
 - warm scan: the same again, answered from the (path, size, mtime) cache;
 - full-decode baseline: every file decoded to RGB, on the same number of processes as the scan.
-Usage: `python bench/scan.py [--count 10000] [--size 512] [--workers N] [--dir DIR]`.
+With `--hf-rows N`, also the Hugging Face row scan of fetch over N composite rows (`save_to_disk`).
+Usage: `python bench/scan.py [--count 10000] [--size 512] [--workers N] [--dir DIR] [--hf-rows N]`.
 """
 
 from __future__ import annotations
@@ -93,20 +94,53 @@ def run(root: Path, count: int, size: int, workers: int) -> dict[str, float]:
     return {"cold": count / cold_s, "warm": count / warm_s, "decode": count / decode_s}
 
 
+def run_hf(root: Path, rows: int, size: int, workers: int) -> float:
+    """Rows/s of the Hugging Face row scan over a `save_to_disk` dataset of 2-panel composites."""
+    import datasets
+
+    from kontext_core.data.huggingface import huggingface_records
+
+    bases = [data for data, ext in _encoded_bases(size) if ext == ".jpg"]
+    features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
+    block = datasets.Dataset.from_dict(
+        {"image": [{"bytes": bases[i % len(bases)], "path": None} for i in range(1000)], "caption": ["c"] * 1000},
+        features=features,
+    )
+    table = datasets.concatenate_datasets([block] * -(-rows // 1000)).select(range(rows)).flatten_indices()
+    table.save_to_disk(str(root / "rows"))
+    entry = DatasetEntry.model_validate(
+        {
+            "id": "rows",
+            "type": "huggingface",
+            "dataset_name": str(root / "rows"),
+            "caption_strategy": "huggingface",
+            "huggingface": {"composite_image_config": {"enabled": True, "image_count": 2, "select_index": 1}},
+        }
+    )
+    seconds, (records, problems) = _timed(lambda: huggingface_records(entry, root, workers=workers))
+    assert len(records) == rows and not problems
+    return rows / seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--size", type=int, default=512, help="edge of the square test images, pixels")
     parser.add_argument("--workers", type=int, default=cpu_count())
     parser.add_argument("--dir", type=Path, default=None, help="where to write the files (default: a temp dir)")
+    parser.add_argument("--hf-rows", type=int, default=0, help="also time the Hugging Face row scan on N rows")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         rates = run(Path(tmp), args.count, args.size, args.workers)
+        if args.hf_rows:
+            rates["hf"] = run_hf(Path(tmp), args.hf_rows, args.size, args.workers)
     print(f"{args.count} files, {args.size}x{args.size} px (jpg/png/webp), {args.workers} processes")
     print(f"{'measure':<26}{'images/s':>12}")
     print(f"{'metadata scan, cold':<26}{rates['cold']:>12.0f}")
     print(f"{'metadata scan, warm':<26}{rates['warm']:>12.0f}")
     print(f"{'full decode (baseline)':<26}{rates['decode']:>12.0f}")
+    if "hf" in rates:
+        print(f"{'hf row scan (composites)':<26}{rates['hf']:>12.0f}")
     print(f"cold scan / full decode: {rates['cold'] / rates['decode']:.1f}x")
 
 
