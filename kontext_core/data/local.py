@@ -34,8 +34,9 @@ class FoundImage:
     real: str  # the file read: the symlink's target, else `path`
 
 
-def find_images(root: Path) -> tuple[list[FoundImage], list[Path]]:
-    """Every image under `root` (resolved), sorted by key; and the symlinks that leave `root`.
+def find_images(root: Path) -> tuple[list[FoundImage], list[Path], list[tuple[Path, str]]]:
+    """Every image under `root` (resolved), sorted by key; the symlinks that leave `root`; and the
+    folders that could not be listed, with the reason.
 
     Walks with `os.scandir`, whose entries know their type without a stat per file: on 10,000 files
     this is most of a warm scan's time, so strings, not Path objects, until the record is built.
@@ -44,25 +45,32 @@ def find_images(root: Path) -> tuple[list[FoundImage], list[Path]]:
     outside: list[Path] = []
     prefix = len(str(root)) + 1
     stack = [str(root)]
+    unlisted: list[tuple[Path, str]] = []
     while stack:
-        with os.scandir(stack.pop()) as entries:
-            for item in entries:
-                if item.is_symlink():
-                    real = os.path.realpath(item.path)
-                    if not _inside(Path(real), root):
-                        if item.is_dir() or item.name.lower().endswith(IMAGE_EXTENSIONS):
-                            outside.append(Path(item.path))
-                        continue
-                    # A symlinked folder inside the root only repeats files that are listed anyway.
-                    if item.is_dir() or not item.name.lower().endswith(IMAGE_EXTENSIONS):
-                        continue
-                    found.append(FoundImage(item.path[prefix:].replace(os.sep, "/"), item.path, real))
-                elif item.is_dir():
-                    stack.append(item.path)
-                elif item.name.lower().endswith(IMAGE_EXTENSIONS):
-                    found.append(FoundImage(item.path[prefix:].replace(os.sep, "/"), item.path, item.path))
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as listing:
+                entries = list(listing)
+        except OSError as exc:
+            unlisted.append((Path(folder), f"folder cannot be listed: {exc.strerror or exc}"))
+            continue
+        for item in entries:
+            if item.is_symlink():
+                real = os.path.realpath(item.path)
+                if not _inside(Path(real), root):
+                    if item.is_dir() or item.name.lower().endswith(IMAGE_EXTENSIONS):
+                        outside.append(Path(item.path))
+                    continue
+                # A symlinked folder inside the root only repeats files that are listed anyway.
+                if item.is_dir() or not item.name.lower().endswith(IMAGE_EXTENSIONS):
+                    continue
+                found.append(FoundImage(item.path[prefix:].replace(os.sep, "/"), item.path, real))
+            elif item.is_dir():
+                stack.append(item.path)
+            elif item.name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(FoundImage(item.path[prefix:].replace(os.sep, "/"), item.path, item.path))
     found.sort(key=lambda image: image.key)
-    return found, sorted(outside)
+    return found, sorted(outside), unlisted
 
 
 def _caption(entry: DatasetEntry, path: str) -> tuple[str | None, Problem | None]:
@@ -99,10 +107,11 @@ def local_records(
     problems: list[Problem] = []
     if not root.is_dir():
         return [], [Problem(entry.id, str(root), "instance_data_dir is not a folder", UNREADABLE)]
-    found, outside = find_images(root)
+    found, outside, unlisted = find_images(root)
     problems += [
         Problem(entry.id, str(p), "symlink points outside instance_data_dir (refused)", OUTSIDE_ROOT) for p in outside
     ]
+    problems += [Problem(entry.id, str(folder), reason, UNREADABLE) for folder, reason in unlisted]
     headers = scan_headers([image.real for image in found], scan_cache, workers=workers).headers
     records: list[Record] = []
     for image in found:
