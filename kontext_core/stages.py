@@ -33,6 +33,7 @@ TRAIN_METRICS = "artifacts/metrics/train.json"
 VALIDATE_METRICS = "artifacts/metrics/validate.json"
 LOSS_PLOT = "artifacts/plots/train_loss.csv"
 SCAN_CACHE_DIR = "cache/scan"
+DATASET_HASH_DIR = "cache/hashes/datasets"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -243,29 +244,36 @@ def _read_json(path: Path) -> Any:
 
 
 def _dataset_inputs(params: Params, workdir: Path) -> dict[str, Any]:
-    """Content of the dataset file and of every local folder or file it points at (hub ids by name)."""
+    """Content of the dataset file and of every local folder or file it points at (hub ids by name).
+
+    File hashes are remembered under cache/hashes/datasets by (path, size, mtime): a new process
+    fingerprints an unchanged dataset with a stat per file instead of reading every image again.
+    That memo is no stage's output (it changes whenever a fingerprint is taken), unlike cache/scan.
+    """
     from kontext_core.config import load_datasets
+    from kontext_core.data.scan import folder_digest
 
     data_path = Path(params.data_backend_config)
     if not data_path.is_absolute():
         data_path = workdir / data_path
     hashes: dict[str, Any] = {"data_backend_config": sha256_file(data_path)}
     for entry in load_datasets(data_path, base_dir=workdir).enabled():
-        if entry.type == "local" and entry.instance_data_dir:
-            local = Path(entry.instance_data_dir)
-            hashes[f"dataset:{entry.id}"] = sha256_tree(local if local.is_absolute() else workdir / local)
-        elif entry.type == "huggingface" and entry.dataset_name:
-            local = Path(entry.dataset_name)
-            local = local if local.is_absolute() else workdir / local
-            if local.exists():
-                hashes[f"dataset:{entry.id}"] = sha256_tree(local)
-            else:
-                # A hub id: the fingerprint names what to download, and fetch downloads it (never this).
-                hashes[f"dataset:{entry.id}"] = {
-                    "hub": entry.dataset_name,
-                    "split": entry.split,
-                    "revision": entry.revision,
-                }
+        location = entry.instance_data_dir if entry.type == "local" else entry.dataset_name
+        if not location or entry.dataset_type == "text_embeds":
+            continue
+        local = Path(location).expanduser()
+        local = local if local.is_absolute() else workdir / local
+        if local.exists():
+            hashes[f"dataset:{entry.id}"] = folder_digest(local, workdir / DATASET_HASH_DIR / f"{entry.id}.json")
+        elif entry.type == "huggingface":
+            # A hub id: the fingerprint names what to download, and fetch downloads it (never this).
+            hashes[f"dataset:{entry.id}"] = {
+                "hub": entry.dataset_name,
+                "split": entry.split,
+                "revision": entry.revision,
+            }
+        else:
+            hashes[f"dataset:{entry.id}"] = "missing"
     return hashes
 
 
@@ -312,8 +320,8 @@ def stage_fetch(ctx: StageContext) -> None:
         records[entry.id] = [r.to_dict() for r in recs]
         problems += [p.to_dict() for p in probs]
         log.info("fetch %s: %d records, %d problems", entry.id, len(recs), len(probs))
-    # Drop scan caches of datasets no longer configured, so the persisted store does not grow forever.
-    for stale in scan_cache.glob("*.json"):
+    # Drop caches of datasets no longer configured, so the persisted store does not grow forever.
+    for stale in [*scan_cache.glob("*.json"), *ctx.path(DATASET_HASH_DIR).glob("*.json")]:
         if stale.stem not in records:
             stale.unlink()
     write_json(out / "records.json", {"records": records, "problems": problems})

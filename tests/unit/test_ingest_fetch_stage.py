@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import datasets
@@ -80,3 +81,26 @@ def test_dataset_fingerprint_names_hub_ids_and_hashes_local_files(tmp_path):
     after = _dataset_inputs(params, project)
     assert after["dataset:photos"] != before["dataset:photos"]
     assert after["dataset:rows"] == before["dataset:rows"]
+
+
+def test_dataset_fingerprint_reuses_file_hashes_by_size_and_mtime(tmp_path):
+    from kontext_core import fsutil
+    from kontext_core.stages import DATASET_HASH_DIR
+
+    project = _project(tmp_path)
+    params = params_from_dict({"data_backend_config": "datasets.json"})
+    first = _dataset_inputs(params, project)["dataset:photos"]
+    memo = json.loads((project / DATASET_HASH_DIR / "photos.json").read_text())["entries"]
+    assert {Path(p).name for p in memo} == {"a.png", "a.txt", "b.png", "b.txt", "broken.png"}
+
+    # A new process (no in-memory hashes) trusts the memo for a file whose size and mtime are unchanged:
+    # rewriting a caption with same-length text and restoring its mtime goes unnoticed, by design.
+    fsutil._FILE_HASHES.clear()
+    caption = project / "photos/a.txt"
+    stat = caption.stat()
+    caption.write_text("caption A")
+    os.utime(caption, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert _dataset_inputs(params, project)["dataset:photos"] == first
+    # Any real edit moves the mtime, and the file is hashed again.
+    os.utime(caption, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert _dataset_inputs(params, project)["dataset:photos"] != first
