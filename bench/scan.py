@@ -4,7 +4,9 @@ Generates `--count` image files (JPEG, PNG and WebP, `--size` pixels, spread ove
 then times on the same files:
 - cold scan: what fetch does for a local dataset (walk, header probe on every core, cache written);
 - warm scan: the same again, answered from the (path, size, mtime) cache;
-- full-decode baseline: every file decoded to RGB, on the same number of processes as the scan.
+- full-decode baseline: every file decoded to RGB, on the same number of processes as the scan;
+- the fetch fingerprint of the folder (SHA-256 of every file), cold, then in a "new process" that
+  reuses the hashes remembered by (path, size, mtime).
 With `--hf-rows N`, also the Hugging Face row scan of fetch over N composite rows (`save_to_disk`).
 Usage: `python bench/scan.py [--count 10000] [--size 512] [--workers N] [--dir DIR] [--hf-rows N]`.
 """
@@ -25,10 +27,11 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from kontext_core import fsutil  # noqa: E402
 from kontext_core.config import DatasetEntry  # noqa: E402
 from kontext_core.data.images import open_rgb  # noqa: E402
 from kontext_core.data.local import find_images, local_records  # noqa: E402
-from kontext_core.data.scan import cpu_count, pool_context  # noqa: E402
+from kontext_core.data.scan import cpu_count, folder_digest, pool_context  # noqa: E402
 
 FORMATS = (("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp"))
 
@@ -88,10 +91,21 @@ def run(root: Path, count: int, size: int, workers: int) -> dict[str, float]:
 
     cold_s, cold_n = _timed(scan)
     warm_s, warm_n = _timed(scan)
+    # The fetch fingerprint hashes the folder; a new process reuses the hashes remembered on disk.
+    digest_cold_s, digest = _timed(lambda: folder_digest(data_dir, root / "cache" / "hashes.json"))
+    fsutil._FILE_HASHES.clear()
+    digest_warm_s, digest_again = _timed(lambda: folder_digest(data_dir, root / "cache" / "hashes.json"))
+    assert digest == digest_again
     paths = [image.real for image in find_images(data_dir.resolve())[0]]
     decode_s, decode_n = _timed(lambda: decode_all(paths, workers))
     assert cold_n == warm_n == decode_n == count, (cold_n, warm_n, decode_n)
-    return {"cold": count / cold_s, "warm": count / warm_s, "decode": count / decode_s}
+    return {
+        "cold": count / cold_s,
+        "warm": count / warm_s,
+        "decode": count / decode_s,
+        "digest_cold": count / digest_cold_s,
+        "digest_warm": count / digest_warm_s,
+    }
 
 
 def run_hf(root: Path, rows: int, size: int, workers: int) -> float:
@@ -139,6 +153,8 @@ def main() -> None:
     print(f"{'metadata scan, cold':<26}{rates['cold']:>12.0f}")
     print(f"{'metadata scan, warm':<26}{rates['warm']:>12.0f}")
     print(f"{'full decode (baseline)':<26}{rates['decode']:>12.0f}")
+    print(f"{'fingerprint, cold':<26}{rates['digest_cold']:>12.0f}")
+    print(f"{'fingerprint, warm':<26}{rates['digest_warm']:>12.0f}")
     if "hf" in rates:
         print(f"{'hf row scan (composites)':<26}{rates['hf']:>12.0f}")
     print(f"cold scan / full decode: {rates['cold'] / rates['decode']:.1f}x")

@@ -13,6 +13,13 @@ from PIL import Image
 from kontext_core.data.scan import SERIAL_BELOW, scan_headers
 
 ROOT = Path(__file__).resolve().parents[2]
+NAMES = (
+    "metadata scan, cold",
+    "metadata scan, warm",
+    "full decode (baseline)",
+    "fingerprint, cold",
+    "fingerprint, warm",
+)
 
 
 def _images(folder: Path, count: int) -> list[str]:
@@ -83,10 +90,10 @@ def test_bench_scan_smoke(tmp_path):
     ).stdout
     rates = {}
     for line in out.splitlines():
-        for name in ("metadata scan, cold", "metadata scan, warm", "full decode (baseline)"):
+        for name in NAMES:
             if line.startswith(name):
                 rates[name] = float(line[len(name) :])
-    assert set(rates) == {"metadata scan, cold", "metadata scan, warm", "full decode (baseline)"}
+    assert set(rates) == set(NAMES)
     assert all(rate > 0 for rate in rates.values())
     assert "cold scan / full decode:" in out
     assert list(tmp_path.iterdir()) == []  # generated files are cleaned up
