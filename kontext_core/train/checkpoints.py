@@ -107,6 +107,9 @@ class CheckpointManager:
         return dest
 
     def _prune(self) -> None:
+        # Temp folders of a save that a killed process never finished.
+        for stale in self.run_dir.glob(".checkpoint-*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
         if self.limit is None:
             return
         for old in self.checkpoints()[: -self.limit]:
@@ -118,10 +121,13 @@ class CheckpointManager:
             return None
         if resume == "latest":
             mine = self.checkpoints()
-            others = [p for p in self.root.glob("*/checkpoint-*") if p.parent != self.run_dir] if self.root.is_dir() else []
+            others = (
+                [p for p in self.root.glob("*/checkpoint-*") if p.parent != self.run_dir] if self.root.is_dir() else []
+            )
             if others:
                 log.info(
-                    "resume_from_checkpoint latest: ignoring %d checkpoint(s) of runs with other params/inputs", len(others)
+                    "resume_from_checkpoint latest: ignoring %d checkpoint(s) of runs with other params/inputs",
+                    len(others),
                 )
             if not mine:
                 log.info("resume_from_checkpoint latest: no checkpoint of this run yet; starting fresh")
@@ -129,7 +135,9 @@ class CheckpointManager:
             return mine[-1]
         path = Path(resume)
         if not (path / STATE_FILE).exists():
-            raise ConfigError(f"params: resume_from_checkpoint = {resume!r}: not a checkpoint folder ({STATE_FILE} missing)")
+            raise ConfigError(
+                f"params: resume_from_checkpoint = {resume!r}: not a checkpoint folder ({STATE_FILE} missing)"
+            )
         stored = json.loads((path / STATE_FILE).read_text()).get("fingerprint")
         if stored != self.fingerprint:
             raise ConfigError(

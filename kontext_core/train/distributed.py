@@ -64,5 +64,6 @@ def from_accelerate() -> DistContext:
     """The context of this process under `accelerate launch` (a single process without it)."""
     from accelerate import PartialState
 
-    state = PartialState()
+    # cpu=True lets accelerate form a gloo group from torchrun's env when there is no GPU.
+    state = PartialState(cpu=not torch.cuda.is_available())
     return DistContext(rank=state.process_index, world_size=state.num_processes, device=state.device)

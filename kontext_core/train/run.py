@@ -18,13 +18,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
-
-from kontext_core.config import Params
+from kontext_core.config import ConfigError, Params
 from kontext_core.fsutil import write_json
 from kontext_core.train.checkpoints import CheckpointManager
 from kontext_core.train.distributed import DistContext, from_accelerate
-from kontext_core.train.loop import StepCallback, TrainResult, enable_gradient_checkpointing, seed_everything, train_loop
+from kontext_core.train.loop import (
+    StepCallback,
+    TrainResult,
+    enable_gradient_checkpointing,
+    seed_everything,
+    train_loop,
+)
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +97,21 @@ def run_training(job: TrainJob, dist: DistContext | None = None) -> TrainResult:
     return result
 
 
-def launch_command(params: Params, job_file: Path) -> list[str]:
+def launch_command(params: Params, job_file: Path, workdir: Path) -> list[str]:
     """`accelerate launch` with the project's accelerate settings, running this module."""
     # The same interpreter as this process, so the launched workers see the same environment.
     cmd = [sys.executable, "-m", "accelerate.commands.launch"]
     settings = params.accelerate
     if settings.config_file:
-        cmd += ["--config_file", settings.config_file]
+        config_file = Path(settings.config_file)
+        config_file = config_file if config_file.is_absolute() else workdir / config_file
+        if not config_file.is_file():
+            raise ConfigError(f"params: accelerate.config_file = {settings.config_file!r}: file not found")
+        cmd += ["--config_file", str(config_file)]
     else:
-        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-        cmd += ["--multi_gpu"] if torch.cuda.is_available() else ["--cpu"]
+        # The torchrun launcher (`--multi_gpu`) starts the processes on CPU-only machines too; the
+        # entry point then forms a gloo group. Autocast is the loop's job, not accelerate's.
+        cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd += ["--num_processes", str(settings.num_processes)]
     if settings.main_process_port:
         cmd += ["--main_process_port", str(settings.main_process_port)]
@@ -112,7 +121,7 @@ def launch_command(params: Params, job_file: Path) -> list[str]:
 def launch(job: TrainJob, job_file: Path, params: Params, workdir: Path) -> TrainResult:
     """Run the job under `accelerate launch` (num_processes > 1) and read the main process's result."""
     job.save(job_file)
-    cmd = launch_command(params, job_file)
+    cmd = launch_command(params, job_file, workdir)
     log.info("train: %s", " ".join(cmd))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))

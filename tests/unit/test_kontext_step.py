@@ -187,8 +187,8 @@ def test_uniform_and_resolution_dependent_shift():
     gen = lambda: torch.Generator().manual_seed(0)  # noqa: E731
     uniform = sample_sigmas(4000, _params(flow_use_uniform_schedule=True, flow_schedule_shift=1.0), 256, gen())
     assert abs(float((uniform < 0.25).float().mean()) - 0.25) < 0.03
-    assert resolution_shift(256) == pytest.approx(2.718281828 ** 0.5)
-    assert resolution_shift(4096) == pytest.approx(2.718281828 ** 1.15)
+    assert resolution_shift(256) == pytest.approx(2.718281828**0.5)
+    assert resolution_shift(4096) == pytest.approx(2.718281828**1.15)
     auto = _params(flow_schedule_auto_shift=True, flow_schedule_shift=1.0)
     small, large = sample_sigmas(2000, auto, 16, gen()), sample_sigmas(2000, auto, 4096, gen())
     assert large.mean() > small.mean()  # bigger images: more noise
@@ -198,8 +198,9 @@ def test_guidance_constant_or_random_range():
     gen = torch.Generator().manual_seed(0)
     assert torch.equal(sample_guidance(3, _params(), gen), torch.ones(3))
     assert torch.equal(sample_guidance(2, _params(flux_guidance_value=2.5), gen), torch.full((2,), 2.5))
-    ranged = sample_guidance(500, _params(flux_guidance_mode="random-range", flux_guidance_min=1.5,
-                                          flux_guidance_max=3.0), gen)
+    ranged = sample_guidance(
+        500, _params(flux_guidance_mode="random-range", flux_guidance_min=1.5, flux_guidance_max=3.0), gen
+    )
     assert ranged.min() >= 1.5 and ranged.max() <= 3.0 and ranged.std() > 0.3
 
 
