@@ -139,6 +139,10 @@ def train_loop(
     resumed_from = checkpoints.resolve(params.resume_from_checkpoint) if checkpoints else None
     if resumed_from is not None:
         state = CheckpointManager.load(resumed_from, adapter, optimizer, scheduler)
+        if on_step is not None and dist.is_main:
+            # A resumed run gets a fresh tracking run: give it the whole loss curve so far.
+            for step, loss in enumerate(state.losses):
+                on_step(step, {"train/loss": loss})
     stream = BatchStream(sampler, state.position)
     use_bf16 = params.mixed_precision == "bf16" and device.type != "cpu"
     interval = params.checkpoint_step_interval

@@ -123,6 +123,7 @@ def test_resume_from_a_checkpoint_ends_with_the_same_adapter(base, data, tmp_pat
     resumed = _train(base, data, params.model_copy(update={"resume_from_checkpoint": "latest"}), checkpoints=manager)
     assert resumed[0].resumed_from.endswith("checkpoint-4")
     assert resumed[0].losses == full[0].losses
+    assert [m["train/loss"] for m in resumed[3]] == full[0].losses  # the whole curve reaches the tracker
     assert _equal(resumed[2], full[2])
     explicit = params.model_copy(update={"resume_from_checkpoint": str(manager.checkpoints()[0])})
     assert _equal(_train(base, data, explicit, checkpoints=manager)[2], full[2])
