@@ -466,6 +466,8 @@ def stage_train(ctx: StageContext) -> None:
     In process, or under `accelerate launch` when `accelerate.num_processes` > 1. Checkpoints go to
     models/checkpoints/<fingerprint>/ (outside the staged outputs) so a crashed run can resume.
     """
+    import tempfile
+
     import mlflow
 
     from kontext_core.tracking import runs
@@ -478,26 +480,29 @@ def stage_train(ctx: StageContext) -> None:
     run_id = runs.current_run_id(p, ctx.workdir)
     log_params(mlflow.MlflowClient(), run_id, p)
     train_dir = ctx.out("artifacts/train")
-    job = TrainJob(
-        params=p.model_dump(mode="json"),
-        workdir=str(ctx.workdir),
-        fingerprint=ctx.fingerprint,
-        adapter_dir=str(ctx.out("models/adapter")),
-        result_file=str(train_dir / "result.json"),
-        run_id=run_id,
-    )
-    if p.accelerate.num_processes > 1:
-        result = launch(job, train_dir / "job.json", p, ctx.workdir)
-    else:
-        result = run_training(job)
+    # The job and result files hold paths and timings: kept out of the hashed outputs.
+    with tempfile.TemporaryDirectory(prefix=".train-job-", dir=ctx.workdir / "artifacts") as tmp:
+        job = TrainJob(
+            params=p.model_dump(mode="json"),
+            workdir=str(ctx.workdir),
+            fingerprint=ctx.fingerprint,
+            adapter_dir=str(ctx.out("models/adapter")),
+            result_file=str(Path(tmp) / "result.json"),
+            run_id=run_id,
+        )
+        if p.accelerate.num_processes > 1:
+            result = launch(job, Path(tmp) / "job.json", p, ctx.workdir)
+        else:
+            result = run_training(job)
     losses = result.losses
+    data = load_cached_data(ctx.workdir)
     write_text(ctx.out(LOSS_PLOT), "step,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses)))
     window = max(1, len(losses) // 5)
     metrics = {
         "loss_first": sum(losses[:window]) / window,
         "loss_last": sum(losses[-window:]) / window,
         "steps": len(losses),
-        "train_pairs": len(load_cached_data(ctx.workdir).samples),
+        "train_pairs": len(data.samples),
     }
     write_json(ctx.out(TRAIN_METRICS), metrics)
     write_json(train_dir / "mlflow_run.json", {"run_id": run_id})
@@ -505,7 +510,7 @@ def stage_train(ctx: StageContext) -> None:
     ctx.info.update(
         {
             "run_id": run_id,
-            "buckets": bucket_counts(load_cached_data(ctx.workdir)),
+            "buckets": bucket_counts(data),
             "resumed_from": result.resumed_from,
             "train_seconds": round(result.seconds, 3),
             **metrics,

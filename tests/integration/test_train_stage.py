@@ -25,7 +25,7 @@ ADAPTER = "models/adapter/pytorch_lora_weights.safetensors"
 # The colour-inversion pairs only, 32 px images in 64 px buckets (8x8 latents), full-precision base.
 SETTINGS = {
     "base_model_precision": "no_change",
-    "max_train_steps": 200,
+    "max_train_steps": 120,
     "learning_rate": 0.01,
     "validation_resolution": 32,
     "validation_num_inference_steps": 4,
