@@ -45,14 +45,26 @@ def optimizer_state_to_files(state: dict[str, Any]) -> tuple[dict[str, torch.Ten
                 tensors[key] = value.detach().to("cpu").contiguous()
             else:
                 scalars[key] = value
-    return tensors, {"scalars": scalars, "param_groups": state["param_groups"]}
+    groups = []
+    for index, group in enumerate(state["param_groups"]):
+        plain = {}
+        for name, value in group.items():
+            if isinstance(value, torch.Tensor):  # torch-optimi keeps some group values as tensors
+                tensors[f"group.{index}/{name}"] = value.detach().to("cpu").contiguous()
+            else:
+                plain[name] = value
+        groups.append(plain)
+    return tensors, {"scalars": scalars, "param_groups": groups}
 
 
 def optimizer_state_from_files(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in group.items()} for group in meta["param_groups"]]
     for source in (tensors, meta["scalars"]):
         for key, value in source.items():
-            param_id, name = key.split("/", 1)
-            state.setdefault(int(param_id), {})[name] = value
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in group.items()} for group in meta["param_groups"]]
+            owner, name = key.split("/", 1)
+            if owner.startswith("group."):
+                groups[int(owner[len("group.") :])][name] = value
+            else:
+                state.setdefault(int(owner), {})[name] = value
     return {"state": state, "param_groups": groups}
