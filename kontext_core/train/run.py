@@ -12,6 +12,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -118,6 +119,16 @@ def launch_command(params: Params, job_file: Path, workdir: Path) -> list[str]:
     return cmd + ["-m", "kontext_core.train.run", "--job", str(job_file)]
 
 
+def _terminate_with_parent() -> None:
+    """Linux: SIGTERM the launcher when the stage process dies (even by SIGKILL); torchrun then
+    stops its workers, so a killed stage never leaves orphans training on."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
 def launch(job: TrainJob, job_file: Path, params: Params, workdir: Path) -> TrainResult:
     """Run the job under `accelerate launch` (num_processes > 1) and read the main process's result."""
     job.save(job_file)
@@ -125,7 +136,7 @@ def launch(job: TrainJob, job_file: Path, params: Params, workdir: Path) -> Trai
     log.info("train: %s", " ".join(cmd))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
-    subprocess.run(cmd, cwd=workdir, env=env, check=True)
+    subprocess.run(cmd, cwd=workdir, env=env, check=True, preexec_fn=_terminate_with_parent)
     return TrainResult(**json.loads(Path(job.result_file).read_text()))
 
 
