@@ -478,63 +478,61 @@ def _base_transformer(ctx: StageContext):
 
 
 def stage_train(ctx: StageContext) -> None:
-    """Train the LoRA on the cached latents and embeddings; save it in diffusers format."""
+    """Train the adapter on the cached latents and embeddings; save it in its release format.
+
+    In process, or under `accelerate launch` when `accelerate.num_processes` > 1. Checkpoints go to
+    models/checkpoints/<fingerprint>/ (outside the staged outputs) so a crashed run can resume.
+    """
+    import tempfile
+
     import mlflow
 
-    from kontext_core.cache.store import TensorStore
-    from kontext_core.model.adapters import add_adapter
-    from kontext_core.model.load import training_device
     from kontext_core.tracking import runs
     from kontext_core.tracking.lineage import log_params
-    from kontext_core.train.loop import TrainSample, group_counts, seed_everything, train_loop
+    from kontext_core.train.data import load_cached_data
+    from kontext_core.train.loop import bucket_counts
+    from kontext_core.train.run import TrainJob, launch, run_training
 
     p = ctx.params
-    pairs = [x for x in _read_json(ctx.path("data/pair/pairs.json")) if x["split"] == "train"]
-    vae_index = _read_json(ctx.path("cache/vae/index.json"))
-    text_index = _read_json(ctx.path("cache/text/index.json"))
-    latents = TensorStore(ctx.path("cache/vae/latents"))
-    embeds = TensorStore(ctx.path("cache/text/embeds"))
-    samples = []
-    for pair in pairs:
-        keys = vae_index[pair["pair_id"]]
-        text = embeds.get(text_index[pair["caption"]])
-        samples.append(
-            TrainSample(
-                target=latents.get(keys["target"])["latents"],
-                references=[latents.get(k)["latents"] for k in keys["references"]],
-                prompt_embeds=text["prompt_embeds"],
-                pooled_prompt_embeds=text["pooled_prompt_embeds"],
-            )
-        )
-    device = training_device()
-    seed_everything(p.seed)
-    transformer = _base_transformer(ctx).to(device)
-    if p.gradient_checkpointing:
-        transformer.enable_gradient_checkpointing()
-    adapter = add_adapter(transformer, p)
-
     run_id = runs.current_run_id(p, ctx.workdir)
-    client = mlflow.MlflowClient()
-    log_params(client, run_id, p)
-
-    def on_step(step: int, loss: float, lr: float) -> None:
-        client.log_metric(run_id, "train/loss", loss, step=step)
-        client.log_metric(run_id, "train/lr", lr, step=step)
-
-    losses = train_loop(p, transformer, adapter.parameters(), samples, on_step=on_step)
-    adapter.save(ctx.out("models/adapter"))
+    log_params(mlflow.MlflowClient(), run_id, p)
+    train_dir = ctx.out("artifacts/train")
+    # The job and result files hold paths and timings: kept out of the hashed outputs.
+    with tempfile.TemporaryDirectory(prefix=".train-job-", dir=ctx.workdir / "artifacts") as tmp:
+        job = TrainJob(
+            params=p.model_dump(mode="json"),
+            workdir=str(ctx.workdir),
+            fingerprint=ctx.fingerprint,
+            adapter_dir=str(ctx.out("models/adapter")),
+            result_file=str(Path(tmp) / "result.json"),
+            run_id=run_id,
+        )
+        if p.accelerate.num_processes > 1:
+            result = launch(job, Path(tmp) / "job.json", p, ctx.workdir)
+        else:
+            result = run_training(job)
+    losses = result.losses
+    data = load_cached_data(ctx.workdir)
     write_text(ctx.out(LOSS_PLOT), "step,loss\n" + "".join(f"{i},{v:.6f}\n" for i, v in enumerate(losses)))
     window = max(1, len(losses) // 5)
     metrics = {
         "loss_first": sum(losses[:window]) / window,
         "loss_last": sum(losses[-window:]) / window,
         "steps": len(losses),
-        "train_pairs": len(samples),
+        "train_pairs": len(data.samples),
     }
     write_json(ctx.out(TRAIN_METRICS), metrics)
-    write_json(ctx.out("artifacts/train") / "mlflow_run.json", {"run_id": run_id})
+    write_json(train_dir / "mlflow_run.json", {"run_id": run_id})
     ctx.tag_run(run_id)
-    ctx.info.update({"run_id": run_id, "buckets": group_counts(samples), **metrics})
+    ctx.info.update(
+        {
+            "run_id": run_id,
+            "buckets": bucket_counts(data),
+            "resumed_from": result.resumed_from,
+            "train_seconds": round(result.seconds, 3),
+            **metrics,
+        }
+    )
 
 
 def stage_validate(ctx: StageContext) -> None:
@@ -609,20 +607,46 @@ def stage_register(ctx: StageContext) -> None:
 # ----------------------------------------------------------------------------------------------
 # the registry of stages (order = execution order)
 
+# Every key that changes the trained adapter. Not here, on purpose: checkpoint_step_interval,
+# checkpoints_total_limit, resume_from_checkpoint and the accelerate launcher settings (they change how
+# a run is carried out, not its result), so resuming or checkpointing more often never retrains.
 _TRAIN_KEYS = [
     "lora_type",
     "lora_rank",
     "lora_alpha",
+    "lora_dropout",
+    "lora_init_type",
+    "flux_lora_target",
+    "lycoris_config",
+    "fuse_qkv_projections",
     "learning_rate",
     "optimizer",
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "lr_end",
+    "lr_power",
+    "gradient_accumulation_steps",
+    "max_grad_norm",
     "max_train_steps",
+    "num_train_epochs",
     "train_batch_size",
     "seed",
+    "loss_type",
+    "huber_c",
+    "flow_sigmoid_scale",
     "flow_schedule_shift",
+    "flow_schedule_auto_shift",
+    "flow_use_uniform_schedule",
+    "flux_guidance_mode",
     "flux_guidance_value",
+    "flux_guidance_min",
+    "flux_guidance_max",
+    "caption_dropout_probability",
     "mixed_precision",
     "gradient_checkpointing",
+    "gradient_checkpointing_interval",
     "conditioning_multidataset_sampling",
+    "accelerate.num_processes",
 ]
 _VALIDATION_KEYS = [
     "validation_guidance",
@@ -716,6 +740,12 @@ STAGES: dict[str, StageSpec] = {
                 "kontext_core.train.loop",
                 "kontext_core.train.kontext_step",
                 "kontext_core.train.optimizers",
+                "kontext_core.train.schedulers",
+                "kontext_core.train.sampler",
+                "kontext_core.train.data",
+                "kontext_core.train.checkpoints",
+                "kontext_core.train.distributed",
+                "kontext_core.train.run",
                 "kontext_core.model.adapters",
             ],
             metrics=[TRAIN_METRICS],

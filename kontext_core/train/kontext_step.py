@@ -8,10 +8,16 @@ tokens (1, row, col), several references being offset so they do not overlap. Th
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from kontext_core.config import Params
+
+# diffusers' FluxKontextPipeline `calculate_shift` defaults (the scheduler config of FLUX.1 dev).
+BASE_SEQ_LEN, MAX_SEQ_LEN, BASE_SHIFT, MAX_SHIFT = 256, 4096, 0.5, 1.15
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -40,21 +46,61 @@ def position_ids(h: int, w: int, index: int, row_offset: int = 0, col_offset: in
 
 def reference_ids(shapes: list[tuple[int, int]]) -> torch.Tensor:
     """Ids for several references placed side by side (column offsets), all with index 1."""
-    parts, col = [], 0
+    parts, col = [torch.zeros(0, 3)], 0
     for h, w in shapes:
         parts.append(position_ids(h, w, index=1, col_offset=col))
         col += w
     return torch.cat(parts, dim=0)
 
 
+# ----------------------------------------------------------------------------------------------
+# timesteps, guidance, loss
+
+
 def shift_sigmas(sigmas: torch.Tensor, shift: float) -> torch.Tensor:
     return shift * sigmas / (1 + (shift - 1) * sigmas)
 
 
-def sample_sigmas(batch: int, shift: float, generator: torch.Generator) -> torch.Tensor:
-    """Logit-normal sigmas (sigmoid of a standard normal) with a static shift."""
-    sigmas = torch.sigmoid(torch.randn(batch, generator=generator))
+def resolution_shift(image_seq_len: int) -> float:
+    """The resolution-dependent shift exp(mu) FLUX uses at inference: 1.65 at 256 tokens, 3.16 at 4096."""
+    slope = (MAX_SHIFT - BASE_SHIFT) / (MAX_SEQ_LEN - BASE_SEQ_LEN)
+    mu = BASE_SHIFT + slope * (image_seq_len - BASE_SEQ_LEN)
+    return math.exp(mu)
+
+
+def sample_sigmas(batch: int, params: Params, image_seq_len: int, generator: torch.Generator) -> torch.Tensor:
+    """Training sigmas: logit-normal `sigmoid(scale * N(0,1))` or uniform, then the static or auto shift."""
+    if params.flow_use_uniform_schedule:
+        sigmas = torch.rand(batch, generator=generator)
+    else:
+        sigmas = torch.sigmoid(params.flow_sigmoid_scale * torch.randn(batch, generator=generator))
+    shift = resolution_shift(image_seq_len) if params.flow_schedule_auto_shift else params.flow_schedule_shift
     return shift_sigmas(sigmas, shift)
+
+
+def sample_guidance(batch: int, params: Params, generator: torch.Generator) -> torch.Tensor:
+    """The guidance embedding value per sample: constant (1.0 for Kontext-dev) or uniform in [min, max]."""
+    if params.flux_guidance_mode == "constant":
+        return torch.full((batch,), float(params.flux_guidance_value))
+    low, high = params.flux_guidance_min, params.flux_guidance_max
+    return low + (high - low) * torch.rand(batch, generator=generator)
+
+
+def flow_loss(prediction: torch.Tensor, target: torch.Tensor, loss_type: str = "mse", huber_c: float = 0.1):
+    """Mean loss over all elements; huber / smooth_l1 are the pseudo-Huber forms (smooth everywhere)."""
+    prediction, target = prediction.float(), target.float()
+    if loss_type == "mse":
+        return F.mse_loss(prediction, target)
+    root = torch.sqrt((prediction - target) ** 2 + huber_c**2) - huber_c
+    if loss_type == "huber":
+        return (2 * huber_c * root).mean()
+    if loss_type == "smooth_l1":
+        return (2 * root).mean()
+    raise ValueError(f"loss_type = {loss_type!r}: expected mse, huber or smooth_l1")
+
+
+# ----------------------------------------------------------------------------------------------
+# the step
 
 
 @dataclass
@@ -77,7 +123,9 @@ def kontext_step(
     inputs: StepInputs,
     noise: torch.Tensor,
     sigmas: torch.Tensor,
-    guidance: float = 1.0,
+    guidance: float | torch.Tensor = 1.0,
+    loss_type: str = "mse",
+    huber_c: float = 0.1,
 ) -> StepOutputs:
     x0 = inputs.target_latents
     b, _, h, w = x0.shape
@@ -94,7 +142,10 @@ def kontext_step(
         dim=0,
     ).to(x0.device, x0.dtype)
     txt_ids = torch.zeros(inputs.prompt_embeds.shape[1], 3, device=x0.device, dtype=x0.dtype)
-    guidance_vec = torch.full((b,), guidance, device=x0.device, dtype=torch.float32)
+    if isinstance(guidance, torch.Tensor):
+        guidance_vec = guidance.to(x0.device, torch.float32)
+    else:
+        guidance_vec = torch.full((b,), float(guidance), device=x0.device, dtype=torch.float32)
     out = transformer(
         hidden_states=hidden,
         encoder_hidden_states=inputs.prompt_embeds,
@@ -107,5 +158,5 @@ def kontext_step(
     )[0]
     prediction = out[:, : target_tokens.shape[1]]
     target = pack_latents(noise - x0)
-    loss = F.mse_loss(prediction.float(), target.float())
+    loss = flow_loss(prediction, target, loss_type, huber_c)
     return StepOutputs(loss=loss, prediction=prediction, target=target)

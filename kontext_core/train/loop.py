@@ -1,10 +1,15 @@
-"""The training loop: buckets of cached samples, the Kontext step, the optimizer."""
+"""The training loop: one-bucket batches from the epoch sampler, the Kontext step, accumulation,
+clipping, the schedule, checkpoints and (under `accelerate launch`) gradient averaging.
+
+All randomness of a batch (caption dropout, noise, sigmas, guidance) comes from a generator seeded
+by (seed, epoch, batch index): a resumed or distributed run draws exactly what a plain run draws.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
-from collections import defaultdict
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -12,28 +17,26 @@ import torch
 from tqdm import tqdm
 
 from kontext_core.config import Params
-from kontext_core.train.kontext_step import StepInputs, kontext_step, sample_sigmas
+from kontext_core.train.checkpoints import CheckpointManager, TrainerState
+from kontext_core.train.data import TrainData
+from kontext_core.train.distributed import DistContext
+from kontext_core.train.kontext_step import StepInputs, kontext_step, sample_guidance, sample_sigmas
 from kontext_core.train.optimizers import build_optimizer
+from kontext_core.train.sampler import Batch, BatchStream, EpochSampler, derive_seed, steps_for_epochs
+from kontext_core.train.schedulers import build_scheduler
 
 log = logging.getLogger(__name__)
 
+# on_step(step, {"train/loss": ..., "train/lr": ..., "train/grad_norm": ...}), main process only.
+StepCallback = Callable[[int, dict[str, float]], None]
+
 
 @dataclass
-class TrainSample:
-    target: torch.Tensor  # (16, H, W)
-    references: list[torch.Tensor]  # each (16, h, w); one per reference dataset
-    prompt_embeds: torch.Tensor  # (T, D)
-    pooled_prompt_embeds: torch.Tensor  # (D,)
-
-
-def _bucket_key(sample: TrainSample, reference_choice: list[int]) -> tuple:
-    return (tuple(sample.target.shape), tuple(tuple(sample.references[i].shape) for i in reference_choice))
-
-
-def _choose_references(sample: TrainSample, mode: str, rng: random.Random) -> list[int]:
-    if mode == "combined" or len(sample.references) == 1:
-        return list(range(len(sample.references)))
-    return [rng.randrange(len(sample.references))]
+class TrainResult:
+    losses: list[float]
+    steps: int
+    resumed_from: str | None
+    seconds: float
 
 
 def seed_everything(seed: int) -> None:
@@ -41,57 +44,168 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def total_steps(params: Params, sampler: EpochSampler, batches_per_step: int) -> int:
+    """`max_train_steps`, or the steps that cover `num_train_epochs` when it is 0/null."""
+    if params.max_train_steps:
+        return params.max_train_steps
+    assert params.num_train_epochs is not None
+    return steps_for_epochs(sampler, params.num_train_epochs, batches_per_step)
+
+
+def batch_caption(data: TrainData, sample_index: int, choice: tuple[int, ...], mode: str) -> str:
+    sample = data.samples[sample_index]
+    if mode == "random" and len(sample.references) > 1:
+        own = sample.reference_captions[choice[0]]
+        if own is not None and own in data.captions:
+            return own
+    return sample.caption
+
+
+def make_batch(
+    data: TrainData, batch: Batch, params: Params, device: torch.device
+) -> tuple[StepInputs, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The step inputs of one batch and its noise, sigmas and guidance (drawn on the CPU, then moved)."""
+    generator = torch.Generator().manual_seed(derive_seed(params.seed, "batch", *batch.seed_parts))
+    targets, prompts, pooled = [], [], []
+    references: list[list[torch.Tensor]] = [[] for _ in batch.items[0].references]
+    for item in batch.items:
+        sample = data.samples[item.sample]
+        caption = batch_caption(data, item.sample, item.references, params.conditioning_multidataset_sampling)
+        # Dropout blanks the caption only: the reference still tells the model what to edit.
+        if params.caption_dropout_probability > 0 and (
+            torch.rand(1, generator=generator).item() < params.caption_dropout_probability
+        ):
+            caption = ""
+        targets.append(data.load_latents(sample.target))
+        for slot, ref in enumerate(item.references):
+            references[slot].append(data.load_latents(sample.references[ref]))
+        prompt, pool = data.load_text(caption)
+        prompts.append(prompt)
+        pooled.append(pool)
+    target = torch.stack(targets)
+    noise = torch.randn(target.shape, generator=generator)
+    image_seq_len = (target.shape[2] // 2) * (target.shape[3] // 2)
+    sigmas = sample_sigmas(len(targets), params, image_seq_len, generator)
+    guidance = sample_guidance(len(targets), params, generator)
+    inputs = StepInputs(
+        target_latents=target.to(device),
+        reference_latents=[torch.stack(r).to(device) for r in references],
+        prompt_embeds=torch.stack(prompts).to(device),
+        pooled_prompt_embeds=torch.stack(pooled).to(device),
+    )
+    return inputs, noise.to(device), sigmas.to(device), guidance.to(device)
+
+
+def enable_gradient_checkpointing(transformer: torch.nn.Module, interval: int | None = None) -> None:
+    """Recompute activations in the backward pass; with `interval` n, only in every n-th block."""
+    transformer.enable_gradient_checkpointing()
+    if not interval or interval <= 1:
+        return
+    blocks = [*getattr(transformer, "transformer_blocks", []), *getattr(transformer, "single_transformer_blocks", [])]
+    position = {id(block): index for index, block in enumerate(blocks)}
+    checkpointed = transformer._gradient_checkpointing_func
+
+    def every_nth(block, *args):
+        if position.get(id(block), 0) % interval == 0:
+            return checkpointed(block, *args)
+        return block(*args)
+
+    transformer._gradient_checkpointing_func = every_nth
+
+
 def train_loop(
     params: Params,
     transformer: torch.nn.Module,
-    trainable: list[torch.nn.Parameter],
-    samples: list[TrainSample],
-    on_step: Callable[[int, float, float], None] | None = None,
-) -> list[float]:
-    """Run `max_train_steps` optimizer steps; returns the per-step losses."""
-    if not samples:
-        raise ValueError("no training samples: the pair table has no train pairs")
-    device = next(transformer.parameters()).device
+    adapter,
+    data: TrainData,
+    dist: DistContext | None = None,
+    checkpoints: CheckpointManager | None = None,
+    on_step: StepCallback | None = None,
+) -> TrainResult:
+    """Train the adapter on `data`; returns the per-step losses (averaged over processes)."""
+    started = time.perf_counter()
+    dist = dist or DistContext(device=next(transformer.parameters()).device)
+    device = dist.device
+    trainable = adapter.parameters()
+    dist.broadcast_parameters(trainable)
+    accumulation = params.gradient_accumulation_steps
+    sampler = EpochSampler(
+        data.samples, params.train_batch_size, params.seed, params.conditioning_multidataset_sampling
+    )
+    steps = total_steps(params, sampler, dist.world_size * accumulation)
     optimizer = build_optimizer(params, trainable)
-    rng = random.Random(params.seed)
-    generator = torch.Generator().manual_seed(params.seed)
-    losses: list[float] = []
+    scheduler = build_scheduler(params, optimizer, steps)
+    state = TrainerState()
+    resumed_from = checkpoints.resolve(params.resume_from_checkpoint) if checkpoints else None
+    if resumed_from is not None:
+        state = CheckpointManager.load(resumed_from, adapter, optimizer, scheduler)
+        if on_step is not None and dist.is_main:
+            # A resumed run gets a fresh tracking run: give it the whole loss curve so far.
+            for step, loss in enumerate(state.losses):
+                on_step(step, {"train/loss": loss})
+    stream = BatchStream(sampler, state.position)
     use_bf16 = params.mixed_precision == "bf16" and device.type != "cpu"
+    interval = params.checkpoint_step_interval
+
     transformer.train()
-    progress = tqdm(range(params.max_train_steps), desc="train", unit="step", leave=False, mininterval=2.0)
-    for step in progress:
-        # One bucket per batch: draw the first sample, then fill with samples of the same shapes.
-        first = samples[rng.randrange(len(samples))]
-        choice = _choose_references(first, params.conditioning_multidataset_sampling, rng)
-        key = _bucket_key(first, choice)
-        same = [s for s in samples if len(s.references) >= len(choice) and _bucket_key(s, choice) == key]
-        batch = [first] + [same[rng.randrange(len(same))] for _ in range(params.train_batch_size - 1)]
-        inputs = StepInputs(
-            target_latents=torch.stack([s.target for s in batch]).to(device),
-            reference_latents=[torch.stack([s.references[i] for s in batch]).to(device) for i in choice],
-            prompt_embeds=torch.stack([s.prompt_embeds for s in batch]).to(device),
-            pooled_prompt_embeds=torch.stack([s.pooled_prompt_embeds for s in batch]).to(device),
-        )
-        noise = torch.randn(inputs.target_latents.shape, generator=generator).to(device)
-        sigmas = sample_sigmas(len(batch), params.flow_schedule_shift, generator).to(device)
-        # bf16 autocast on accelerators only: CPU runs stay float32 and bit-reproducible.
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            out = kontext_step(transformer, inputs, noise, sigmas, guidance=params.flux_guidance_value)
-        out.loss.backward()
+    progress = tqdm(
+        total=steps,
+        initial=state.step,
+        desc="train",
+        unit="step",
+        leave=False,
+        mininterval=1.0,
+        disable=not dist.is_main,
+    )
+    while state.step < steps:
+        step_loss = torch.zeros((), device=device)
+        for _ in range(accumulation):
+            # Every process walks the whole stream and takes its own batch of each group.
+            batches = [stream.next() for _ in range(dist.world_size)]
+            inputs, noise, sigmas, guidance = make_batch(data, batches[dist.rank], params, device)
+            # bf16 autocast on accelerators only: CPU runs stay float32 and bit-reproducible.
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                out = kontext_step(
+                    transformer, inputs, noise, sigmas, guidance, loss_type=params.loss_type, huber_c=params.huber_c
+                )
+            (out.loss / accumulation).backward()
+            step_loss += out.loss.detach() / accumulation
+        dist.average_gradients(trainable)
+        metrics = {"train/lr": optimizer.param_groups[0]["lr"]}
+        if params.max_grad_norm:
+            metrics["train/grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm))
         optimizer.step()
+        scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss = float(out.loss.detach())
-        losses.append(loss)
-        lr = optimizer.param_groups[0]["lr"]
-        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        if on_step is not None:
-            on_step(step, loss, lr)
+        loss = float(dist.average(step_loss))
+        metrics["train/loss"] = loss
+        state.losses.append(loss)
+        state.step += 1
+        state.position = stream.position
+        progress.update(1)
+        progress.set_postfix(loss=f"{loss:.4f}", lr=f"{metrics['train/lr']:.2e}")
+        if on_step is not None and dist.is_main:
+            on_step(state.step - 1, metrics)
+        if checkpoints is not None and interval and state.step % interval == 0 and state.step < steps:
+            if dist.is_main:
+                checkpoints.save(
+                    state.step, adapter, optimizer, scheduler, state, extra={"world_size": dist.world_size}
+                )
+            dist.barrier()
+    progress.close()
     transformer.eval()
-    return losses
+    return TrainResult(
+        losses=state.losses,
+        steps=state.step,
+        resumed_from=str(resumed_from) if resumed_from else None,
+        seconds=time.perf_counter() - started,
+    )
 
 
-def group_counts(samples: list[TrainSample]) -> dict[str, int]:
-    counts: dict[str, int] = defaultdict(int)
-    for s in samples:
-        counts["x".join(str(d * 8) for d in s.target.shape[1:])] += 1
-    return dict(counts)
+def bucket_counts(data: TrainData) -> dict[str, int]:
+    """Train samples per target size in pixels (for the run's info)."""
+    counts: dict[str, int] = {}
+    for sample in data.samples:
+        key = "x".join(str(d * 8) for d in sample.target_shape)
+        counts[key] = counts.get(key, 0) + 1
+    return counts

@@ -1,0 +1,90 @@
+"""What the trainer reads: the train pairs with their cached latents and caption embeddings.
+
+Tensors are loaded per batch (a real dataset's latents and T5 embeddings do not fit in memory);
+only shapes are read up front, from the safetensors headers, to form buckets.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from kontext_core.cache.store import TensorStore
+
+log = logging.getLogger(__name__)
+
+Shape = tuple[int, int]  # latent (height, width)
+
+
+@dataclass(frozen=True)
+class TrainSample:
+    key: str  # the pair id: seeds the per-sample reference choice
+    target: str  # latent key
+    references: tuple[str, ...]  # latent keys, one per reference set (dataset)
+    caption: str
+    # A reference set's own caption replaces the pair's when that set is the one picked.
+    reference_captions: tuple[str | None, ...]
+    target_shape: Shape
+    reference_shapes: tuple[Shape, ...]
+
+
+@dataclass
+class TrainData:
+    samples: list[TrainSample]
+    load_latents: Callable[[str], torch.Tensor]  # key -> (16, h, w)
+    load_text: Callable[[str], tuple[torch.Tensor, torch.Tensor]]  # caption -> (prompt (T, D), pooled (D,))
+    captions: set[str] = field(default_factory=set)  # captions that have embeddings
+
+
+def _latent_shape(path: Path) -> Shape:
+    with safe_open(str(path), "pt") as fh:
+        shape = fh.get_slice("latents").get_shape()
+    return int(shape[-2]), int(shape[-1])
+
+
+def load_cached_data(workdir: Path) -> TrainData:
+    """The train split of data/pair/pairs.json over cache/vae and cache/text."""
+    workdir = Path(workdir)
+    pairs = [p for p in json.loads((workdir / "data/pair/pairs.json").read_text()) if p["split"] == "train"]
+    vae_index = json.loads((workdir / "cache/vae/index.json").read_text())
+    text_index: dict[str, str] = json.loads((workdir / "cache/text/index.json").read_text())
+    latents = TensorStore(workdir / "cache/vae/latents")
+    embeds = TensorStore(workdir / "cache/text/embeds")
+    if "" not in text_index:
+        raise RuntimeError(f"{workdir / 'cache/text/index.json'}: the empty caption is missing; re-run cache_text")
+    samples = []
+    missing_captions: set[str] = set()
+    for pair in pairs:
+        keys = vae_index[pair["pair_id"]]
+        ref_captions = []
+        for ref in pair["references"]:
+            caption = ref.get("caption")
+            if caption is not None and caption not in text_index:
+                missing_captions.add(caption)
+                caption = None
+            ref_captions.append(caption)
+        samples.append(
+            TrainSample(
+                key=pair["pair_id"],
+                target=keys["target"],
+                references=tuple(keys["references"]),
+                caption=pair["caption"],
+                reference_captions=tuple(ref_captions),
+                target_shape=_latent_shape(latents.path(keys["target"])),
+                reference_shapes=tuple(_latent_shape(latents.path(k)) for k in keys["references"]),
+            )
+        )
+    if missing_captions:
+        log.warning("%d reference captions have no text embedding; using the pair captions", len(missing_captions))
+
+    def load_text(caption: str) -> tuple[torch.Tensor, torch.Tensor]:
+        entry = embeds.get(text_index[caption])
+        return entry["prompt_embeds"], entry["pooled_prompt_embeds"]
+
+    return TrainData(samples, lambda key: latents.get(key)["latents"], load_text, set(text_index))

@@ -1,0 +1,152 @@
+"""The training entry point: one job, run in process or by every process of `accelerate launch`.
+
+    accelerate launch --num_processes 2 -m kontext_core.train.run --job artifacts/.train.staging/job.json
+
+The job file carries the validated params, the project, the stage fingerprint and where to write;
+the main process saves the adapter and a result file that the train stage reads back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kontext_core.config import ConfigError, Params
+from kontext_core.fsutil import write_json
+from kontext_core.train.checkpoints import CheckpointManager
+from kontext_core.train.distributed import DistContext, from_accelerate
+from kontext_core.train.loop import (
+    StepCallback,
+    TrainResult,
+    enable_gradient_checkpointing,
+    seed_everything,
+    train_loop,
+)
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_ROOT = "models/checkpoints"
+
+
+@dataclass
+class TrainJob:
+    params: dict
+    workdir: str
+    fingerprint: str
+    adapter_dir: str
+    result_file: str
+    run_id: str | None = None
+
+    def save(self, path: Path) -> None:
+        write_json(path, asdict(self))
+
+    @classmethod
+    def load(cls, path: Path) -> TrainJob:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def mlflow_logger(params: Params, workdir: Path, run_id: str) -> StepCallback:
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from kontext_core.tracking.runs import configure
+
+    configure(params, workdir)
+    client = MlflowClient()
+
+    def on_step(step: int, metrics: dict[str, float]) -> None:
+        stamp = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
+
+    return on_step
+
+
+def run_training(job: TrainJob, dist: DistContext | None = None) -> TrainResult:
+    """Load the frozen base, add the adapter, train, save (main process)."""
+    from kontext_core.model.adapters import add_adapter
+    from kontext_core.model.load import training_device
+    from kontext_core.stages import StageContext, _base_transformer
+    from kontext_core.train.data import load_cached_data
+    from kontext_core.train.optimizers import trainable_dtype
+
+    params = Params.model_validate(job.params)
+    workdir = Path(job.workdir)
+    dist = dist or DistContext(device=training_device())
+    seed_everything(params.seed)
+    data = load_cached_data(workdir)
+    transformer = _base_transformer(StageContext("train", params, workdir, job.fingerprint)).to(dist.device)
+    if params.gradient_checkpointing:
+        enable_gradient_checkpointing(transformer, params.gradient_checkpointing_interval)
+    adapter = add_adapter(transformer, params)
+    for p in adapter.parameters():
+        p.data = p.data.to(trainable_dtype(params))
+    checkpoints = CheckpointManager(workdir / CHECKPOINT_ROOT, job.fingerprint, params.checkpoints_total_limit)
+    on_step = mlflow_logger(params, workdir, job.run_id) if job.run_id and dist.is_main else None
+    result = train_loop(params, transformer, adapter, data, dist=dist, checkpoints=checkpoints, on_step=on_step)
+    if dist.is_main:
+        adapter.save(Path(job.adapter_dir))
+        write_json(Path(job.result_file), asdict(result))
+    dist.barrier()
+    return result
+
+
+def launch_command(params: Params, job_file: Path, workdir: Path) -> list[str]:
+    """`accelerate launch` with the project's accelerate settings, running this module."""
+    # The same interpreter as this process, so the launched workers see the same environment.
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    settings = params.accelerate
+    if settings.config_file:
+        config_file = Path(settings.config_file)
+        config_file = config_file if config_file.is_absolute() else workdir / config_file
+        if not config_file.is_file():
+            raise ConfigError(f"params: accelerate.config_file = {settings.config_file!r}: file not found")
+        cmd += ["--config_file", str(config_file)]
+    else:
+        # The torchrun launcher (`--multi_gpu`) starts the processes on CPU-only machines too; the
+        # entry point then forms a gloo group. Autocast is the loop's job, not accelerate's.
+        cmd += ["--multi_gpu", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd += ["--num_processes", str(settings.num_processes)]
+    if settings.main_process_port:
+        cmd += ["--main_process_port", str(settings.main_process_port)]
+    return cmd + ["-m", "kontext_core.train.run", "--job", str(job_file)]
+
+
+def _terminate_with_parent() -> None:
+    """Linux: SIGTERM the launcher when the stage process dies (even by SIGKILL); torchrun then
+    stops its workers, so a killed stage never leaves orphans training on."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def launch(job: TrainJob, job_file: Path, params: Params, workdir: Path) -> TrainResult:
+    """Run the job under `accelerate launch` (num_processes > 1) and read the main process's result."""
+    job.save(job_file)
+    cmd = launch_command(params, job_file, workdir)
+    log.info("train: %s", " ".join(cmd))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[2]), env.get("PYTHONPATH")]))
+    subprocess.run(cmd, cwd=workdir, env=env, check=True, preexec_fn=_terminate_with_parent)
+    return TrainResult(**json.loads(Path(job.result_file).read_text()))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--job", required=True, help="job JSON written by the train stage")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_training(TrainJob.load(Path(args.job)), from_accelerate())
+
+
+if __name__ == "__main__":
+    main()
