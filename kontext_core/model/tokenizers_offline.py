@@ -8,8 +8,9 @@ like T5's sentencepiece vocabulary (<pad>=0, </s>=1, <unk>=2).
 from __future__ import annotations
 
 import json
+from collections import Counter
 
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import CLIPTokenizer, T5TokenizerFast
 
 # Enough English to give the BPE merges and the Unigram pieces real words to learn; the
@@ -37,22 +38,50 @@ def _corpus() -> list[str]:
     return lines
 
 
+def _bpe_merges(words: list[str], budget: int) -> list[tuple[str, str]]:
+    """Greedy BPE merges with ties broken by the pair itself.
+
+    The `tokenizers` BPE trainer breaks ties by hash-map order, which differs between processes;
+    the tiny model must tokenize identically everywhere, so the merges are learnt here.
+    """
+    counts = Counter(words)
+    symbols = {w: [*w[:-1], w[-1] + "</w>"] for w in counts}
+    merges: list[tuple[str, str]] = []
+    while len(merges) < budget:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, parts in symbols.items():
+            for pair in zip(parts, parts[1:], strict=False):
+                pairs[pair] += counts[word]
+        if not pairs:
+            break
+        best = min(pairs, key=lambda pair: (-pairs[pair], pair))
+        if pairs[best] < 2:
+            break
+        merges.append(best)
+        for word, parts in symbols.items():
+            merged, i = [], 0
+            while i < len(parts):
+                if i + 1 < len(parts) and (parts[i], parts[i + 1]) == best:
+                    merged.append(parts[i] + parts[i + 1])
+                    i += 2
+                else:
+                    merged.append(parts[i])
+                    i += 1
+            symbols[word] = merged
+    return merges
+
+
 def build_clip_tokenizer(vocab_size: int = 1000) -> CLIPTokenizer:
-    backend = Tokenizer(models.BPE(end_of_word_suffix="</w>", continuing_subword_prefix=""))
-    backend.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<|startoftext|>", "<|endoftext|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        end_of_word_suffix="</w>",
-        show_progress=False,
-    )
-    backend.train_from_iterator(_corpus(), trainer=trainer)
-    model_json = json.loads(backend.to_str())["model"]
-    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model_json["merges"]]
+    """A CLIP-style BPE (byte alphabet, `</w>` word ends) learnt deterministically from the corpus."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    base = sorted(alphabet) + sorted(ch + "</w>" for ch in alphabet)
+    special = ["<|startoftext|>", "<|endoftext|>"]
+    words = [w.lower() for line in _corpus() for w in line.split()]
+    merges = _bpe_merges(words, vocab_size - len(base) - len(special))
+    tokens = base + ["".join(m) for m in merges] + special
+    vocab = {token: index for index, token in enumerate(dict.fromkeys(tokens))}
     # model_max_length must be set: without it the pipeline pads CLIP input to ~1e30 tokens.
-    return CLIPTokenizer(vocab=model_json["vocab"], merges=merges, model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
 def build_t5_tokenizer(vocab_size: int = 1000) -> T5TokenizerFast:

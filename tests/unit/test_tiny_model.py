@@ -1,3 +1,8 @@
+import json
+import os
+import subprocess
+import sys
+
 import torch
 from diffusers import FluxKontextPipeline
 
@@ -33,3 +38,28 @@ def test_tiny_model_loads_through_from_pretrained_and_edits(tmp_path):
     second = pipe(generator=torch.Generator().manual_seed(0), **kwargs).images[0]
     assert first.size == (32, 32)
     assert list(first.getdata()) == list(second.getdata())
+
+
+
+def test_offline_tokenizers_are_identical_across_processes():
+    """Hash-order ties in a BPE trainer would change token ids (and so every embedding) per process."""
+    script = (
+        "import json\n"
+        "from kontext_core.model.tokenizers_offline import build_clip_tokenizer, build_t5_tokenizer\n"
+        "p = 'make the red circle blue and sharpen the background'\n"
+        "print(json.dumps([build_clip_tokenizer()(p).input_ids, build_t5_tokenizer()(p).input_ids]))\n"
+    )
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONHASHSEED": seed},
+        ).stdout
+        for seed in ("1", "2")
+    ]
+    assert runs[0] == runs[1]
+    clip_ids, _ = json.loads(runs[0])
+    # Learnt merges: far fewer tokens than the prompt's 51 characters.
+    assert len(clip_ids) < 30
