@@ -355,6 +355,7 @@ def stage_pair(ctx: StageContext) -> None:
         what = "no usable training pairs" if not train_pairs else "pre-flight check failed"
         reasons = "; ".join(report.failures) or "no training dataset"
         raise RuntimeError(f"pair: {what}: {reasons}; see {failed / 'report.md'}")
+    shutil.rmtree(ctx.path(PREFLIGHT_FAILED_DIR), ignore_errors=True)
     ctx.info["pairs"] = {"train": train_pairs, "eval": sum(p["split"] == "eval" for p in pairs)}
     ctx.info["problems"] = len(report.problems)
 
