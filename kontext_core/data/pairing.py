@@ -198,8 +198,9 @@ def build_pairs(
     named by `generated_path`.
     """
     report = PairReport()
+    referenced = datasets.referenced_ids()
     for problem in fetch_problems:
-        role = "reference" if problem.dataset_id in datasets.referenced_ids() else "edit"
+        role = "reference" if problem.dataset_id in referenced else "edit"
         stats = report.stats(problem.dataset_id, role)
         report.add_problem(problem.dataset_id, problem.path, problem.reason, problem.kind)
         if problem.kind in _LOST_KINDS:
