@@ -117,3 +117,18 @@ def test_jpeg_artifacts_resume_from_the_persisted_store(sample_project, tmp_path
     shutil.rmtree(project / "data/degrade")
     manifest = run_stage("degrade", project / "params.yaml")
     assert not manifest["skipped"] and manifest["info"] == {"generated": 0, "reused": 2}
+
+
+def test_pair_stage_fails_in_one_line_above_max_missing_fraction(sample_project, tmp_path):
+    project = _project(sample_project, tmp_path, "kontext-two-folder.json", eval_dataset_id=None)
+    (project / "data/samples/pairs/reference/pair_001.png").unlink()
+    write_params(project / "params.yaml", pair={"max_missing_fraction": 0.25})
+    run_stage("fetch", project / "params.yaml")
+    with pytest.raises(RuntimeError) as failure:
+        run_stage("pair", project / "params.yaml")
+    message = str(failure.value)
+    assert "\n" not in message and "dataset 'my-edited-images' lost 50%" in message
+    assert "pair.max_missing_fraction = 0.25" in message
+    report = (project / "artifacts/preflight_failed/report.md").read_text()
+    assert "data/samples/pairs/edited/pair_001.png" in report and "missing_reference" in report
+    assert (project / "data/pair/pairs.json").exists()  # the previous run's outputs are kept
