@@ -82,6 +82,22 @@ class _EditSetPairer:
         self.set_count = len(self.ref_entries) + len(self.generators)
         self.random_sampling = params.conditioning_multidataset_sampling == "random"
         self.stats = report.stats(edit.id, "edit")
+        self._plans: dict[tuple[str, int, int], dict[str, Any]] = {}
+        self._generated_entries: dict[str, DatasetEntry] = {}
+
+    def plan(self, width: int, height: int, entry: DatasetEntry, key: str) -> dict[str, Any]:
+        # Only random crops depend on the file; other plans are shared by every image of one size.
+        if entry.crop and entry.crop_style == "random":
+            return crop_plan(width, height, entry, self.params.seed, key)
+        memo_key = (entry.id, width, height)
+        if memo_key not in self._plans:
+            self._plans[memo_key] = crop_plan(width, height, entry, self.params.seed, key)
+        return self._plans[memo_key]
+
+    def loose_generated(self, gen_id: str) -> DatasetEntry:
+        if gen_id not in self._generated_entries:
+            self._generated_entries[gen_id] = self.edit.model_copy(update={"id": gen_id})
+        return self._generated_entries[gen_id]
 
     def reference_caption(self, entry: DatasetEntry, record: Record) -> str | None:
         if self.random_sampling and self.set_count > 1 and entry.gives_captions and record.caption:
@@ -104,7 +120,7 @@ class _EditSetPairer:
                 self.stats.missing_references.append(record.image)
                 self.report.add_problem(ref_id, ref_record.image, f"unreadable reference: {exc}", MISSING_REFERENCE)
                 return None
-            plan = crop_plan(width, height, entry, self.params.seed, record.key)
+            plan = self.plan(width, height, entry, record.key)
             self.report.stats(ref_id, "reference").buckets["{}x{}".format(*plan["size"])] += 1
         else:
             plan = dict(target_plan)
@@ -124,7 +140,7 @@ class _EditSetPairer:
         gen_id = generated_dataset_id(self.edit.id, generator)
         if generator.conditioning_type == "reference_loose":
             # The generated image has its source's size; a loose one is still cropped on its own.
-            plan = crop_plan(width, height, self.edit.model_copy(update={"id": gen_id}), self.params.seed, record.key)
+            plan = self.plan(width, height, self.loose_generated(gen_id), record.key)
         else:
             plan = dict(target_plan)
         caption = pick_caption(generator, self.params.seed, record.key) if self.random_sampling else None
@@ -155,7 +171,7 @@ class _EditSetPairer:
                 TOO_SMALL,
             )
             return None
-        target_plan = crop_plan(width, height, edit, self.params.seed, record.key)
+        target_plan = self.plan(width, height, edit, record.key)
         references = [self.real_reference(ref_id, record, target_plan) for ref_id in self.ref_entries]
         if any(ref is None for ref in references):
             return None
