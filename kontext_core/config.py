@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -229,16 +229,52 @@ class HuggingfaceOptions(_Strict):
 
 
 class ConditioningGenerator(BaseModel):
-    """One `conditioning: [...]` entry; generator parameters are kept as given."""
+    """One `conditioning: [...]` entry: a reference set generated from the edit set's own images.
+
+    `superresolution` blurs (and optionally downscales, adds noise, JPEG-compresses) each image;
+    `jpeg_artifacts` recompresses it at low quality. Keys other generator types of SimpleTuner use
+    are kept as given (extra keys are allowed) but only these two types run here.
+    """
 
     model_config = ConfigDict(extra="allow")
     type: Literal["superresolution", "jpeg_artifacts"]
+    # A caption, a list (one picked per image, deterministically), or false/null: keep the edit's.
     captions: str | list[str] | bool | None = None
+    conditioning_type: Literal["reference_strict", "reference_loose"] = "reference_strict"
+    # superresolution
     blur_radius: float = Field(2.0, ge=0)
     blur_type: Literal["gaussian", "box", "both"] = "gaussian"
     add_noise: bool = True
     noise_level: float = Field(0.02, ge=0)
+    downscale_factor: float = Field(1.0, ge=1)
+    jpeg_quality: int | None = Field(None, ge=1, le=100)
+    # jpeg_artifacts
+    quality_mode: Literal["fixed", "range", "random", "list"] = "fixed"
     quality: int = Field(25, ge=1, le=100)
+    quality_range: tuple[int, int] = (10, 50)
+    quality_list: list[int] | None = None
+    compression_rounds: int = Field(1, ge=1)
+    # Each further round compresses at quality * quality_decay**round (never below 1).
+    quality_decay: float = Field(0.9, gt=0, le=1)
+    subsampling: Literal["4:4:4", "4:2:2", "4:2:0"] | int | None = None
+    pre_blur: bool | float = False
+
+    @model_validator(mode="after")
+    def _quality_choices(self) -> ConditioningGenerator:
+        low, high = self.quality_range
+        if not 1 <= low <= high <= 100:
+            raise ValueError(f"quality_range {list(self.quality_range)} must be [low, high] within 1..100")
+        if self.quality_mode == "list" and not self.quality_list:
+            raise ValueError("quality_mode 'list' needs a non-empty quality_list")
+        if self.quality_list and not all(1 <= q <= 100 for q in self.quality_list):
+            raise ValueError(f"quality_list {self.quality_list} must hold qualities within 1..100")
+        return self
+
+    @property
+    def caption_choices(self) -> list[str]:
+        if self.captions is None or isinstance(self.captions, bool):
+            return []
+        return [self.captions] if isinstance(self.captions, str) else list(self.captions)
 
 
 class DatasetEntry(_Strict):
@@ -272,6 +308,17 @@ class DatasetEntry(_Strict):
     huggingface: HuggingfaceOptions | None = None
     repeats: int = Field(0, ge=0)
 
+    # Keys a conditioning set takes from its edit set when it does not set them itself.
+    INHERITED_KEYS: ClassVar[tuple[str, ...]] = (
+        "resolution",
+        "resolution_type",
+        "maximum_image_size",
+        "target_downsample_size",
+        "crop",
+        "crop_style",
+        "crop_aspect",
+    )
+
     @property
     def conditioning_ids(self) -> list[str]:
         if self.conditioning_data is None:
@@ -279,6 +326,11 @@ class DatasetEntry(_Strict):
         if isinstance(self.conditioning_data, str):
             return [self.conditioning_data]
         return list(self.conditioning_data)
+
+    @property
+    def gives_captions(self) -> bool:
+        """A reference set's captions count only when it names a caption_strategy itself."""
+        return "caption_strategy" in self.model_fields_set and self.caption_strategy is not None
 
     @property
     def is_edit_set(self) -> bool:
@@ -293,6 +345,9 @@ class DatasetConfig(BaseModel):
 
     def enabled(self) -> list[DatasetEntry]:
         return [e for e in self.entries if not e.disabled]
+
+    def referenced_ids(self) -> set[str]:
+        return {ref for e in self.enabled() for ref in e.conditioning_ids}
 
     def edit_sets(self) -> list[DatasetEntry]:
         """Image datasets that are not someone's reference set."""
@@ -409,6 +464,17 @@ def _check_references(config: DatasetConfig, path: Path, base_dir: Path) -> None
                 f"{where}: source_dataset_id names unknown dataset '{entry.source_dataset_id}'; "
                 f"{_suggest(entry.source_dataset_id, list(known))}"
             )
+        for ref in entry.conditioning_ids:
+            if ref == entry.id:
+                raise ConfigError(f"{where}: conditioning_data names the dataset itself")
+            if known[ref].disabled:
+                raise ConfigError(f"{where}: conditioning_data names '{ref}', which is disabled")
+            if known[ref].conditioning_ids or known[ref].conditioning:
+                raise ConfigError(f"{where}: reference set '{ref}' has references of its own; chains are not supported")
+        for generator in entry.conditioning or []:
+            generated = f"{entry.id}_conditioning_{generator.type}"
+            if generated in known:
+                raise ConfigError(f"{where}: generated set id '{generated}' is already a dataset id")
         if entry.dataset_type == "text_embeds":
             continue
         if entry.type == "local":
@@ -436,6 +502,34 @@ def check_eval_dataset(params: Params, datasets: DatasetConfig, where: str) -> N
         )
 
 
+def check_sampling_captions(params: Params, datasets: DatasetConfig, where: str) -> None:
+    """Under `combined` every reference is shown at once, so only the edit set's caption can apply."""
+    if params.conditioning_multidataset_sampling != "combined":
+        return
+    by_id = datasets.by_id()
+    for edit in datasets.edit_sets():
+        for ref in edit.conditioning_ids:
+            if by_id[ref].gives_captions:
+                raise ConfigError(
+                    f"{where}: dataset '{ref}' sets caption_strategy = {by_id[ref].caption_strategy!r}, but "
+                    "conditioning_multidataset_sampling = 'combined' uses only the edit set's captions; "
+                    "set its caption_strategy to null"
+                )
+        for generator in edit.conditioning or []:
+            if generator.caption_choices:
+                raise ConfigError(
+                    f"{where}: dataset '{edit.id}' conditioning '{generator.type}' sets captions, but "
+                    "conditioning_multidataset_sampling = 'combined' uses only the edit set's captions; "
+                    "set captions to false"
+                )
+
+
+def check_datasets_with_params(params: Params, datasets: DatasetConfig, where: str) -> None:
+    """Cross-checks between params.yaml and the dataset file."""
+    check_eval_dataset(params, datasets, where)
+    check_sampling_captions(params, datasets, where)
+
+
 def load_all(params_path: Path | str, project_dir: Path | None = None) -> tuple[Params, DatasetConfig]:
     """Load params.yaml and the dataset file it names, both validated."""
     params_path = Path(params_path)
@@ -445,5 +539,5 @@ def load_all(params_path: Path | str, project_dir: Path | None = None) -> tuple[
     if not data_path.is_absolute():
         data_path = project_dir / data_path
     datasets = load_datasets(data_path, base_dir=project_dir)
-    check_eval_dataset(params, datasets, str(params_path))
+    check_datasets_with_params(params, datasets, str(params_path))
     return params, datasets

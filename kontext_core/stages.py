@@ -34,6 +34,9 @@ VALIDATE_METRICS = "artifacts/metrics/validate.json"
 LOSS_PLOT = "artifacts/plots/train_loss.csv"
 SCAN_CACHE_DIR = "cache/scan"
 DATASET_HASH_DIR = "cache/hashes/datasets"
+DEGRADE_CACHE_DIR = "cache/degrade"
+# Where a failed pair stage leaves its report (its declared outputs are discarded on failure).
+PREFLIGHT_FAILED_DIR = "artifacts/preflight_failed"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,13 +232,13 @@ def run_stage(
 
 
 def _datasets(ctx: StageContext) -> DatasetConfig:
-    from kontext_core.config import check_eval_dataset, load_datasets
+    from kontext_core.config import check_datasets_with_params, load_datasets
 
     data_path = Path(ctx.params.data_backend_config)
     if not data_path.is_absolute():
         data_path = ctx.workdir / data_path
     datasets = load_datasets(data_path, base_dir=ctx.workdir)
-    check_eval_dataset(ctx.params, datasets, "params")
+    check_datasets_with_params(ctx.params, datasets, "params")
     return datasets
 
 
@@ -330,67 +333,81 @@ def stage_fetch(ctx: StageContext) -> None:
 
 
 def stage_pair(ctx: StageContext) -> None:
-    """The pair table (edit <-> references <-> caption, bucket) and the pre-flight report."""
-    from kontext_core.data.backends import Problem, Record
+    """The pair table (edit <-> references <-> caption, bucket, crop plans) and the pre-flight report."""
     from kontext_core.data.pairing import build_pairs
+    from kontext_core.data.records import Problem, Record
 
     datasets = _datasets(ctx)
     fetched = _read_json(ctx.path("data/fetch/records.json"))
     records = {k: [Record(**r) for r in v] for k, v in fetched["records"].items()}
     problems = [Problem(**p) for p in fetched["problems"]]
-    pairs, report = build_pairs(
-        ctx.params, datasets, records, problems, ctx.path("data/degrade"), ctx.to_stored, ctx.from_stored
-    )
+    pairs, report = build_pairs(ctx.params, datasets, records, problems, from_stored=ctx.from_stored)
     out = ctx.out("data/pair")
     write_json(out / "pairs.json", pairs)
     write_json(out / "report.json", report.to_dict())
-    (out / "report.md").write_text(report.to_markdown())
-    if not [p for p in pairs if p["split"] == "train"]:
-        raise RuntimeError(f"pair: no usable training pairs; see {ctx.path('data/pair/report.md')}")
-    ctx.info["pairs"] = {
-        "train": sum(p["split"] == "train" for p in pairs),
-        "eval": sum(p["split"] == "eval" for p in pairs),
-    }
+    write_text(out / "report.md", report.to_markdown())
+    train_pairs = sum(p["split"] == "train" for p in pairs)
+    if report.failures or not train_pairs:
+        # The staged outputs are discarded on failure: keep the report where the message points.
+        failed = ctx.path(PREFLIGHT_FAILED_DIR)
+        write_json(failed / "report.json", report.to_dict())
+        write_text(failed / "report.md", report.to_markdown())
+        what = "no usable training pairs" if not train_pairs else "pre-flight check failed"
+        reasons = "; ".join(report.failures) or "no training dataset"
+        raise RuntimeError(f"pair: {what}: {reasons}; see {failed / 'report.md'}")
+    shutil.rmtree(ctx.path(PREFLIGHT_FAILED_DIR), ignore_errors=True)
+    ctx.info["pairs"] = {"train": train_pairs, "eval": sum(p["split"] == "eval" for p in pairs)}
     ctx.info["problems"] = len(report.problems)
 
 
 def stage_degrade(ctx: StageContext) -> None:
-    """Generate the degraded references that generated datasets point at."""
-    from kontext_core.config import ConditioningGenerator
-    from kontext_core.data.degrade import degrade
+    """Generate the references of `conditioning: [...]` sets (content-addressed, resumable, parallel)."""
+    from kontext_core.data.generators import GenerationJob, generate_references
+    from kontext_core.data.pairing import DEGRADE_DIR
 
     pairs = _read_json(ctx.path("data/pair/pairs.json"))
-    out = ctx.out("data/degrade")
-    made = 0
+    wanted: dict[str, GenerationJob] = {}
     for pair in pairs:
         for ref in pair["references"]:
-            if not ref["generated"]:
-                continue
-            spec = dict(ref["generated"])
-            source = spec.pop("source")
-            generator = ConditioningGenerator.model_validate(spec)
-            rel = Path(ref["image"]).relative_to("data/degrade")
-            dest = out / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            degrade(ctx.open_image(source), generator, ctx.params.seed, pair["key"]).save(dest)
-            made += 1
-    ctx.info["generated"] = made
+            if ref["generated"]:
+                spec = {k: v for k, v in ref["generated"].items() if k != "source"}
+                wanted[ref["image"]] = GenerationJob.make(ref["generated"]["source"], spec, pair["key"])
+    files, made = generate_references(
+        sorted(set(wanted.values()), key=lambda j: (j.source, j.spec_json)),
+        ctx.workdir,
+        ctx.params.seed,
+        ctx.path(DEGRADE_CACHE_DIR),
+    )
+    out = ctx.out(DEGRADE_DIR)
+    for rel, job in sorted(wanted.items()):
+        dest = out / Path(rel).relative_to(DEGRADE_DIR)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(files[job], dest)
+        except OSError:
+            shutil.copyfile(files[job], dest)
+    ctx.info.update({"generated": made, "reused": len(wanted) - made})
 
 
-def _vae_key(ctx: StageContext, image: str, size: list[int], model_fp: Any) -> str:
+def _vae_key(ctx: StageContext, image: str, plan: dict[str, Any], model_fp: Any) -> str:
     from kontext_core.cache.store import TensorStore
     from kontext_core.data.sources import ref_digest
 
-    return TensorStore.key(image=ref_digest(image, ctx.workdir), size=size, vae=model_fp)
+    return TensorStore.key(image=ref_digest(image, ctx.workdir), crop=plan, vae=model_fp)
+
+
+def _crop_of(item: dict[str, Any]) -> dict[str, Any]:
+    """The crop plan of a pair-table image (tables without plans: centre crop to its size)."""
+    return item.get("crop") or {"size": item["size"], "centre": True}
 
 
 def stage_cache_vae(ctx: StageContext) -> None:
-    """VAE latents of every target and reference, content-addressed under cache/vae."""
+    """VAE latents of every target and reference, cropped by their plans, content-addressed under cache/vae."""
     import torch
 
     from kontext_core.cache.store import TensorStore
     from kontext_core.cache.vae_cache import encode_image
-    from kontext_core.data.buckets import resize_and_crop
+    from kontext_core.data.buckets import apply_crop, resize_and_crop
     from kontext_core.model.load import load_vae, training_device
     from kontext_core.model.source import model_fingerprint
 
@@ -401,16 +418,17 @@ def stage_cache_vae(ctx: StageContext) -> None:
     index: dict[str, dict[str, Any]] = {}
     encoded = 0
     for pair in pairs:
-        entry = {"target": None, "references": []}
-        items = [("target", pair["target"], pair["size"])] + [
-            ("reference", r["image"], r["size"]) for r in pair["references"]
+        entry: dict[str, Any] = {"target": None, "references": []}
+        items = [("target", pair["target"], _crop_of(pair))] + [
+            ("reference", r["image"], _crop_of(r)) for r in pair["references"]
         ]
-        for role, image, size in items:
-            key = _vae_key(ctx, image, size, model_fp)
+        for role, image, plan in items:
+            key = _vae_key(ctx, image, plan, model_fp)
             if not store.has(key):
                 if vae is None:
                     vae = load_vae(ctx.params, ctx.workdir).to(training_device())
-                img = resize_and_crop(ctx.open_image(image), tuple(size))
+                img = ctx.open_image(image)
+                img = resize_and_crop(img, tuple(plan["size"])) if plan.get("centre") else apply_crop(img, plan)
                 store.put(key, {"latents": encode_image(vae, img).to(torch.float32)})
                 encoded += 1
             if role == "target":
@@ -432,7 +450,8 @@ def stage_cache_text(ctx: StageContext) -> None:
     pairs = _read_json(ctx.path("data/pair/pairs.json"))
     store = TensorStore(ctx.path("cache/text/embeds"))
     model_fp = model_fingerprint(ctx.params, ctx.workdir)
-    captions = sorted({p["caption"] for p in pairs} | {""})
+    reference_captions = {r["caption"] for p in pairs for r in p["references"] if r.get("caption") is not None}
+    captions = sorted({p["caption"] for p in pairs} | reference_captions | {""})
     pipe = None
     index: dict[str, str] = {}
     encoded = 0
@@ -688,10 +707,16 @@ STAGES: dict[str, StageSpec] = {
         StageSpec(
             "pair",
             stage_pair,
-            ["data_backend_config", "eval_dataset_id", "seed"],
+            ["data_backend_config", "eval_dataset_id", "seed", "conditioning_multidataset_sampling", "pair"],
             ["fetch"],
             ["data/pair"],
-            ["kontext_core.data.pairing", "kontext_core.data.buckets", "kontext_core.data.degrade"],
+            [
+                "kontext_core.data.pairing",
+                "kontext_core.data.report",
+                "kontext_core.data.buckets",
+                "kontext_core.data.degrade",
+                "kontext_core.config",
+            ],
         ),
         StageSpec(
             "degrade",
@@ -699,7 +724,8 @@ STAGES: dict[str, StageSpec] = {
             ["seed"],
             ["pair"],
             ["data/degrade"],
-            ["kontext_core.data.degrade", "kontext_core.data.images"],
+            ["kontext_core.data.degrade", "kontext_core.data.generators", "kontext_core.data.images"],
+            persist=[DEGRADE_CACHE_DIR],
         ),
         StageSpec(
             "cache_vae",

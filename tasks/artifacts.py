@@ -8,12 +8,20 @@ from typing import Any
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from kontext_core.data.report import table_rows
+
 
 def publish_artifacts(name: str, workdir: Path, manifest: dict[str, Any]) -> None:
     if name == "pair":
         report = workdir / "data/pair/report.md"
         create_markdown_artifact(
             report.read_text(), key="kontext-preflight-report", description="pairing pre-flight report"
+        )
+        report_json = json.loads((workdir / "data/pair/report.json").read_text())
+        create_table_artifact(
+            table_rows(report_json),
+            key="kontext-preflight-table",
+            description="pairing pre-flight report, one row per dataset",
         )
     elif name == "train":
         info = manifest["info"]

@@ -1,17 +1,26 @@
 """Generated references for restoration tasks (SimpleTuner's `conditioning: [...]` generators).
 
-Each generator is deterministic per (seed, file key) so a re-run reproduces the same pixels.
+Each generator is deterministic per (seed, generated set, file key): a re-run reproduces the same
+pixels, and `generated_key` names the output by the source content, the generator parameters and
+the seed, so existing outputs are reused (an interrupted run resumes where it stopped).
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageFilter
 
 from kontext_core.config import ConditioningGenerator
+
+# 4:4:4, 4:2:2, 4:2:0 in PIL's numbering.
+SUBSAMPLING = {"4:4:4": 0, "4:2:2": 1, "4:2:0": 2}
+# quality_mode "random": any quality in this range (a visible but not destroyed image).
+RANDOM_QUALITY = (5, 95)
 
 
 def generated_dataset_id(source_id: str, generator: ConditioningGenerator) -> str:
@@ -23,16 +32,24 @@ def item_seed(seed: int, key: str) -> int:
     return int.from_bytes(digest[:8], "little")
 
 
+def generator_spec(generator: ConditioningGenerator) -> dict[str, Any]:
+    """The generator's parameters as plain JSON (what the pair table stores and keys hash)."""
+    return json.loads(generator.model_dump_json())
+
+
+def generated_key(source_digest: str, generator: ConditioningGenerator, seed: int, key: str) -> str:
+    """Content address of one generated image (captions do not change pixels, so they are left out)."""
+    spec = {k: v for k, v in generator_spec(generator).items() if k != "captions"}
+    material = json.dumps({"source": source_digest, "generator": spec, "seed": seed, "key": key}, sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
 def pick_caption(generator: ConditioningGenerator, seed: int, key: str) -> str | None:
     """A caption from the generator's `captions` (string or list), or None to keep the edit's."""
-    captions = generator.captions
-    if captions is None or captions is False or captions is True:
+    choices = generator.caption_choices
+    if not choices:
         return None
-    if isinstance(captions, str):
-        return captions
-    if not captions:
-        return None
-    return captions[item_seed(seed, "caption:" + key) % len(captions)]
+    return choices[item_seed(seed, "caption:" + key) % len(choices)]
 
 
 def _add_noise(img: Image.Image, level: float, rng: np.random.Generator) -> Image.Image:
@@ -41,27 +58,69 @@ def _add_noise(img: Image.Image, level: float, rng: np.random.Generator) -> Imag
     return Image.fromarray((np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
 
 
+def _jpeg(img: Image.Image, quality: int, subsampling: int | str | None = None) -> Image.Image:
+    buffer = io.BytesIO()
+    options: dict[str, Any] = {"quality": int(quality)}
+    if subsampling is not None:
+        options["subsampling"] = SUBSAMPLING.get(str(subsampling), subsampling)
+    img.save(buffer, format="JPEG", **options)
+    buffer.seek(0)
+    return Image.open(buffer).convert("RGB")
+
+
 def superresolution(img: Image.Image, generator: ConditioningGenerator, rng: np.random.Generator) -> Image.Image:
+    """Blur, optionally downscale, add noise and JPEG-compress, then return at the source size."""
+    size = img.size
     radius = generator.blur_radius
-    if generator.blur_type in ("gaussian", "both"):
+    if radius > 0 and generator.blur_type in ("gaussian", "both"):
         img = img.filter(ImageFilter.GaussianBlur(radius))
-    if generator.blur_type in ("box", "both"):
+    if radius > 0 and generator.blur_type in ("box", "both"):
         img = img.filter(ImageFilter.BoxBlur(radius))
+    if generator.downscale_factor > 1:
+        small = (
+            max(1, round(size[0] / generator.downscale_factor)),
+            max(1, round(size[1] / generator.downscale_factor)),
+        )
+        img = img.resize(small, Image.BICUBIC)
     if generator.add_noise and generator.noise_level > 0:
         img = _add_noise(img, generator.noise_level, rng)
-    return img
+    if generator.jpeg_quality is not None:
+        img = _jpeg(img, generator.jpeg_quality)
+    # Back to the source size, so a strict reference takes its edit image's crop plan unchanged.
+    return img.resize(size, Image.BICUBIC) if img.size != size else img
+
+
+def jpeg_quality(generator: ConditioningGenerator, rng: np.random.Generator) -> int:
+    """The first-round quality under `quality_mode`."""
+    mode = generator.quality_mode
+    if mode == "range":
+        low, high = generator.quality_range
+        return int(rng.integers(low, high + 1))
+    if mode == "random":
+        return int(rng.integers(RANDOM_QUALITY[0], RANDOM_QUALITY[1] + 1))
+    if mode == "list":
+        assert generator.quality_list
+        return int(generator.quality_list[int(rng.integers(len(generator.quality_list)))])
+    return generator.quality
 
 
 def jpeg_artifacts(img: Image.Image, generator: ConditioningGenerator, rng: np.random.Generator) -> Image.Image:
-    buffer = io.BytesIO()
-    img.save(buffer, format="JPEG", quality=int(generator.quality))
-    buffer.seek(0)
-    return Image.open(buffer).convert("RGB")
+    """Optional pre-blur and noise, then `compression_rounds` JPEG rounds with decaying quality."""
+    if generator.pre_blur:
+        radius = 0.5 if generator.pre_blur is True else float(generator.pre_blur)
+        img = img.filter(ImageFilter.GaussianBlur(radius))
+    if generator.add_noise and generator.noise_level > 0 and "add_noise" in generator.model_fields_set:
+        img = _add_noise(img, generator.noise_level, rng)
+    quality = jpeg_quality(generator, rng)
+    for round_index in range(generator.compression_rounds):
+        round_quality = max(1, round(quality * generator.quality_decay**round_index))
+        img = _jpeg(img, round_quality, generator.subsampling)
+    return img
 
 
 GENERATORS = {"superresolution": superresolution, "jpeg_artifacts": jpeg_artifacts}
 
 
 def degrade(img: Image.Image, generator: ConditioningGenerator, seed: int, key: str) -> Image.Image:
-    rng = np.random.default_rng(item_seed(seed, key))
+    rng = np.random.default_rng(item_seed(seed, f"{generator.type}:{key}"))
     return GENERATORS[generator.type](img.convert("RGB"), generator, rng)

@@ -1,55 +1,63 @@
 """Pair edit images with their references and report what could not be paired.
 
-An edit image pairs with the record of the same key (relative path, or row index) in each dataset
-named by its `conditioning_data`; generated sets (`conditioning: [...]`) pair with the file that the
-`degrade` stage writes for the same key.
+An edit image pairs with the record of the same key (relative path with extension, or row index)
+in each dataset named by its `conditioning_data`; generated sets (`conditioning: [...]`) pair with
+the file the `degrade` stage writes for the same key. Each image gets a crop plan
+(kontext_core.data.buckets): a `reference_strict` reference copies its edit image's plan, a
+`reference_loose` one is bucketed and cropped on its own.
+
+Captions: the pair's caption is the edit set's. A reference's `caption` is set only where it may
+replace that caption: under `conditioning_multidataset_sampling: random` with more than one
+reference set (the trainer picks one set per sample with `pick_reference` and uses its caption when
+it has one). A generated set's `captions` are the task prompt: with a single reference set they
+become the pair's caption.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
+import hashlib
 from pathlib import Path
 from typing import Any
 
-from kontext_core.config import DatasetConfig, DatasetEntry, Params
-from kontext_core.data.backends import Problem, Record
-from kontext_core.data.buckets import target_size
-from kontext_core.data.degrade import generated_dataset_id, pick_caption
+from kontext_core.config import ConditioningGenerator, DatasetConfig, DatasetEntry, Params
+from kontext_core.data.buckets import crop_plan, meets_minimum
+from kontext_core.data.degrade import generated_dataset_id, generator_spec, pick_caption
 from kontext_core.data.images import ImageReadError, image_size
+from kontext_core.data.records import Problem, Record
+from kontext_core.data.report import (
+    MISSING_REFERENCE,
+    NO_REFERENCE_SET,
+    ORPHAN_REFERENCE,
+    TOO_SMALL,
+    PairReport,
+)
+
+DEGRADE_DIR = "data/degrade"
+# Fetch problems that mean an image was found but cannot be used.
+_LOST_KINDS = {"unreadable", "outside_root", "composite"}
 
 
-@dataclass
-class PairReport:
-    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)
-    problems: list[dict[str, str]] = field(default_factory=list)
-
-    def add_problem(self, dataset_id: str, path: str, reason: str) -> None:
-        self.problems.append({"dataset_id": dataset_id, "path": path, "reason": reason})
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"datasets": self.datasets, "problems": self.problems}
-
-    def to_markdown(self) -> str:
-        lines = ["# Pre-flight report", "", "| dataset | images | usable pairs | missing refs | unreadable | buckets |", "|---|---|---|---|---|---|"]
-        for dataset_id, stats in sorted(self.datasets.items()):
-            buckets = ", ".join(f"{k}: {v}" for k, v in sorted(stats["buckets"].items()))
-            lines.append(
-                f"| {dataset_id} | {stats['images']} | {stats['pairs']} | "
-                f"{stats['missing_references']} | {stats['unreadable']} | {buckets} |"
-            )
-        if self.problems:
-            lines += ["", "## Problems", ""]
-            lines += [f"- `{p['path']}` ({p['dataset_id']}): {p['reason']}" for p in self.problems]
-        return "\n".join(lines) + "\n"
+def pick_reference(seed: int, epoch: int, pair_id: str, count: int) -> int:
+    """Which reference set a sample uses under `random` sampling: fixed by (seed, epoch, file)."""
+    if count <= 1:
+        return 0
+    digest = hashlib.sha256(f"reference:{seed}:{epoch}:{pair_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") % count
 
 
-def _inherit_resolution(reference: DatasetEntry, edit: DatasetEntry) -> DatasetEntry:
-    if reference.resolution is not None:
-        return reference
-    return reference.model_copy(
-        update={"resolution": edit.resolution, "resolution_type": edit.resolution_type}
-    )
+def inherit_resolution(reference: DatasetEntry, edit: DatasetEntry) -> DatasetEntry:
+    """The reference entry with the edit set's resolution keys wherever it does not set its own."""
+    update = {
+        key: getattr(edit, key)
+        for key in DatasetEntry.INHERITED_KEYS
+        if key not in reference.model_fields_set and key in edit.model_fields_set
+    }
+    return reference.model_copy(update=update) if update else reference
+
+
+def generated_path(gen_id: str, key: str) -> str:
+    """Project-relative file the degrade stage writes for `key` of a generated set."""
+    return f"{DEGRADE_DIR}/{gen_id}/{key}.png"
 
 
 def _header_size(record: Record, from_stored: Any) -> tuple[int, int]:
@@ -59,98 +67,194 @@ def _header_size(record: Record, from_stored: Any) -> tuple[int, int]:
     return image_size(from_stored(record.image))
 
 
+class _EditSetPairer:
+    """Pairs one edit set; keeps the per-dataset statistics in the report."""
+
+    def __init__(self, params: Params, datasets: DatasetConfig, edit: DatasetEntry, records, report, from_stored):
+        self.params = params
+        self.edit = edit
+        self.report = report
+        self.from_stored = from_stored
+        by_id = datasets.by_id()
+        self.ref_entries = {ref_id: inherit_resolution(by_id[ref_id], edit) for ref_id in edit.conditioning_ids}
+        self.ref_index = {ref_id: {r.key: r for r in records.get(ref_id, [])} for ref_id in edit.conditioning_ids}
+        self.generators: list[ConditioningGenerator] = list(edit.conditioning or [])
+        self.set_count = len(self.ref_entries) + len(self.generators)
+        self.random_sampling = params.conditioning_multidataset_sampling == "random"
+        self.stats = report.stats(edit.id, "edit")
+        self._plans: dict[tuple[str, int, int], dict[str, Any]] = {}
+        self._generated_entries: dict[str, DatasetEntry] = {}
+
+    def plan(self, width: int, height: int, entry: DatasetEntry, key: str) -> dict[str, Any]:
+        # Only random crops depend on the file; other plans are shared by every image of one size.
+        if entry.crop and entry.crop_style == "random":
+            return crop_plan(width, height, entry, self.params.seed, key)
+        memo_key = (entry.id, width, height)
+        if memo_key not in self._plans:
+            self._plans[memo_key] = crop_plan(width, height, entry, self.params.seed, key)
+        return self._plans[memo_key]
+
+    def loose_generated(self, gen_id: str) -> DatasetEntry:
+        if gen_id not in self._generated_entries:
+            self._generated_entries[gen_id] = self.edit.model_copy(update={"id": gen_id})
+        return self._generated_entries[gen_id]
+
+    def reference_caption(self, entry: DatasetEntry, record: Record) -> str | None:
+        if self.random_sampling and self.set_count > 1 and entry.gives_captions and record.caption:
+            return record.caption
+        return None
+
+    def real_reference(self, ref_id: str, record: Record, target_plan: dict) -> dict[str, Any] | None:
+        entry = self.ref_entries[ref_id]
+        ref_record = self.ref_index[ref_id].get(record.key)
+        if ref_record is None:
+            self.stats.missing_references.append(record.image)
+            self.report.add_problem(
+                self.edit.id, record.image, f"no reference with key '{record.key}' in '{ref_id}'", MISSING_REFERENCE
+            )
+            return None
+        if entry.conditioning_type == "reference_loose":
+            try:
+                width, height = _header_size(ref_record, self.from_stored)
+            except ImageReadError as exc:
+                self.stats.missing_references.append(record.image)
+                self.report.add_problem(ref_id, ref_record.image, f"unreadable reference: {exc}", MISSING_REFERENCE)
+                return None
+            plan = self.plan(width, height, entry, record.key)
+            self.report.stats(ref_id, "reference").buckets["{}x{}".format(*plan["size"])] += 1
+        else:
+            plan = dict(target_plan)
+        return {
+            "dataset_id": ref_id,
+            "image": ref_record.image,
+            "size": list(plan["size"]),
+            "crop": plan,
+            "conditioning_type": entry.conditioning_type or "reference_strict",
+            "generated": None,
+            "caption": self.reference_caption(entry, ref_record),
+        }
+
+    def generated_reference(
+        self, generator: ConditioningGenerator, record: Record, width: int, height: int, target_plan: dict
+    ) -> dict[str, Any]:
+        gen_id = generated_dataset_id(self.edit.id, generator)
+        if generator.conditioning_type == "reference_loose":
+            # The generated image has its source's size; a loose one is still cropped on its own.
+            plan = self.plan(width, height, self.loose_generated(gen_id), record.key)
+        else:
+            plan = dict(target_plan)
+        caption = pick_caption(generator, self.params.seed, record.key) if self.random_sampling else None
+        return {
+            "dataset_id": gen_id,
+            "image": generated_path(gen_id, record.key),
+            "size": list(plan["size"]),
+            "crop": plan,
+            "conditioning_type": generator.conditioning_type,
+            "generated": {"source": record.image, **generator_spec(generator)},
+            "caption": caption,
+        }
+
+    def pair(self, record: Record) -> dict[str, Any] | None:
+        edit = self.edit
+        try:
+            width, height = _header_size(record, self.from_stored)
+        except ImageReadError as exc:
+            self.stats.unreadable.append({"path": record.image, "reason": str(exc)})
+            self.report.add_problem(edit.id, record.image, str(exc), "unreadable")
+            return None
+        if not meets_minimum(width, height, edit):
+            self.stats.too_small.append(record.image)
+            self.report.add_problem(
+                edit.id,
+                record.image,
+                f"{width}x{height} is below minimum_image_size {edit.minimum_image_size:g}",
+                TOO_SMALL,
+            )
+            return None
+        target_plan = self.plan(width, height, edit, record.key)
+        references = [self.real_reference(ref_id, record, target_plan) for ref_id in self.ref_entries]
+        if any(ref is None for ref in references):
+            return None
+        references += [self.generated_reference(g, record, width, height, target_plan) for g in self.generators]
+        caption = record.caption
+        if self.set_count == 1 and references[0]["caption"] is not None:
+            caption = references[0]["caption"]
+            references[0]["caption"] = None
+        if caption is None:
+            self.stats.missing_captions.append(record.image)
+            caption = ""
+        self.stats.pairs += 1
+        self.stats.buckets["{}x{}".format(*target_plan["size"])] += 1
+        return {
+            "pair_id": f"{edit.id}/{record.key}",
+            "dataset_id": edit.id,
+            "key": record.key,
+            "target": record.image,
+            "size": list(target_plan["size"]),
+            "crop": target_plan,
+            "caption": caption,
+            "split": "eval" if edit.id == self.params.eval_dataset_id else "train",
+            "references": references,
+        }
+
+
 def build_pairs(
     params: Params,
     datasets: DatasetConfig,
     records: dict[str, list[Record]],
     fetch_problems: list[Problem],
-    degrade_dir: Path,
-    to_stored: Any,
-    from_stored: Any,
+    degrade_dir: Path | None = None,
+    to_stored: Any = str,
+    from_stored: Any = Path,
 ) -> tuple[list[dict[str, Any]], PairReport]:
-    """Return the pair table and the pre-flight report.
+    """Return the pair table and the pre-flight report (failures listed in `report.failures`).
 
-    `to_stored` / `from_stored` convert between real paths and the project-relative strings kept in
-    tables, so a copy of the project (as `dvc repro` on a clone) reads the same tables.
+    `from_stored` turns a table path into a real path, for records without a header size.
+    `degrade_dir` and `to_stored` are kept for callers of the older signature; generated images are
+    named by `generated_path`.
     """
     report = PairReport()
+    referenced = datasets.referenced_ids()
     for problem in fetch_problems:
-        report.add_problem(problem.dataset_id, problem.path, problem.reason)
-    by_id = datasets.by_id()
+        role = "reference" if problem.dataset_id in referenced else "edit"
+        stats = report.stats(problem.dataset_id, role)
+        report.add_problem(problem.dataset_id, problem.path, problem.reason, problem.kind)
+        if problem.kind in _LOST_KINDS:
+            stats.images += 1
+            stats.unreadable.append({"path": problem.path, "reason": problem.reason})
     pairs: list[dict[str, Any]] = []
     for edit in datasets.edit_sets():
+        pairer = _EditSetPairer(params, datasets, edit, records, report, from_stored)
         edit_records = records.get(edit.id, [])
-        ref_index = {
-            ref_id: {r.key: r for r in records.get(ref_id, [])} for ref_id in edit.conditioning_ids
-        }
-        stats = {"images": len(edit_records), "pairs": 0, "missing_references": 0, "unreadable": 0, "missing_captions": 0, "buckets": Counter()}
-        for record in edit_records:
-            try:
-                width, height = _header_size(record, from_stored)
-            except ImageReadError as exc:
-                stats["unreadable"] += 1
-                report.add_problem(edit.id, record.image, str(exc).split(": ", 1)[-1])
-                continue
-            bucket = target_size(width, height, edit)
-            references: list[dict[str, Any]] = []
-            caption = record.caption
-            missing = False
-            for ref_id in edit.conditioning_ids:
-                ref_record = ref_index[ref_id].get(record.key)
-                if ref_record is None:
-                    missing = True
-                    report.add_problem(edit.id, record.image, f"no reference with key '{record.key}' in '{ref_id}'")
-                    continue
-                ref_entry = _inherit_resolution(by_id[ref_id], edit)
-                if ref_entry.conditioning_type == "reference_loose":
-                    try:
-                        ref_w, ref_h = _header_size(ref_record, from_stored)
-                    except ImageReadError as exc:
-                        missing = True
-                        report.add_problem(ref_id, ref_record.image, str(exc).split(": ", 1)[-1])
-                        continue
-                    ref_bucket = target_size(ref_w, ref_h, ref_entry)
-                else:
-                    ref_bucket = bucket
-                references.append({"dataset_id": ref_id, "image": ref_record.image, "size": list(ref_bucket), "generated": None})
-                if caption is None and ref_record.caption:
-                    caption = ref_record.caption
-            for generator in edit.conditioning or []:
-                gen_id = generated_dataset_id(edit.id, generator)
-                out = degrade_dir / gen_id / (Path(record.key).with_suffix(".png").as_posix())
-                references.append(
-                    {
-                        "dataset_id": gen_id,
-                        "image": to_stored(out),
-                        "size": list(bucket),
-                        "generated": {"source": record.image, **generator.model_dump()},
-                    }
-                )
-                caption = pick_caption(generator, params.seed, record.key) or caption
-            if missing:
-                stats["missing_references"] += 1
-                continue
-            if not references:
-                report.add_problem(edit.id, record.image, "edit image has no reference dataset")
-                continue
-            if caption is None:
-                stats["missing_captions"] += 1
-                report.add_problem(edit.id, record.image, "no caption")
-                caption = ""
-            stats["pairs"] += 1
-            stats["buckets"][f"{bucket[0]}x{bucket[1]}"] += 1
-            pairs.append(
-                {
-                    "pair_id": f"{edit.id}/{record.key}",
-                    "dataset_id": edit.id,
-                    "key": record.key,
-                    "target": record.image,
-                    "size": list(bucket),
-                    "references": references,
-                    "caption": caption,
-                    "split": "eval" if edit.id == params.eval_dataset_id else "train",
-                }
+        pairer.stats.images += len(edit_records)
+        if pairer.set_count == 0:
+            report.add_problem(
+                edit.id,
+                edit.instance_data_dir or edit.dataset_name or edit.id,
+                "edit set has no conditioning_data and no conditioning generator",
+                NO_REFERENCE_SET,
             )
-        stats["buckets"] = dict(stats["buckets"])
-        report.datasets[edit.id] = stats
+            continue
+        for record in edit_records:
+            pair = pairer.pair(record)
+            if pair is not None:
+                pairs.append(pair)
+        edit_keys = {r.key for r in edit_records}
+        for ref_id, index in pairer.ref_index.items():
+            ref_stats = report.stats(ref_id, "reference")
+            ref_stats.images = len(index) + sum(
+                1 for p in fetch_problems if p.dataset_id == ref_id and p.kind in _LOST_KINDS
+            )
+            for key, ref_record in sorted(index.items()):
+                if key in edit_keys:
+                    ref_stats.pairs += 1
+                    continue
+                ref_stats.orphan_references.append(ref_record.image)
+                report.add_problem(
+                    ref_id,
+                    ref_record.image,
+                    f"reference has no edit image with key '{key}' in '{edit.id}'",
+                    ORPHAN_REFERENCE,
+                )
+    report.check_limits(params.pair.max_missing_fraction)
     return pairs, report

@@ -48,10 +48,10 @@ def _entry(**kw) -> DatasetEntry:
     return DatasetEntry.model_validate({"id": "d", "type": "local", "instance_data_dir": "x", **kw})
 
 
-def test_buckets_round_to_multiples_of_16():
+def test_buckets_round_to_multiples_of_64():
     assert target_size(96, 96, _entry(resolution=64, resolution_type="pixel_area")) == (64, 64)
-    w, h = target_size(300, 200, _entry(resolution=64, resolution_type="pixel", crop_aspect="preserve"))
-    assert h == 64 and w % 16 == 0 and w == 96
+    w, h = target_size(300, 200, _entry(resolution=128, resolution_type="pixel", crop_aspect="preserve"))
+    assert (w, h) == (192, 128)
 
 
 def test_degrade_is_deterministic_per_seed_and_key():
@@ -109,7 +109,7 @@ def test_pairing_reports_missing_reference_and_bad_caption(tmp_path):
         reasons[Path(problem["path"]).name] = reasons.get(Path(problem["path"]).name, "") + problem["reason"] + ";"
     assert "not UTF-8" in reasons["b.png"]
     assert "c.png" in reasons  # unreadable loose reference, reported by path
-    assert report.datasets["edit"]["pairs"] == 2
+    assert report.datasets["edit"].pairs == 2
     assert "Pre-flight report" in report.to_markdown()
 
 

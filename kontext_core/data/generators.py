@@ -1,0 +1,75 @@
+"""Run the reference generators over many images: content-addressed, resumable, in parallel.
+
+Each output is written atomically to `persist_dir/<aa>/<key>.png`, where the key hashes the source
+image's content, the generator parameters, the seed and the file key. Outputs already there are
+reused, so a run killed half-way resumes with the images it has not made yet.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kontext_core.config import ConditioningGenerator
+from kontext_core.data.degrade import degrade, generated_key
+from kontext_core.data.sources import open_ref, ref_digest
+from kontext_core.fsutil import atomic_path
+
+# Below this many images a process pool costs more (interpreter start-up) than it saves.
+PARALLEL_MIN_JOBS = 16
+
+
+@dataclass(frozen=True)
+class GenerationJob:
+    source: str  # image reference of the edit image
+    spec_json: str  # the generator's parameters, as JSON (keeps the job hashable)
+    key: str  # the record key (pairs the output with its edit image)
+
+    @staticmethod
+    def make(source: str, spec: dict[str, Any], key: str) -> GenerationJob:
+        return GenerationJob(source, json.dumps(spec, sort_keys=True), key)
+
+    @property
+    def generator(self) -> ConditioningGenerator:
+        return ConditioningGenerator.model_validate(json.loads(self.spec_json))
+
+
+def output_path(job: GenerationJob, persist_dir: Path, workdir: Path, seed: int) -> Path:
+    digest = generated_key(ref_digest(job.source, workdir), job.generator, seed, job.key)
+    return persist_dir / digest[:2] / f"{digest}.png"
+
+
+def _generate_one(job: GenerationJob, dest: str, workdir: str, seed: int) -> str:
+    img = degrade(open_ref(job.source, Path(workdir)), job.generator, seed, job.key)
+    with atomic_path(Path(dest)) as tmp:
+        img.save(tmp, format="PNG")
+    return dest
+
+
+def default_workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def generate_references(
+    jobs: list[GenerationJob], workdir: Path, seed: int, persist_dir: Path, workers: int | None = None
+) -> tuple[dict[GenerationJob, Path], int]:
+    """Make every job's image unless it exists; return {job: file} and how many were made now."""
+    outputs = {job: output_path(job, persist_dir, workdir, seed) for job in jobs}
+    todo = [(job, dest) for job, dest in outputs.items() if not dest.exists()]
+    workers = default_workers() if workers is None else workers
+    if workers > 1 and len(todo) >= min(PARALLEL_MIN_JOBS, 2 * workers):
+        # spawn, not fork: the parent may hold threads (Prefect) or torch state that fork would copy.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
+            futures = [pool.submit(_generate_one, job, str(dest), str(workdir), seed) for job, dest in todo]
+            for future in futures:
+                future.result()
+    else:
+        for job, dest in todo:
+            _generate_one(job, str(dest), str(workdir), seed)
+    return outputs, len(todo)
