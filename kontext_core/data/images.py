@@ -4,8 +4,8 @@
 composited onto white), used for edit and reference images alike. `probe_header` answers "can this be
 used, and how big is it once oriented?" without decoding a pixel: PIL parses only the header on
 `Image.open` (JPEG and WebP headers are parsed here: PIL builds JPEG quantisation tables and reads a
-whole WebP file), and truncation is caught from the file's end (JPEG end-of-image marker, PNG IEND chunk, RIFF size of WebP, BMP file
-size), so a metadata scan costs a few small reads per file.
+whole WebP file), and truncation is caught from the file's end (JPEG end-of-image marker, PNG IEND
+chunk, RIFF size of WebP, BMP file size), so a metadata scan costs a few small reads per file.
 """
 
 from __future__ import annotations

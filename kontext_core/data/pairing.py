@@ -8,14 +8,13 @@ the file the `degrade` stage writes for the same key. Each image gets a crop pla
 
 Captions: the pair's caption is the edit set's. A reference's `caption` is set only where it may
 replace that caption: under `conditioning_multidataset_sampling: random` with more than one
-reference set (the trainer picks one set per sample with `pick_reference` and uses its caption when
-it has one). A generated set's `captions` are the task prompt: with a single reference set they
+reference set (the trainer's EpochSampler picks one set per sample from (seed, epoch, key) and uses
+its caption when it has one). A generated set's `captions` are the task prompt: with a single reference set they
 become the pair's caption.
 """
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +34,6 @@ from kontext_core.data.report import (
 DEGRADE_DIR = "data/degrade"
 # Fetch problems that mean an image was found but cannot be used.
 _LOST_KINDS = {"unreadable", "outside_root", "composite"}
-
-
-def pick_reference(seed: int, epoch: int, pair_id: str, count: int) -> int:
-    """Which reference set a sample uses under `random` sampling: fixed by (seed, epoch, file)."""
-    if count <= 1:
-        return 0
-    digest = hashlib.sha256(f"reference:{seed}:{epoch}:{pair_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") % count
 
 
 def inherit_resolution(reference: DatasetEntry, edit: DatasetEntry) -> DatasetEntry:
