@@ -128,7 +128,7 @@ def run(args: argparse.Namespace) -> list[Result]:
         inputs, noise = step_inputs(resolution, config, device, dtype, args.seed)
         sigmas = torch.full((1,), 0.5, device=device)
 
-        def one_step() -> float:
+        def one_step(inputs=inputs, noise=noise, sigmas=sigmas) -> float:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 out = kontext_step(transformer, inputs, noise, sigmas, 1.0)
             out.loss.backward()

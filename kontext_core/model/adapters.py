@@ -156,7 +156,7 @@ def unfuse_lora_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         parts = FUSED_GROUPS[leaf]
         chunks = value.chunk(len(parts), dim=0) if rest.startswith("B") else [value] * len(parts)
         for part, chunk in zip(parts, chunks, strict=True):
-            out[f"{head}.{part}.lora_{rest}"] = chunk.contiguous()
+            out[f"{head}.{part}.lora_{rest}"] = chunk.clone()  # one tensor per key: safetensors refuses shared storage
     return out
 
 
