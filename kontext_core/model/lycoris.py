@@ -23,6 +23,7 @@ from kontext_core.fsutil import atomic_dir, canonicalize_safetensors_header
 LYCORIS_FILE = "lycoris_weights.safetensors"
 LYCORIS_CONFIG_FILE = "lycoris_config.json"
 KEY_PREFIX = "lycoris_"
+NETWORK_ATTR = "kontext_lycoris"
 
 # SimpleTuner's examples name diffusers' attention class "Attention"; Flux's is FluxAttention now.
 CLASS_ALIASES = {"Attention": "FluxAttention"}
@@ -162,12 +163,17 @@ def add_lycoris(transformer: torch.nn.Module, config: dict[str, Any]) -> Lycoris
     if not network.loras:
         raise ConfigError(f"lycoris_config: apply_preset matched no module of {type(transformer).__name__}")
     network.apply_to()
+    _register(transformer, network)
+    network.requires_grad_(True)
+    return LycorisAdapter(network, config)
+
+
+def _register(transformer: torch.nn.Module, network: torch.nn.Module) -> None:
+    """Make the network a submodule of the model it patches: it then follows `.to()`, accelerate's
+    offload hooks and DDP's gradient sync like peft's LoRA layers do."""
     device, _ = _device_dtype(transformer)
     network.to(device)
-    network.requires_grad_(True)
-    # Keep the network reachable from the model it patches (its modules replace forward methods).
-    transformer._kontext_lycoris = [network]
-    return LycorisAdapter(network, config)
+    transformer.add_module(NETWORK_ATTR, network)
 
 
 def find_lycoris_file(adapter_dir: Path) -> Path | None:
@@ -197,7 +203,6 @@ def attach_saved_lycoris(transformer: torch.nn.Module, weights_file: Path, multi
     if len(network.loras) != len(wanted):
         raise ValueError(f"{weights_file}: {len(wanted) - len(network.loras)} adapter modules are not in the model")
     network.apply_to()
-    device, _ = _device_dtype(transformer)
-    network.to(device).requires_grad_(False)
-    transformer._kontext_lycoris = [network]
+    _register(transformer, network)
+    network.requires_grad_(False)
     return network

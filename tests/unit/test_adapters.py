@@ -124,3 +124,25 @@ def test_lycoris_config_errors_name_the_key(tmp_path):
     path.write_text(json.dumps({"algo": "lokr", "apply_preset": {"target_module": ["NoSuchBlock"]}}))
     with pytest.raises(ConfigError, match="matched no module"):
         add_adapter(build_tiny_pipeline(seed=0).transformer, params)
+
+
+def test_lokr_adapter_is_part_of_the_model_and_saves_deterministically(tmp_path):
+    from tests.conftest import ROOT
+
+    saved = []
+    for run in range(2):
+        torch.manual_seed(7)
+        model = build_tiny_pipeline(seed=0).transformer
+        adapter = add_adapter(model, Params(lora_type="lycoris"), workdir=ROOT)
+        own = {id(p) for p in model.parameters()}
+        # Submodule of the transformer: follows .to(), offload hooks and DDP like peft's layers.
+        assert adapter.parameters() and all(id(p) in own for p in adapter.parameters())
+        state = adapter.state_dict()
+        assert any(k.endswith("lokr_w1") for k in state)
+        with torch.no_grad():
+            for p in adapter.parameters():
+                p.add_(0.01)
+        adapter.load_state_dict(state)
+        assert all(torch.equal(v, adapter.state_dict()[k]) for k, v in state.items())
+        saved.append(adapter.save(tmp_path / f"run{run}").read_bytes())
+    assert saved[0] == saved[1]
