@@ -135,6 +135,13 @@ def attach_saved_adapter(transformer: FluxTransformer2DModel, adapter_dir: Path,
 
 def add_lora(transformer: FluxTransformer2DModel, params: Params) -> list[torch.nn.Parameter]:
     """Attach a fresh LoRA (deterministic under the caller's seed); returns trainable params."""
+    from optimum.quanto import QModuleMixin
+
+    if params.lora_init_type in ("pissa", "olora") and any(isinstance(m, QModuleMixin) for m in transformer.modules()):
+        raise ConfigError(
+            f"lora_init_type = {params.lora_init_type!r}: decomposes the base weights and needs an unquantized "
+            "base; use base_model_precision: no_change or lora_init_type: default"
+        )
     transformer.requires_grad_(False)
     transformer.add_adapter(lora_config(params, fused=is_fused(transformer)))
     return [p for p in transformer.parameters() if p.requires_grad]

@@ -14,6 +14,7 @@ from kontext_core.config import ConfigError, Params
 from kontext_core.model.adapters import add_adapter, attach_saved_adapter
 from kontext_core.model.fusion import fuse_qkv
 from kontext_core.model.lycoris import load_lycoris_config
+from kontext_core.model.quantize import quantize_transformer
 from kontext_core.model.tiny import build_tiny_pipeline
 from kontext_core.train.kontext_step import StepInputs, kontext_step
 
@@ -70,6 +71,9 @@ def test_explicit_module_list_and_lora_options(base):
     assert all(torch.count_nonzero(v) == 0 for k, v in adapter.state_dict().items() if "lora_B" in k)
     with pytest.raises(ConfigError, match="must not be empty"):
         add_adapter(copy.deepcopy(base), Params(flux_lora_target=[]))
+    quantized = quantize_transformer(copy.deepcopy(base), "int8-quanto")
+    with pytest.raises(ConfigError, match="lora_init_type = 'pissa'"):
+        add_adapter(quantized, Params(lora_init_type="pissa"))
 
 
 def _batch():
