@@ -24,6 +24,7 @@ _EXTRA_DEPS = {
     "cache_vae": [TINY_MODEL_DIR],
     "cache_text": [TINY_MODEL_DIR],
     "quantize": [TINY_MODEL_DIR],
+    "train": ["config/lycoris_config.json"],
     "validate": [TINY_MODEL_DIR],
 }
 

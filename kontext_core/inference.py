@@ -35,6 +35,29 @@ def resolve_adapter(model: str, params: Params | None, workdir: Path) -> tuple[s
     return str(path), None
 
 
+def load_adapter(pipe: FluxKontextPipeline, adapter: Path) -> str:
+    """Apply a saved adapter (a folder or a file) to a pipeline; returns its format.
+
+    diffusers LoRA files go through the stock `load_lora_weights`; LyCORIS files (LoKr, ...) are
+    rebuilt from their weights with lycoris-lora and patched onto the transformer.
+    """
+    from kontext_core.model.lycoris import attach_saved_lycoris, find_lycoris_file
+
+    lycoris_file = find_lycoris_file(adapter)
+    if lycoris_file is not None:
+        attach_saved_lycoris(pipe.transformer, lycoris_file)
+        return "lycoris"
+    if adapter.is_dir():
+        weights = sorted(p.name for p in adapter.glob("*.safetensors"))
+        if not weights:
+            raise FileNotFoundError(f"--model {adapter}: folder holds no .safetensors adapter")
+        name = "pytorch_lora_weights.safetensors" if "pytorch_lora_weights.safetensors" in weights else weights[0]
+        pipe.load_lora_weights(str(adapter), weight_name=name)
+    else:
+        pipe.load_lora_weights(str(adapter.parent), weight_name=adapter.name)
+    return "lora"
+
+
 def output_size(width: int, height: int, max_area: int = MAX_AREA) -> tuple[int, int]:
     """The input's size, scaled down to `max_area` if larger, edges floored to multiples of 16."""
     scale = min(1.0, math.sqrt(max_area / (width * height)))
@@ -65,10 +88,15 @@ def run_edit(
             raise ValueError("no base model: pass --base-model or a params file")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    # The LoRA goes into the unquantized base: loading into a quanto model is not supported.
+    # The adapter goes into the unquantized base: loading a LoRA into a quanto model is not supported.
     pipe = FluxKontextPipeline.from_pretrained(base_model, torch_dtype=dtype)
-    pipe.load_lora_weights(adapter)
-    pipe = pipe.to(device)
+    load_adapter(pipe, Path(adapter))
+    if params is not None:
+        from kontext_core.model.load import place_pipeline
+
+        pipe = place_pipeline(pipe, params, torch.device(device))
+    else:
+        pipe = pipe.to(device)
     source = open_rgb(image)
     width, height = output_size(source.width, source.height)
     result = pipe(

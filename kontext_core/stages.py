@@ -286,6 +286,18 @@ def _model_inputs(params: Params, workdir: Path) -> dict[str, Any]:
     return {"base_model": model_fingerprint(params, workdir)}
 
 
+# Adapter keys of the train stage (kontext_core.model.adapters / .lycoris).
+def _adapter_inputs(params: Params, workdir: Path) -> dict[str, Any]:
+    """The LyCORIS config's content (only read when lora_type is lycoris)."""
+    if params.lora_type != "lycoris":
+        return {}
+    path = Path(params.lycoris_config)
+    path = path if path.is_absolute() else workdir / path
+    if not path.exists():
+        raise ConfigError(f"lycoris_config = {params.lycoris_config!r}: file not found ({path})")
+    return {"lycoris_config": sha256_file(path)}
+
+
 # ----------------------------------------------------------------------------------------------
 # the stages
 
@@ -408,7 +420,7 @@ def stage_cache_vae(ctx: StageContext) -> None:
     from kontext_core.cache.store import TensorStore
     from kontext_core.cache.vae_cache import encode_image
     from kontext_core.data.buckets import apply_crop, resize_and_crop
-    from kontext_core.model.load import load_vae, training_device
+    from kontext_core.model.load import load_vae, release, training_device
     from kontext_core.model.source import model_fingerprint
 
     pairs = _read_json(ctx.path("data/pair/pairs.json"))
@@ -436,6 +448,7 @@ def stage_cache_vae(ctx: StageContext) -> None:
             else:
                 entry["references"].append(key)
         index[pair["pair_id"]] = entry
+    release(vae, ctx.params)
     write_json(ctx.path("cache/vae/index.json"), index)
     ctx.info["encoded"] = encoded
 
@@ -444,7 +457,7 @@ def stage_cache_text(ctx: StageContext) -> None:
     """T5 (512 tokens) and CLIP pooled embeddings of every caption, plus the empty caption."""
     from kontext_core.cache.store import TensorStore
     from kontext_core.cache.text_cache import MAX_SEQUENCE_LENGTH, encode_caption
-    from kontext_core.model.load import load_text_pipeline, training_device
+    from kontext_core.model.load import load_text_pipeline, release, training_device
     from kontext_core.model.source import model_fingerprint
 
     pairs = _read_json(ctx.path("data/pair/pairs.json"))
@@ -463,36 +476,50 @@ def stage_cache_text(ctx: StageContext) -> None:
             store.put(key, encode_caption(pipe, caption))
             encoded += 1
         index[caption] = key
+    release(pipe.text_encoder if pipe else None, ctx.params)
+    release(pipe.text_encoder_2 if pipe else None, ctx.params)
     write_json(ctx.path("cache/text/index.json"), index)
     ctx.info["encoded"] = encoded
 
 
 def stage_quantize(ctx: StageContext) -> None:
-    """Quantize + freeze the base transformer once (optimum-quanto) and save it."""
+    """Fuse QKV (optional), quantize + freeze the base transformer once (optimum-quanto) and save it."""
     import torch
 
+    from kontext_core.model.fusion import fuse_qkv
     from kontext_core.model.load import load_transformer, training_device
-    from kontext_core.model.quantize import quantize_transformer, save_quantized
+    from kontext_core.model.quantize import quantize_transformer, quantized_module_names, save_quantized
 
-    precision = ctx.params.base_model_precision
+    p = ctx.params
     out = ctx.out("models/quantized")
-    write_json(out / "precision.json", {"base_model_precision": precision})
-    if precision == "no_change":
+    write_json(
+        out / "precision.json",
+        {"base_model_precision": p.base_model_precision, "fuse_qkv_projections": p.fuse_qkv_projections},
+    )
+    if p.base_model_precision == "no_change":
         return
-    model = load_transformer(ctx.params, ctx.workdir)
-    if ctx.params.quantize_via == "accelerator":
+    dtype = torch.bfloat16 if p.mixed_precision == "bf16" else torch.float32
+    model = load_transformer(p, ctx.workdir, dtype=dtype)
+    if p.quantize_via == "accelerator":
         model = model.to(training_device())
-    quantize_transformer(model, precision)
-    save_quantized(model.to(torch.device("cpu")), out / "transformer", precision)
+    if p.fuse_qkv_projections:
+        fuse_qkv(model)
+    quantize_transformer(model, p.base_model_precision)
+    save_quantized(model.to(torch.device("cpu")), out / "transformer", p.base_model_precision)
+    ctx.info["quantized_modules"] = len(quantized_module_names(model))
 
 
 def _base_transformer(ctx: StageContext):
-    """The frozen base transformer in training precision: the saved quantized one, or the original."""
+    """The frozen base transformer in training precision: the saved quantized one (rebuilt with
+    quanto's `requantize`, no new quantization pass), or the original for `no_change`."""
+    from kontext_core.model.fusion import fuse_qkv
     from kontext_core.model.load import load_transformer
     from kontext_core.model.quantize import load_quantized
 
-    if ctx.params.base_model_precision == "no_change":
-        return load_transformer(ctx.params, ctx.workdir).requires_grad_(False)
+    p = ctx.params
+    if p.base_model_precision == "no_change":
+        model = load_transformer(p, ctx.workdir).requires_grad_(False)
+        return fuse_qkv(model) if p.fuse_qkv_projections else model
     return load_quantized(ctx.path("models/quantized/transformer"))
 
 
@@ -559,7 +586,7 @@ def stage_validate(ctx: StageContext) -> None:
     import mlflow
 
     from kontext_core.model.adapters import attach_saved_adapter
-    from kontext_core.model.load import load_pipeline, training_device
+    from kontext_core.model.load import load_pipeline, place_pipeline, training_device
     from kontext_core.tracking import runs
     from kontext_core.validate.grids import make_grid
     from kontext_core.validate.run import evaluate, grid_name
@@ -568,7 +595,7 @@ def stage_validate(ctx: StageContext) -> None:
     pairs = _read_json(ctx.path("data/pair/pairs.json"))
     eval_pairs = [x for x in pairs if x["split"] == "eval"] or [x for x in pairs if x["split"] == "train"][:2]
     transformer = _base_transformer(ctx)
-    pipe = load_pipeline(p, ctx.workdir, transformer=transformer).to(training_device())
+    pipe = place_pipeline(load_pipeline(p, ctx.workdir, transformer=transformer), p, training_device())
     load = ctx.open_image
     base_results = evaluate(pipe, eval_pairs, load, p)
     attach_saved_adapter(pipe.transformer, ctx.path("models/adapter"), p)
@@ -750,10 +777,17 @@ STAGES: dict[str, StageSpec] = {
         StageSpec(
             "quantize",
             stage_quantize,
-            ["pretrained_model_name_or_path", "revision", "base_model_precision", "quantize_via"],
+            [
+                "pretrained_model_name_or_path",
+                "revision",
+                "base_model_precision",
+                "quantize_via",
+                "fuse_qkv_projections",
+                "mixed_precision",
+            ],
             [],
             ["models/quantized"],
-            ["kontext_core.model.quantize"],
+            ["kontext_core.model.quantize", "kontext_core.model.fusion"],
             extra_inputs=_model_inputs,
         ),
         StageSpec(
@@ -773,7 +807,10 @@ STAGES: dict[str, StageSpec] = {
                 "kontext_core.train.distributed",
                 "kontext_core.train.run",
                 "kontext_core.model.adapters",
+                "kontext_core.model.lycoris",
+                "kontext_core.model.fusion",
             ],
+            extra_inputs=_adapter_inputs,
             metrics=[TRAIN_METRICS],
             plots=[LOSS_PLOT],
         ),

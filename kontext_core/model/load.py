@@ -57,3 +57,22 @@ def load_pipeline(
     for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
         getattr(pipe, name).eval()
     return pipe
+
+
+def place_pipeline(pipe: FluxKontextPipeline, params: Params, device: torch.device) -> FluxKontextPipeline:
+    """Put a pipeline on `device`; with `offload_during_startup` on an accelerator, each component
+    (text encoders, VAE, transformer) is moved there only while it runs (accelerate's model offload)."""
+    if params.offload_during_startup and device.type != "cpu":
+        pipe.enable_model_cpu_offload(device=device)
+        return pipe
+    return pipe.to(device)
+
+
+def release(module: torch.nn.Module | None, params: Params) -> None:
+    """After a cache stage: with `offload_during_startup`, hand the accelerator memory back at once
+    instead of when the stage's objects are collected, so the next model finds it free."""
+    if module is None or not params.offload_during_startup:
+        return
+    module.to("cpu")
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

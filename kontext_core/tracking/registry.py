@@ -41,6 +41,12 @@ def beats(new: float, old: float | None, greater_is_better: bool) -> bool:
     return new > old if greater_is_better else new < old
 
 
+def adapter_format(adapter_dir: Path) -> str:
+    from kontext_core.model.lycoris import find_lycoris_file
+
+    return "lycoris" if find_lycoris_file(adapter_dir) is not None else "diffusers-lora"
+
+
 def register_adapter(
     params: Params, run_id: str, adapter_dir: Path, base_model: str, metric_value: float
 ) -> Registration:
@@ -64,6 +70,8 @@ def register_adapter(
     else:
         log.info("version %s did not beat @%s (version %s)", version, params.registry.champion_alias, old_version)
     client.set_model_version_tag(name, version, "run_id", run_id)
+    # mlflow's flavour only knows "lora"; LyCORIS files need `kontext edit` (lycoris-lora) to load.
+    client.set_model_version_tag(name, version, "kontext.adapter_format", adapter_format(Path(adapter_dir)))
     return Registration(
         model_name=name,
         version=version,

@@ -85,7 +85,7 @@ def run_training(job: TrainJob, dist: DistContext | None = None) -> TrainResult:
     transformer = _base_transformer(StageContext("train", params, workdir, job.fingerprint)).to(dist.device)
     if params.gradient_checkpointing:
         enable_gradient_checkpointing(transformer, params.gradient_checkpointing_interval)
-    adapter = add_adapter(transformer, params)
+    adapter = add_adapter(transformer, params, workdir=workdir)
     for p in adapter.parameters():
         p.data = p.data.to(trainable_dtype(params))
     checkpoints = CheckpointManager(workdir / CHECKPOINT_ROOT, job.fingerprint, params.checkpoints_total_limit)

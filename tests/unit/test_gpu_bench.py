@@ -1,0 +1,43 @@
+"""bench/gpu_step.py: the CPU smoke mode runs the real code path; without CUDA it refuses clearly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "gpu_step.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("gpu_step", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_step"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_cpu_smoke_run_reports_throughput(tmp_path, capsys):
+    bench = _load()
+    out = tmp_path / "bench.json"
+    assert bench.main(["--device", "cpu", "--tiny", "--steps", "2", "--warmup", "1", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())["results"][0]
+    assert result["resolution"] == 64 and result["steps"] == 2
+    assert result["it_per_s"] > 0 and math.isfinite(result["loss"])
+    printed = capsys.readouterr().out
+    assert "int8-quanto, LoRA rank 16, gradient checkpointing on" in printed
+    assert "64 px:" in printed and "it/s" in printed
+
+
+def test_refuses_without_cuda_or_a_full_size_cpu_run(capsys):
+    bench = _load()
+    assert bench.main(["--device", "cpu"]) == 2
+    assert "add --tiny" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert bench.main([]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
+    assert bench.FULL_CONFIG["num_layers"] == 19 and bench.FULL_CONFIG["num_single_layers"] == 38
