@@ -295,7 +295,8 @@ class DatasetEntry(_Strict):
     minimum_image_size: float | None = None
     maximum_image_size: float | None = None
     target_downsample_size: float | None = None
-    crop: bool = True
+    # SimpleTuner default: resize to the bucket without cropping.
+    crop: bool = False
     crop_style: Literal["center", "centre", "random", "corner"] = "center"
     crop_aspect: Literal["square", "preserve", "closest", "random"] = "square"
     caption_strategy: Literal["textfile", "filename", "instanceprompt", "huggingface"] | None = "filename"

@@ -18,7 +18,10 @@ def test_pixel_area_area_and_pixel_buckets():
     preserve = {"crop_aspect": "preserve"}
     # pixel_area: area = 1024², aspect 1.5 -> 1254 x 836 -> edges rounded to 64.
     assert target_size(1536, 1024, _entry(resolution=1024, resolution_type="pixel_area", **preserve)) == (1280, 832)
-    assert target_size(1536, 1024, _entry(resolution=1024, resolution_type="pixel_area")) == (1024, 1024)
+    # SimpleTuner's default (crop: false) keeps the aspect; a square crop makes a square bucket.
+    assert target_size(1536, 1024, _entry(resolution=1024, resolution_type="pixel_area")) == (1280, 832)
+    square = {"crop": True, "crop_aspect": "square"}
+    assert target_size(1536, 1024, _entry(resolution=1024, resolution_type="pixel_area", **square)) == (1024, 1024)
     # area: megapixels.
     assert target_size(2000, 2000, _entry(resolution=1.0, resolution_type="area")) == (1024, 1024)
     # pixel: the shorter edge.
@@ -55,7 +58,7 @@ def test_maximum_image_size_pre_downsamples_to_target_downsample_size():
 
 @pytest.mark.parametrize("style", ["center", "random", "corner"])
 def test_crop_styles(style):
-    entry = _entry(resolution=64, resolution_type="pixel_area", crop_style=style)
+    entry = _entry(resolution=64, resolution_type="pixel_area", crop=True, crop_style=style)
     plan = crop_plan(160, 96, entry, 3, "a.png")
     left, top, right, bottom = plan["box"]
     assert (right - left, bottom - top) == (64, 64) and plan["resize"] == [107, 64]

@@ -46,6 +46,7 @@ def test_strict_reference_takes_the_edit_crop_and_latent_grid(style):
             "conditioning_data": ["ref"],
             "resolution": 64,
             "resolution_type": "pixel_area",
+            "crop": True,
             "crop_style": style,
             "crop_aspect": "preserve",
         },
@@ -213,6 +214,7 @@ def test_generated_set_is_strict_by_default_and_its_captions_replace_the_edit_ca
                 id="sharp",
                 resolution=64,
                 resolution_type="pixel_area",
+                crop=True,
                 crop_style="random",
                 conditioning=[{"type": "superresolution", "captions": ["deblur", "sharpen"]}],
             )
