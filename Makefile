@@ -41,6 +41,8 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/pipeline.py
+	$(BIN)/python bench/scan.py
+	$(BIN)/python bench/train_step.py
 
 ui-mlflow: setup
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000
