@@ -21,6 +21,7 @@ def _module_file(module: str) -> str:
 # Data each stage reads besides upstream outputs (in the embedded demo layout).
 _EXTRA_DEPS = {
     "fetch": ["config/multidatabackend.json", SAMPLE_DATA_DIR],
+    "pair": ["config/multidatabackend.json"],
     "cache_vae": [TINY_MODEL_DIR],
     "cache_text": [TINY_MODEL_DIR],
     "quantize": [TINY_MODEL_DIR],

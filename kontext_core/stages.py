@@ -246,6 +246,12 @@ def _read_json(path: Path) -> Any:
     return json.loads(path.read_text())
 
 
+def _dataset_file_input(params: Params, workdir: Path) -> dict[str, Any]:
+    """The dataset file's content: pairing and crop keys change pairs without changing fetch's records."""
+    data_path = Path(params.data_backend_config)
+    return {"data_backend_config": sha256_file(data_path if data_path.is_absolute() else workdir / data_path)}
+
+
 def _dataset_inputs(params: Params, workdir: Path) -> dict[str, Any]:
     """Content of the dataset file and of every local folder or file it points at (hub ids by name).
 
@@ -744,6 +750,7 @@ STAGES: dict[str, StageSpec] = {
                 "kontext_core.data.degrade",
                 "kontext_core.config",
             ],
+            extra_inputs=_dataset_file_input,
         ),
         StageSpec(
             "degrade",

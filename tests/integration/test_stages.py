@@ -244,3 +244,18 @@ def test_fingerprint_without_upstream_manifest_hashes_outputs_on_disk(built_proj
     shutil.rmtree(project / "data/fetch")
     with pytest.raises(RuntimeError, match="needs stage 'fetch'"):
         fingerprint("pair", params, project)
+
+
+def test_a_pairing_key_in_the_dataset_file_reruns_pair(built_project, tmp_path):
+    """fetch's records do not change with conditioning_type / crop keys; pair must still see them."""
+    import shutil
+
+    project = tmp_path / "edited"
+    shutil.copytree(built_project, project, ignore=shutil.ignore_patterns("mlflow.db", "mlruns"))
+    params = load_params(project / "params.yaml")
+    before = fingerprint("pair", params, project)[0]
+    config_file = project / "config/multidatabackend.json"
+    entries = json.loads(config_file.read_text())
+    next(e for e in entries if e["id"] == "pairs-reference")["conditioning_type"] = "reference_loose"
+    config_file.write_text(json.dumps(entries, indent=2))
+    assert fingerprint("pair", params, project)[0] != before
