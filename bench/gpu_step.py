@@ -36,19 +36,6 @@ FULL_CONFIG = dict(
     guidance_embeds=True,
     axes_dims_rope=(16, 56, 56),
 )
-# The embedded tiny model's geometry (kontext_core.model.tiny).
-TINY_CONFIG = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=1,
-    num_single_layers=2,
-    attention_head_dim=16,
-    num_attention_heads=2,
-    joint_attention_dim=32,
-    pooled_projection_dim=32,
-    guidance_embeds=True,
-    axes_dims_rope=(4, 6, 6),
-)
 T5_TOKENS = 512
 
 
@@ -101,11 +88,12 @@ def run(args: argparse.Namespace) -> list[Result]:
     from kontext_core.config import Params
     from kontext_core.model.adapters import add_adapter
     from kontext_core.model.quantize import quantize_transformer
+    from kontext_core.model.tiny import TINY_TRANSFORMER_CONFIG
     from kontext_core.train.kontext_step import kontext_step
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    config = TINY_CONFIG if args.tiny else FULL_CONFIG
+    config = TINY_TRANSFORMER_CONFIG if args.tiny else FULL_CONFIG
     torch.manual_seed(args.seed)
     started = time.perf_counter()
     transformer = build_transformer(config, device, dtype, args.seed)

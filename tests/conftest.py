@@ -111,3 +111,22 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture
+def decoded_images(monkeypatch) -> list:
+    """Every PIL image whose pixels get decoded while the test runs (header reads do not count)."""
+    from PIL import Image, ImageFile
+
+    decoded: list = []
+
+    def spy(real):
+        def load(self):
+            decoded.append(self)
+            return real(self)
+
+        return load
+
+    monkeypatch.setattr(Image.Image, "load", spy(Image.Image.load))
+    monkeypatch.setattr(ImageFile.ImageFile, "load", spy(ImageFile.ImageFile.load))
+    return decoded

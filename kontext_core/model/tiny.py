@@ -31,23 +31,26 @@ FLUX_VAE_SCALE = 0.3611
 CLIP_HIDDEN = 32
 T5_D_MODEL = 32
 
+# FluxTransformer2DModel arguments: the real model's geometry with small widths and depths.
+TINY_TRANSFORMER_CONFIG = dict(
+    patch_size=1,
+    in_channels=64,
+    num_layers=1,
+    num_single_layers=2,
+    attention_head_dim=16,
+    num_attention_heads=2,
+    joint_attention_dim=T5_D_MODEL,
+    pooled_projection_dim=CLIP_HIDDEN,
+    guidance_embeds=True,
+    axes_dims_rope=(4, 6, 6),
+)
+
 
 def build_tiny_pipeline(seed: int = 0) -> FluxKontextPipeline:
     torch.manual_seed(seed)
     tokenizer = build_clip_tokenizer()
     tokenizer_2 = build_t5_tokenizer()
-    transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=64,
-        num_layers=1,
-        num_single_layers=2,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=T5_D_MODEL,
-        pooled_projection_dim=CLIP_HIDDEN,
-        guidance_embeds=True,
-        axes_dims_rope=(4, 6, 6),
-    )
+    transformer = FluxTransformer2DModel(**TINY_TRANSFORMER_CONFIG)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,

@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image
 
 from kontext_core.config import ConfigError, DatasetEntry
 from kontext_core.data import huggingface as hf
@@ -128,23 +128,11 @@ def test_caption_list_first_non_empty_then_fallback(stored):
     assert {p.kind for p in problems} == {"composite", "unreadable"}
 
 
-def test_fetch_reads_headers_only(stored, monkeypatch):
-    decoded = []
-    real_image_load, real_file_load = Image.Image.load, ImageFile.ImageFile.load
-
-    def spy(real):
-        def load(self):
-            decoded.append(self)
-            return real(self)
-
-        return load
-
-    monkeypatch.setattr(Image.Image, "load", spy(real_image_load))
-    monkeypatch.setattr(ImageFile.ImageFile, "load", spy(real_file_load))
+def test_fetch_reads_headers_only(stored, decoded_images):
     records, _ = huggingface_records(_entry("saved"), stored)
-    assert records and decoded == []
+    assert records and decoded_images == []
     open_ref(records[0].image, stored)
-    assert decoded
+    assert decoded_images  # the spy does see a real decode
 
 
 def test_config_errors_name_the_key(stored):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import Image
 
 from kontext_core.config import DatasetEntry
 from kontext_core.data.local import local_records
@@ -157,29 +157,18 @@ def test_bad_inputs_are_reported_and_the_rest_kept(tmp_path):
     assert ref_size(records[0].image, tmp_path) == (40, 24)
 
 
-def test_header_scan_never_decodes_pixels(tmp_path, monkeypatch):
+def test_header_scan_never_decodes_pixels(tmp_path, decoded_images):
     root = tmp_path / "data"
     for index in range(5):
         _save(root / f"{index}.png")
         _save(root / f"{index}.jpg", fmt="JPEG")
         _save(root / f"{index}.webp", fmt="WEBP")
-    decoded = []
-    real_image_load, real_file_load = Image.Image.load, ImageFile.ImageFile.load
-
-    def spy(real):
-        def load(self):
-            decoded.append(self)
-            return real(self)
-
-        return load
-
-    monkeypatch.setattr(Image.Image, "load", spy(real_image_load))
-    monkeypatch.setattr(ImageFile.ImageFile, "load", spy(real_file_load))
+    decoded_images.clear()  # writing the files decoded; only the scan counts
     records, problems = local_records(_entry(root, caption_strategy=None), tmp_path, workers=1)
     assert len(records) == 15 and problems == []
-    assert decoded == []
+    assert decoded_images == []
     open_ref(records[0].image, tmp_path)
-    assert decoded  # the spy does see a real decode
+    assert decoded_images  # the spy does see a real decode
 
 
 @pytest.mark.parametrize("fmt,ext", [("PNG", ".png"), ("WEBP", ".webp"), ("BMP", ".bmp")])
