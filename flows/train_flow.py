@@ -17,7 +17,9 @@ from kontext_core.tracking.lineage import lineage_tags, log_params
 from tasks.stage_tasks import STAGE_TASKS
 
 
-@flow(name="kontext-train", log_prints=True)
+# No log_prints: the stages log through `logging`, and Prefect's print hook defeats libraries that
+# capture stdout themselves (dill disassembles functions into a captured stdout while hashing).
+@flow(name="kontext-train")
 def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) -> dict[str, Any]:
     logger = get_run_logger()
     params_path = Path(params_file).resolve()
