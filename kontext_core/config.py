@@ -232,11 +232,11 @@ class ConditioningGenerator(BaseModel):
     """One `conditioning: [...]` entry: a reference set generated from the edit set's own images.
 
     `superresolution` blurs (and optionally downscales, adds noise, JPEG-compresses) each image;
-    `jpeg_artifacts` recompresses it at low quality. Keys other generator types of SimpleTuner use
-    are kept as given (extra keys are allowed) but only these two types run here.
+    `jpeg_artifacts` recompresses it at low quality. An unknown key is an error naming the nearest
+    known one: a misspelt generator parameter would otherwise fall back to its default unnoticed.
     """
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
     type: Literal["superresolution", "jpeg_artifacts"]
     # A caption, a list (one picked per image, deterministically), or false/null: keep the edit's.
     captions: str | list[str] | bool | None = None
@@ -258,6 +258,15 @@ class ConditioningGenerator(BaseModel):
     quality_decay: float = Field(0.9, gt=0, le=1)
     subsampling: Literal["4:4:4", "4:2:2", "4:2:0"] | int | None = None
     pre_blur: bool | float = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise ValueError(f"unknown key '{key}'; {_suggest(key, list(cls.model_fields))}")
+        return data
 
     @model_validator(mode="after")
     def _quality_choices(self) -> ConditioningGenerator:
