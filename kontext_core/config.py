@@ -23,6 +23,17 @@ class ConfigError(ValueError):
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        # Name the nearest valid key wherever the model sits (also inside lists such as
+        # `conditioning: [...]`): a typo would otherwise read as pydantic's bare "extra input".
+        if isinstance(data, dict):
+            for key in data:
+                if key not in cls.model_fields:
+                    raise ValueError(f"unknown key '{key}'; {_suggest(key, list(cls.model_fields))}")
+        return data
+
 
 # ----------------------------------------------------------------------------------------------
 # params.yaml sections
@@ -217,18 +228,8 @@ class HuggingfaceOptions(_Strict):
     streaming: bool = False
     num_proc: int | None = Field(None, ge=1)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        # Name the nearest valid key: a typo here otherwise silently loses the caption column.
-        if isinstance(data, dict):
-            for key in data:
-                if key not in cls.model_fields:
-                    raise ValueError(f"unknown key '{key}'; {_suggest(key, list(cls.model_fields))}")
-        return data
 
-
-class ConditioningGenerator(BaseModel):
+class ConditioningGenerator(_Strict):
     """One `conditioning: [...]` entry: a reference set generated from the edit set's own images.
 
     `superresolution` blurs (and optionally downscales, adds noise, JPEG-compresses) each image;
@@ -236,7 +237,6 @@ class ConditioningGenerator(BaseModel):
     known one: a misspelt generator parameter would otherwise fall back to its default unnoticed.
     """
 
-    model_config = ConfigDict(extra="forbid")
     type: Literal["superresolution", "jpeg_artifacts"]
     # A caption, a list (one picked per image, deterministically), or false/null: keep the edit's.
     captions: str | list[str] | bool | None = None
@@ -258,15 +258,6 @@ class ConditioningGenerator(BaseModel):
     quality_decay: float = Field(0.9, gt=0, le=1)
     subsampling: Literal["4:4:4", "4:2:2", "4:2:0"] | int | None = None
     pre_blur: bool | float = False
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            for key in data:
-                if key not in cls.model_fields:
-                    raise ValueError(f"unknown key '{key}'; {_suggest(key, list(cls.model_fields))}")
-        return data
 
     @model_validator(mode="after")
     def _quality_choices(self) -> ConditioningGenerator:
@@ -380,16 +371,6 @@ def _suggest(key: str, allowed: list[str]) -> str:
     return "allowed keys: " + ", ".join(sorted(allowed))
 
 
-def _check_unknown_keys(data: dict[str, Any], model: type[BaseModel], where: str) -> None:
-    allowed = list(model.model_fields)
-    for key, value in data.items():
-        if key not in model.model_fields:
-            raise ConfigError(f"{where}: unknown key '{key}'; {_suggest(key, allowed)}")
-        annotation = model.model_fields[key].annotation
-        if isinstance(value, dict) and isinstance(annotation, type) and issubclass(annotation, _Strict):
-            _check_unknown_keys(value, annotation, f"{where}: {key}")
-
-
 def _format_validation_error(err: ValidationError, where: str, data: Any) -> ConfigError:
     first = err.errors()[0]
     loc = ".".join(str(p) for p in first["loc"])
@@ -397,6 +378,10 @@ def _format_validation_error(err: ValidationError, where: str, data: Any) -> Con
     message = first["msg"]
     if first["type"] == "missing":
         return ConfigError(f"{where}: missing required key '{loc}'")
+    if first["type"] == "value_error" and "unknown key" in message:
+        # From _Strict._known_keys: the key and its nearest valid neighbour are the whole story.
+        path = ": ".join([where, *(str(p) for p in first["loc"])])
+        return ConfigError(f"{path}: {message.removeprefix('Value error, ')}")
     return ConfigError(f"{where}: {loc} = {value!r}: {message}")
 
 
@@ -414,7 +399,6 @@ def load_params(path: Path | str) -> Params:
 
 
 def params_from_dict(data: dict[str, Any], where: str = "params") -> Params:
-    _check_unknown_keys(data, Params, where)
     try:
         return Params.model_validate(data)
     except ValidationError as exc:
@@ -442,11 +426,6 @@ def load_datasets(path: Path | str, base_dir: Path | None = None) -> DatasetConf
             raise ConfigError(f"{where}: expected an object")
         if "id" in item:
             where = f"{path}: dataset '{item['id']}'"
-        unknown = [k for k in item if k not in DatasetEntry.model_fields]
-        if unknown:
-            raise ConfigError(
-                f"{where}: unknown key '{unknown[0]}'; {_suggest(unknown[0], list(DatasetEntry.model_fields))}"
-            )
         try:
             entries.append(DatasetEntry.model_validate(item))
         except ValidationError as exc:
