@@ -86,7 +86,7 @@ def step_inputs(resolution: int, config: dict, device: torch.device, dtype: torc
 
 def run(args: argparse.Namespace) -> list[Result]:
     from kontext_core.config import Params
-    from kontext_core.model.adapters import add_adapter
+    from kontext_core.model.adapter_kinds import add_adapter
     from kontext_core.model.quantize import quantize_transformer
     from kontext_core.model.tiny import TINY_TRANSFORMER_CONFIG
     from kontext_core.train.kontext_step import kontext_step

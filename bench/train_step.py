@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 from diffusers import FluxTransformer2DModel  # noqa: E402
 
 from kontext_core.config import Params  # noqa: E402
-from kontext_core.model.adapters import add_adapter  # noqa: E402
+from kontext_core.model.adapter_kinds import add_adapter  # noqa: E402
 from kontext_core.train.data import TrainData, TrainSample  # noqa: E402
 from kontext_core.train.distributed import DistContext  # noqa: E402
 from kontext_core.train.kontext_step import kontext_step  # noqa: E402

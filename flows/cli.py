@@ -61,6 +61,20 @@ def sample_data(
     typer.echo(str(write_sample_data(out, count=count, size=size, seed=seed)))
 
 
+def _check_registered_kinds(params, datasets, project: Path) -> None:
+    """The checks that belong to a dataset backend or an adapter kind, all problems at once."""
+    from kontext_core.data.backends import entry_problems
+    from kontext_core.model.adapter_kinds import kind_for
+
+    problems = entry_problems(datasets, project)
+    try:
+        kind_for(params)
+    except ConfigError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
 @config_app.command("check")
 def config_check(params: Path = ParamsOption) -> None:
     """Validate params.yaml and the dataset file it names; print the resolved config."""
@@ -68,6 +82,7 @@ def config_check(params: Path = ParamsOption) -> None:
 
     try:
         resolved, datasets = load_all(params)
+        _check_registered_kinds(resolved, datasets, params.resolve().parent)
     except ConfigError as exc:
         _fail(str(exc))
     typer.echo(

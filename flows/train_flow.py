@@ -46,14 +46,15 @@ def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) 
     try:
         log_params(client, run_id, params)
         for name in STAGE_ORDER:
-            fp, _ = fingerprint(name, params, project)
+            # Taken once: the task's cache key and the stage's up-to-date check both use it.
+            fp = fingerprint(name, params, project)
             # Prefect's cache only answers for outputs that still exist on disk.
             stage_task = STAGE_TASKS[name].with_options(
-                refresh_cache=not outputs_intact(name, project, fp),
+                refresh_cache=not outputs_intact(name, project, fp.value),
                 retries=params.prefect.task_retries,
                 retry_delay_seconds=params.prefect.retry_delay_seconds,
             )
-            state = stage_task(name=name, params_file=str(params_path), workdir=str(project), return_state=True)
+            state = stage_task(name=name, params=params, workdir=str(project), fingerprint=fp, return_state=True)
             manifest = dict(state.result())
             manifest["skipped"] = bool(manifest.get("skipped")) or state.name == "Cached"
             manifest["prefect_state"] = state.name

@@ -109,7 +109,8 @@ class Params(_Strict):
     quantize_via: Literal["cpu", "accelerator"] = "cpu"
     gradient_checkpointing: bool = False
     fuse_qkv_projections: bool = False
-    lora_type: Literal["standard", "lycoris"] = "standard"
+    # A registered adapter kind (kontext_core.model.adapter_kinds), checked there with the allowed values.
+    lora_type: str = "standard"
     lora_rank: int = Field(16, ge=1)
     lora_alpha: float | None = None
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
@@ -279,7 +280,8 @@ class ConditioningGenerator(_Strict):
 
 class DatasetEntry(_Strict):
     id: str
-    type: Literal["local", "huggingface"] = "local"
+    # A registered backend (kontext_core.data.backends), checked there with the allowed values.
+    type: str = "local"
     dataset_type: Literal["image", "conditioning", "text_embeds"] = "image"
     disabled: bool = False
     default: bool = False
@@ -466,16 +468,6 @@ def _check_references(config: DatasetConfig, path: Path, base_dir: Path) -> None
                 raise ConfigError(f"{where}: generated set id '{generated}' is already a dataset id")
         if entry.dataset_type == "text_embeds":
             continue
-        if entry.type == "local":
-            if not entry.instance_data_dir:
-                raise ConfigError(f"{where}: type 'local' needs 'instance_data_dir'")
-            data_dir = Path(entry.instance_data_dir)
-            if not data_dir.is_absolute():
-                data_dir = base_dir / data_dir
-            if not data_dir.is_dir():
-                raise ConfigError(f"{where}: instance_data_dir '{entry.instance_data_dir}' does not exist")
-        if entry.type == "huggingface" and not entry.dataset_name:
-            raise ConfigError(f"{where}: type 'huggingface' needs 'dataset_name'")
         if entry.caption_strategy == "instanceprompt" and not entry.instance_prompt:
             raise ConfigError(f"{where}: caption_strategy 'instanceprompt' needs 'instance_prompt'")
 

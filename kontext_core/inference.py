@@ -36,26 +36,12 @@ def resolve_adapter(model: str, params: Params | None, workdir: Path) -> tuple[s
 
 
 def load_adapter(pipe: FluxKontextPipeline, adapter: Path) -> str:
-    """Apply a saved adapter (a folder or a file) to a pipeline; returns its format.
+    """Apply a saved adapter (a folder or a file) to a pipeline; returns its kind's `lora_type`."""
+    from kontext_core.model.adapter_kinds import detect
 
-    diffusers LoRA files go through the stock `load_lora_weights`; LyCORIS files (LoKr, ...) are
-    rebuilt from their weights with lycoris-lora and patched onto the transformer.
-    """
-    from kontext_core.model.lycoris import attach_saved_lycoris, find_lycoris_file
-
-    lycoris_file = find_lycoris_file(adapter)
-    if lycoris_file is not None:
-        attach_saved_lycoris(pipe.transformer, lycoris_file)
-        return "lycoris"
-    if adapter.is_dir():
-        weights = sorted(p.name for p in adapter.glob("*.safetensors"))
-        if not weights:
-            raise FileNotFoundError(f"--model {adapter}: folder holds no .safetensors adapter")
-        name = "pytorch_lora_weights.safetensors" if "pytorch_lora_weights.safetensors" in weights else weights[0]
-        pipe.load_lora_weights(str(adapter), weight_name=name)
-    else:
-        pipe.load_lora_weights(str(adapter.parent), weight_name=adapter.name)
-    return "lora"
+    kind, weights = detect(Path(adapter))
+    kind.load_for_inference(pipe, weights)
+    return kind.lora_type
 
 
 def output_size(width: int, height: int, max_area: int = MAX_AREA) -> tuple[int, int]:

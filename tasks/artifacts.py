@@ -9,15 +9,21 @@ from typing import Any
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from kontext_core.data.report import table_rows
+from kontext_core.stages import STAGES
+
+
+def _product(workdir: Path, product: str) -> Path:
+    stage, _, name = product.partition(".")
+    return workdir / STAGES[stage].products[name]
 
 
 def publish_artifacts(name: str, workdir: Path, manifest: dict[str, Any]) -> None:
     if name == "pair":
-        report = workdir / "data/pair/report.md"
+        report = _product(workdir, "pair.report_md")
         create_markdown_artifact(
             report.read_text(), key="kontext-preflight-report", description="pairing pre-flight report"
         )
-        report_json = json.loads((workdir / "data/pair/report.json").read_text())
+        report_json = json.loads(_product(workdir, "pair.report").read_text())
         create_table_artifact(
             table_rows(report_json),
             key="kontext-preflight-table",
@@ -32,7 +38,7 @@ def publish_artifacts(name: str, workdir: Path, manifest: dict[str, Any]) -> Non
             key="kontext-training",
         )
     elif name == "validate":
-        per_pair = json.loads((workdir / "artifacts/validate/per_pair.json").read_text())
+        per_pair = json.loads(_product(workdir, "validate.per_pair").read_text())
         create_table_artifact(per_pair, key="kontext-validation", description="PSNR against the edit targets")
     elif name == "register":
         info = manifest["info"]

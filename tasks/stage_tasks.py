@@ -1,7 +1,8 @@
 """One Prefect task per pipeline stage: version, cache key, retries and artifacts; no ML logic.
 
-The cache key is the stage's input fingerprint (plus the project directory), never a pickle of a
-model; the task version is the hash of the stage's code.
+The flow takes each stage's fingerprint once and hands it to the task: the task's cache key and the
+stage's up-to-date check use that same value (never a pickle of a model). The task version is the
+stage's code version (the hash of its import closure).
 """
 
 from __future__ import annotations
@@ -13,20 +14,18 @@ from typing import Any
 from prefect import Task, task
 from prefect.context import TaskRunContext
 
-from kontext_core.config import ConfigError, load_params
-from kontext_core.stages import STAGES, fingerprint, run_stage
+from kontext_core.config import ConfigError, Params
+from kontext_core.stages import STAGES, Fingerprint, run_stage
 from tasks.artifacts import publish_artifacts
 
 
-def stage_cache_key(name: str, params_file: str, workdir: str) -> str:
-    params = load_params(params_file)
-    fp, _ = fingerprint(name, params, Path(workdir))
+def stage_cache_key(name: str, workdir: str, fingerprint: str) -> str:
     where = hashlib.sha256(str(Path(workdir).resolve()).encode()).hexdigest()[:12]
-    return f"kontext-{name}-{where}-{fp}"
+    return f"kontext-{name}-{where}-{fingerprint}"
 
 
 def _cache_key_fn(context: TaskRunContext, parameters: dict[str, Any]) -> str:
-    return stage_cache_key(parameters["name"], parameters["params_file"], parameters["workdir"])
+    return stage_cache_key(parameters["name"], parameters["workdir"], parameters["fingerprint"].value)
 
 
 def _retry_unless_config_error(task: Task, task_run: Any, state: Any) -> bool:
@@ -40,8 +39,8 @@ def _retry_unless_config_error(task: Task, task_run: Any, state: Any) -> bool:
     return True
 
 
-def _run(name: str, params_file: str, workdir: str) -> dict[str, Any]:
-    manifest = run_stage(name, params_file, workdir)
+def _run(name: str, params: Params, workdir: str, fingerprint: Fingerprint) -> dict[str, Any]:
+    manifest = run_stage(name, workdir=workdir, params=params, fingerprint=fingerprint)
     if not manifest["skipped"]:
         publish_artifacts(name, Path(workdir), manifest)
     return manifest

@@ -1,28 +1,65 @@
-"""Dataset backends: turn a dataset entry into records (image reference, caption, key, header size).
+"""The dataset backends, found by an entry's `type` or by the prefix of an image reference.
 
-`local` (kontext_core.data.local) walks `instance_data_dir`; `huggingface`
-(kontext_core.data.huggingface) reads rows of `dataset_name` and splits composite panels lazily. A
-record's `key` is what pairing matches across datasets: the posix relative path for folders, the
-zero-padded row index for Hugging Face datasets. Unreadable inputs become `Problem`s, never records.
+Adding a backend is one module with a `DatasetBackend` subclass (kontext_core.data.backend) plus one
+`register_backend` line below; stages, pairing and the caches only ever ask this registry.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from kontext_core.config import DatasetEntry
-from kontext_core.data.huggingface import huggingface_records
-from kontext_core.data.local import local_records, resolve
-from kontext_core.data.records import Problem, Record
+from kontext_core.config import ConfigError, DatasetConfig, DatasetEntry
+from kontext_core.data.backend import DatasetBackend
+from kontext_core.data.hf_backend import HuggingFaceBackend
+from kontext_core.data.local_backend import LocalBackend
 
-__all__ = ["Problem", "Record", "entry_records", "huggingface_records", "local_records", "resolve"]
+BACKENDS: dict[str, DatasetBackend] = {}
 
 
-def entry_records(
-    entry: DatasetEntry, base_dir: Path, scan_cache_dir: Path | None = None
-) -> tuple[list[Record], list[Problem]]:
-    """Records of one enabled image/conditioning entry; local header scans cached under `scan_cache_dir`."""
-    if entry.type == "local":
-        cache = scan_cache_dir / f"{entry.id}.json" if scan_cache_dir is not None else None
-        return local_records(entry, base_dir, cache)
-    return huggingface_records(entry, base_dir)
+def register_backend(backend: DatasetBackend) -> None:
+    BACKENDS[backend.type] = backend
+
+
+def backend_for(entry: DatasetEntry) -> DatasetBackend:
+    try:
+        return BACKENDS[entry.type]
+    except KeyError:
+        raise ConfigError(
+            f"dataset '{entry.id}': type = {entry.type!r}: unknown backend; allowed: {', '.join(BACKENDS)}"
+        ) from None
+
+
+def backend_for_ref(ref: str) -> DatasetBackend:
+    """The backend that wrote an image reference: by its prefix, else the one of plain file paths."""
+    fallback = None
+    for backend in BACKENDS.values():
+        if backend.ref_prefix is None:
+            fallback = fallback or backend
+        elif ref.startswith(backend.ref_prefix):
+            return backend
+    if fallback is None:
+        raise ValueError(f"{ref}: no backend reads this reference")
+    return fallback
+
+
+def entry_problems(datasets: DatasetConfig, workdir: Path) -> list[str]:
+    """Every backend-specific problem of the enabled entries (one line each), unknown types included."""
+    problems: list[str] = []
+    for entry in datasets.enabled():
+        if entry.type not in BACKENDS:
+            problems.append(
+                f"dataset '{entry.id}': type = {entry.type!r}: unknown backend; allowed: {', '.join(BACKENDS)}"
+            )
+        elif entry.dataset_type != "text_embeds":
+            problems += BACKENDS[entry.type].check(entry, workdir)
+    return problems
+
+
+def check_entries(datasets: DatasetConfig, workdir: Path) -> None:
+    problems = entry_problems(datasets, workdir)
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+register_backend(LocalBackend())
+register_backend(HuggingFaceBackend())

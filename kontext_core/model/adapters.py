@@ -1,8 +1,7 @@
-"""Adapters on the (quantized) transformer: peft LoRA in diffusers' format, or LyCORIS (LoKr, ...).
+"""The standard adapter: peft LoRA on the (quantized) transformer, saved in diffusers' format.
 
-The trainer sees one interface whatever `lora_type` says: `add_adapter` -> `Adapter` with
-`parameters`, `state_dict`, `load_state_dict` and `save`; validation re-creates a saved adapter with
-`attach_saved_adapter`.
+The trainer sees one interface whatever `lora_type` says (kontext_core.model.adapter_kinds):
+`Adapter` with `parameters`, `state_dict`, `load_state_dict` and `save`.
 """
 
 from __future__ import annotations
@@ -104,33 +103,6 @@ class Adapter:
 
     def save(self, out_dir: Path) -> Path:
         return save_lora(self.transformer, out_dir, self.params)
-
-
-def add_adapter(transformer: FluxTransformer2DModel, params: Params, workdir: Path | None = None) -> Adapter:
-    """Attach the adapter that `params` describe (deterministic under the caller's seed).
-
-    `workdir` resolves a relative `lycoris_config` path (default: the current directory).
-    """
-    if params.lora_type == "lycoris":
-        from kontext_core.model.lycoris import add_lycoris, load_lycoris_config
-
-        return add_lycoris(transformer, load_lycoris_config(params, workdir))
-    add_lora(transformer, params)
-    return Adapter(transformer, params)
-
-
-def attach_saved_adapter(transformer: FluxTransformer2DModel, adapter_dir: Path, params: Params) -> None:
-    """Re-create a saved adapter (the folder `Adapter.save` wrote) live on a (quantized) transformer.
-
-    The folder's content says which kind it is, so a LyCORIS adapter loads whatever `params` say.
-    """
-    from kontext_core.model.lycoris import attach_saved_lycoris, find_lycoris_file
-
-    lycoris_file = find_lycoris_file(Path(adapter_dir))
-    if lycoris_file is not None:
-        attach_saved_lycoris(transformer, lycoris_file)
-        return
-    attach_saved_lora(transformer, Path(adapter_dir) / LORA_FILE, params)
 
 
 def add_lora(transformer: FluxTransformer2DModel, params: Params) -> list[torch.nn.Parameter]:

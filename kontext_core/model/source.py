@@ -27,3 +27,8 @@ def model_fingerprint(params: Params, workdir: Path) -> dict[str, Any]:
     if Path(source).exists():
         return {"local": sha256_tree(Path(source), large_file_bytes=256 << 20)}
     return {"hub_id": source, "revision": params.revision}
+
+
+def model_inputs(params: Params, workdir: Path) -> dict[str, Any]:
+    """The base model's identity as a stage's extra fingerprint input."""
+    return {"base_model": model_fingerprint(params, workdir)}

@@ -56,3 +56,10 @@ def lineage_tags(workdir: Path) -> dict[str, str]:
                         value if isinstance(value, str) else json.dumps(value, sort_keys=True)
                     )
     return tags
+
+
+def tag_stage_run(run_id: str, workdir: Path, stage: str, fingerprint: str) -> None:
+    """Tag the MLflow run with every stage fingerprint so far, `stage` (running now) included."""
+    from kontext_core.tracking.runs import set_tags
+
+    set_tags(run_id, {**lineage_tags(workdir), f"kontext.fingerprint.{stage}": fingerprint})

@@ -42,9 +42,9 @@ def beats(new: float, old: float | None, greater_is_better: bool) -> bool:
 
 
 def adapter_format(adapter_dir: Path) -> str:
-    from kontext_core.model.lycoris import find_lycoris_file
+    from kontext_core.model.adapter_kinds import detect
 
-    return "lycoris" if find_lycoris_file(adapter_dir) is not None else "diffusers-lora"
+    return detect(adapter_dir)[0].format
 
 
 def register_adapter(

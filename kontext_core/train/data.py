@@ -48,16 +48,33 @@ def _latent_shape(path: Path) -> Shape:
     return int(shape[-2]), int(shape[-1])
 
 
-def load_cached_data(workdir: Path) -> TrainData:
-    """The train split of data/pair/pairs.json over cache/vae and cache/text."""
-    workdir = Path(workdir)
-    pairs = [p for p in json.loads((workdir / "data/pair/pairs.json").read_text()) if p["split"] == "train"]
-    vae_index = json.loads((workdir / "cache/vae/index.json").read_text())
-    text_index: dict[str, str] = json.loads((workdir / "cache/text/index.json").read_text())
-    latents = TensorStore(workdir / "cache/vae/latents")
-    embeds = TensorStore(workdir / "cache/text/embeds")
+@dataclass(frozen=True)
+class CachePaths:
+    """Where the upstream stages left what training reads (their declared products)."""
+
+    pairs: Path  # the pair table
+    vae_index: Path  # pair id -> latent keys
+    latents: Path  # the latent store
+    text_index: Path  # caption -> embedding key
+    embeds: Path  # the embedding store
+
+    def to_json(self) -> dict[str, str]:
+        return {k: str(v) for k, v in self.__dict__.items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, str]) -> CachePaths:
+        return cls(**{k: Path(v) for k, v in data.items()})
+
+
+def load_cached_data(paths: CachePaths) -> TrainData:
+    """The train split of the pair table over the latent and text-embedding caches."""
+    pairs = [p for p in json.loads(paths.pairs.read_text()) if p["split"] == "train"]
+    vae_index = json.loads(paths.vae_index.read_text())
+    text_index: dict[str, str] = json.loads(paths.text_index.read_text())
+    latents = TensorStore(paths.latents)
+    embeds = TensorStore(paths.embeds)
     if "" not in text_index:
-        raise RuntimeError(f"{workdir / 'cache/text/index.json'}: the empty caption is missing; re-run cache_text")
+        raise RuntimeError(f"{paths.text_index}: the empty caption is missing; re-run cache_text")
     samples = []
     missing_captions: set[str] = set()
     for pair in pairs:

@@ -43,6 +43,9 @@ class TrainJob:
     fingerprint: str
     adapter_dir: str
     result_file: str
+    # Upstream products (kontext_core.train.data.CachePaths.to_json) and the quantize stage's folder.
+    cache_paths: dict[str, str]
+    quantized_dir: str
     run_id: str | None = None
 
     def save(self, path: Path) -> None:
@@ -71,18 +74,18 @@ def mlflow_logger(params: Params, workdir: Path, run_id: str) -> StepCallback:
 
 def run_training(job: TrainJob, dist: DistContext | None = None) -> TrainResult:
     """Load the frozen base, add the adapter, train, save (main process)."""
-    from kontext_core.model.adapters import add_adapter
+    from kontext_core.model.adapter_kinds import add_adapter
+    from kontext_core.model.base import frozen_base_transformer
     from kontext_core.model.load import training_device
-    from kontext_core.stages import StageContext, _base_transformer
-    from kontext_core.train.data import load_cached_data
+    from kontext_core.train.data import CachePaths, load_cached_data
     from kontext_core.train.optimizers import trainable_dtype
 
     params = Params.model_validate(job.params)
     workdir = Path(job.workdir)
     dist = dist or DistContext(device=training_device())
     seed_everything(params.seed)
-    data = load_cached_data(workdir)
-    transformer = _base_transformer(StageContext("train", params, workdir, job.fingerprint)).to(dist.device)
+    data = load_cached_data(CachePaths.from_json(job.cache_paths))
+    transformer = frozen_base_transformer(params, workdir, Path(job.quantized_dir)).to(dist.device)
     if params.gradient_checkpointing:
         enable_gradient_checkpointing(transformer, params.gradient_checkpointing_interval)
     adapter = add_adapter(transformer, params, workdir=workdir)

@@ -174,7 +174,7 @@ def test_learning_rate_changes_only_the_train_fingerprint_upstream(built_project
     changed = [
         name
         for name in STAGE_ORDER[: STAGE_ORDER.index("train") + 1]
-        if fingerprint(name, params, built_project)[0] != read_manifest(built_project, name)["fingerprint"]
+        if fingerprint(name, params, built_project).value != read_manifest(built_project, name)["fingerprint"]
     ]
     assert changed == ["train"]
 
@@ -238,9 +238,9 @@ def test_fingerprint_without_upstream_manifest_hashes_outputs_on_disk(built_proj
     project = tmp_path / "pulled"
     shutil.copytree(built_project, project, ignore=shutil.ignore_patterns("mlflow.db", "mlruns"))
     params = load_params(project / "params.yaml")
-    expected = fingerprint("pair", params, project)[0]
+    expected = fingerprint("pair", params, project).value
     (project / "artifacts/manifests/fetch.json").unlink()  # as after `dvc pull` into a fresh clone
-    assert fingerprint("pair", params, project)[0] == expected
+    assert fingerprint("pair", params, project).value == expected
     shutil.rmtree(project / "data/fetch")
     with pytest.raises(RuntimeError, match="needs stage 'fetch'"):
         fingerprint("pair", params, project)
@@ -253,9 +253,9 @@ def test_a_pairing_key_in_the_dataset_file_reruns_pair(built_project, tmp_path):
     project = tmp_path / "edited"
     shutil.copytree(built_project, project, ignore=shutil.ignore_patterns("mlflow.db", "mlruns"))
     params = load_params(project / "params.yaml")
-    before = fingerprint("pair", params, project)[0]
+    before = fingerprint("pair", params, project).value
     config_file = project / "config/multidatabackend.json"
     entries = json.loads(config_file.read_text())
     next(e for e in entries if e["id"] == "pairs-reference")["conditioning_type"] = "reference_loose"
     config_file.write_text(json.dumps(entries, indent=2))
-    assert fingerprint("pair", params, project)[0] != before
+    assert fingerprint("pair", params, project).value != before

@@ -86,7 +86,7 @@ def _fixed_noise_loss(project: Path, trained: bool) -> float:
     """The step's loss on the held-out eval pairs at fixed noise and sigmas, with or without the adapter."""
     from kontext_core.cache.store import TensorStore
     from kontext_core.config import load_params
-    from kontext_core.model.adapters import attach_saved_adapter
+    from kontext_core.model.adapter_kinds import attach_saved_adapter
     from kontext_core.model.load import load_transformer
     from kontext_core.train.kontext_step import StepInputs, kontext_step
 

@@ -11,7 +11,7 @@ from diffusers import FluxKontextPipeline
 from peft.tuners.lora import LoraLayer
 
 from kontext_core.config import ConfigError, Params
-from kontext_core.model.adapters import add_adapter, attach_saved_adapter
+from kontext_core.model.adapter_kinds import add_adapter, attach_saved_adapter
 from kontext_core.model.fusion import fuse_qkv
 from kontext_core.model.lycoris import load_lycoris_config
 from kontext_core.model.quantize import quantize_transformer

@@ -55,7 +55,7 @@ def _folder(tmp_path: Path, name: str) -> str:
         (lambda d, t: d[0].update({"caption_strategy": "caption_file"}), "caption_strategy = 'caption_file'"),
         (lambda d, t: d[1].pop("instance_data_dir"), "needs 'instance_data_dir'"),
         (lambda d, t: d[0].update({"conditioning_data": ["refs"]}), "unknown dataset 'refs'; did you mean 'ref'"),
-        (lambda d, t: d[1].update({"instance_data_dir": str(t / "nowhere")}), "does not exist"),
+        (lambda d, t: d[1].update({"instance_data_dir": str(t / "nowhere")}), "is not a folder"),
         (
             lambda d, t: d[0].update({"conditioning": [{"type": "superresolution", "blur_radious": 3.0}]}),
             "unknown key 'blur_radious'; did you mean 'blur_radius'",

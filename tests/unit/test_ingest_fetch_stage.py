@@ -11,7 +11,9 @@ import datasets
 from PIL import Image
 
 from kontext_core.config import params_from_dict
-from kontext_core.stages import SCAN_CACHE_DIR, STAGES, StageContext, _dataset_inputs, stage_fetch
+from kontext_core.stages import SCAN_CACHE_DIR, STAGES, StageContext
+from kontext_core.stages.fetch import dataset_inputs as _dataset_inputs
+from kontext_core.stages.fetch import stage_fetch
 
 
 def _project(tmp: Path) -> Path:

@@ -20,7 +20,7 @@ from kontext_core.model.quantize import (
     save_quantized,
 )
 from kontext_core.model.tiny import build_tiny_pipeline
-from kontext_core.stages import StageContext, _base_transformer
+from kontext_core.model.base import frozen_base_transformer
 from kontext_core.train.kontext_step import StepInputs, kontext_step
 
 # Relative L2 error of the transformer's prediction against the float32 model (docs/adapters.md).
@@ -91,7 +91,7 @@ def test_saved_quantized_model_reloads_bit_exactly_and_rejects_a_mismatched_file
 
 
 def test_base_transformer_reads_the_saved_quantized_weights_not_the_base_model(batch, tmp_path):
-    """`_base_transformer` must rebuild from models/quantized (requantize), never quantize the base again:
+    """`frozen_base_transformer` must rebuild from models/quantized (requantize), never quantize the base again:
     here the saved file comes from a different model (seed 1), and that is the model it returns."""
     from kontext_core.model.tiny import save_tiny_model
 
@@ -99,7 +99,7 @@ def test_base_transformer_reads_the_saved_quantized_weights_not_the_base_model(b
     other = quantize_transformer(build_tiny_pipeline(seed=1).transformer, "int8-quanto")
     save_quantized(other, tmp_path / "models/quantized/transformer", "int8-quanto")
     params = Params(pretrained_model_name_or_path="models/tiny-kontext", base_model_precision="int8-quanto")
-    loaded = _base_transformer(StageContext(name="train", params=params, workdir=tmp_path))
+    loaded = frozen_base_transformer(params, tmp_path, tmp_path / "models/quantized")
     assert torch.equal(predict(loaded, batch), predict(other, batch))
     own = quantize_transformer(build_tiny_pipeline(seed=0).transformer, "int8-quanto")
     assert not torch.allclose(predict(loaded, batch), predict(own, batch))

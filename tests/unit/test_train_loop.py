@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from kontext_core.config import ConfigError, Params
-from kontext_core.model.adapters import add_adapter
+from kontext_core.model.adapter_kinds import add_adapter
 from kontext_core.train.checkpoints import CheckpointManager
 from kontext_core.train.data import TrainData, TrainSample
 from kontext_core.train.loop import enable_gradient_checkpointing, seed_everything, train_loop

@@ -1,0 +1,50 @@
+"""The interface every dataset backend implements; the registry (kontext_core.data.backends) finds
+one by the entry's `type` and, for an image reference kept in a table, by the reference's prefix."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from kontext_core.config import DatasetEntry
+from kontext_core.data.records import Problem, Record
+
+
+class DatasetBackend(ABC):
+    type: str  # the entry's `type` value that selects it
+    # Prefix of the image references it writes into tables ("hf:"); None: plain file paths.
+    ref_prefix: str | None = None
+
+    def check(self, entry: DatasetEntry, workdir: Path) -> list[str]:
+        """Problems with the entry that need no image data (one line each)."""
+        return []
+
+    @abstractmethod
+    def records(
+        self, entry: DatasetEntry, workdir: Path, scan_cache_dir: Path | None
+    ) -> tuple[list[Record], list[Problem]]:
+        """One record per usable image; unreadable inputs become problems, never records."""
+
+    @abstractmethod
+    def fingerprint(self, entry: DatasetEntry, workdir: Path, memo_file: Path) -> Any:
+        """What identifies the dataset's content for the fetch stage, without downloading it."""
+
+    def stored_ref(self, ref: str, to_stored: Callable[[Path], str]) -> str:
+        """The reference as tables keep it (project-relative for files inside the project)."""
+        return ref if self.ref_prefix else to_stored(Path(ref))
+
+    @abstractmethod
+    def open_ref(self, ref: str, workdir: Path) -> Image.Image:
+        """RGB pixels of a reference this backend wrote, or ImageReadError naming it."""
+
+    @abstractmethod
+    def ref_digest(self, ref: str, workdir: Path) -> str:
+        """A content hash of the image behind the reference (cache keys use it, never the path)."""
+
+    @abstractmethod
+    def ref_size(self, ref: str, workdir: Path) -> tuple[int, int]:
+        """(width, height) with EXIF orientation applied, from the header where possible."""

@@ -1,0 +1,51 @@
+"""`type: local`: images in a folder tree (kontext_core.data.local), referenced by file path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from kontext_core.config import DatasetEntry
+from kontext_core.data.backend import DatasetBackend
+from kontext_core.data.images import image_size, open_rgb
+from kontext_core.data.local import local_records, resolve
+from kontext_core.data.records import Problem, Record
+from kontext_core.data.scan import folder_digest
+from kontext_core.fsutil import sha256_file
+
+
+def resolve_ref(ref: str, workdir: Path) -> Path:
+    path = Path(ref)
+    return path if path.is_absolute() else Path(workdir) / path
+
+
+class LocalBackend(DatasetBackend):
+    type = "local"
+
+    def check(self, entry: DatasetEntry, workdir: Path) -> list[str]:
+        if not entry.instance_data_dir:
+            return [f"dataset '{entry.id}': type 'local' needs 'instance_data_dir'"]
+        if not resolve(entry.instance_data_dir, workdir).is_dir():
+            return [f"dataset '{entry.id}': instance_data_dir '{entry.instance_data_dir}' is not a folder"]
+        return []
+
+    def records(
+        self, entry: DatasetEntry, workdir: Path, scan_cache_dir: Path | None
+    ) -> tuple[list[Record], list[Problem]]:
+        cache = scan_cache_dir / f"{entry.id}.json" if scan_cache_dir is not None else None
+        return local_records(entry, workdir, cache)
+
+    def fingerprint(self, entry: DatasetEntry, workdir: Path, memo_file: Path) -> Any:
+        root = resolve(entry.instance_data_dir or "", workdir)
+        return folder_digest(root, memo_file) if root.exists() else "missing"
+
+    def open_ref(self, ref: str, workdir: Path) -> Image.Image:
+        return open_rgb(resolve_ref(ref, workdir))
+
+    def ref_digest(self, ref: str, workdir: Path) -> str:
+        return sha256_file(resolve_ref(ref, workdir))
+
+    def ref_size(self, ref: str, workdir: Path) -> tuple[int, int]:
+        return image_size(resolve_ref(ref, workdir))

@@ -1,0 +1,246 @@
+"""The stage engine: context, spec, fingerprint and `run_spec`, shared by every stage module.
+
+A stage reads declared inputs (named products of upstream stages, extra inputs such as dataset
+folders, a named subset of params) and writes declared outputs, then a manifest under
+`artifacts/manifests/`. The manifest records the input fingerprint (hash of the params subset, the
+upstream output hashes, the extra inputs and the stage's code version); if the fingerprint is
+unchanged and the outputs are intact, the stage is a no-op.
+
+The engine knows no stage: the table of stages (kontext_core.stages.registry) is passed in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kontext_core.config import Params
+from kontext_core.fsutil import atomic_dir, sha256_json, sha256_tree, write_json
+from kontext_core.stages.code_version import code_version
+
+log = logging.getLogger(__name__)
+
+MANIFEST_DIR = "artifacts/manifests"
+
+
+@dataclass
+class StageContext:
+    name: str
+    params: Params
+    workdir: Path
+    fingerprint: str = ""
+    staging: dict[str, Path] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    # "stage.product" -> project-relative path, filled from the spec's `reads`.
+    inputs: dict[str, str] = field(default_factory=dict)
+
+    def path(self, rel: str) -> Path:
+        return self.workdir / rel
+
+    def input(self, product: str) -> Path:
+        """The path of an upstream product this stage declared in its `reads` ("pair.pairs")."""
+        if product not in self.inputs:
+            raise KeyError(f"stage {self.name} reads {product!r} without declaring it; declared: {sorted(self.inputs)}")
+        return self.workdir / self.inputs[product]
+
+    def read_json(self, product: str) -> Any:
+        return json.loads(self.input(product).read_text())
+
+    def out(self, rel: str) -> Path:
+        """Where to write the declared output `rel` (a staging dir, renamed on success)."""
+        return self.staging.get(rel, self.workdir / rel)
+
+    def to_stored(self, path: Path) -> str:
+        """Project-relative when inside the project, so a copied project reads the same tables."""
+        path = Path(path)
+        try:
+            return path.resolve().relative_to(self.workdir.resolve()).as_posix()
+        except ValueError:
+            return str(path.resolve())
+
+    def from_stored(self, stored: str) -> Path:
+        path = Path(stored)
+        return path if path.is_absolute() else self.workdir / path
+
+
+ExtraInputs = Callable[[Params, Path], dict[str, Any]]
+
+
+@dataclass
+class StageSpec:
+    """What a stage is: its body, what it reads and what it writes.
+
+    `reads` names upstream products as "stage.product"; the upstream stages are derived from them.
+    `products` names paths (inside `outs`, `persist`, `metrics` or `plots`) that later stages read.
+    """
+
+    name: str
+    fn: Callable[[StageContext], None]
+    params_keys: list[str]
+    reads: list[str]
+    outs: list[str]
+    products: dict[str, str] = field(default_factory=dict)
+    extra_inputs: ExtraInputs | None = None
+    # Content-addressed stores that keep entries across runs instead of being replaced.
+    persist: list[str] = field(default_factory=list)
+    # Outputs DVC reports as metrics / plots.
+    metrics: list[str] = field(default_factory=list)
+    plots: list[str] = field(default_factory=list)
+
+    @property
+    def upstream(self) -> list[str]:
+        return list(dict.fromkeys(read.split(".", 1)[0] for read in self.reads))
+
+    @property
+    def module(self) -> str:
+        return self.fn.__module__
+
+    def code_version(self) -> str:
+        """Hash of the sources of every project module the stage's module imports (transitively)."""
+        return code_version(self.module)
+
+    def all_outs(self) -> list[str]:
+        return self.outs + self.persist + self.metrics + self.plots
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A stage's input fingerprint and what went into it (kept in the manifest)."""
+
+    value: str
+    material: dict[str, Any]
+
+
+Specs = Mapping[str, StageSpec]
+
+
+def _get_dotted(params: Params, key: str) -> Any:
+    value: Any = params
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value.model_dump() if hasattr(value, "model_dump") else value
+
+
+def manifest_path(workdir: Path, name: str) -> Path:
+    return workdir / MANIFEST_DIR / f"{name}.json"
+
+
+def read_manifest(workdir: Path, name: str) -> dict[str, Any] | None:
+    path = manifest_path(workdir, name)
+    if not path.exists():
+        return None
+    return json.loads(path.read_text())
+
+
+def params_subset(spec: StageSpec, params: Params) -> dict[str, Any]:
+    return {key: _get_dotted(params, key) for key in spec.params_keys}
+
+
+def resolve_reads(spec: StageSpec, specs: Specs) -> dict[str, str]:
+    """Each declared read ("stage.product") mapped to its project-relative path."""
+    resolved = {}
+    for read in spec.reads:
+        stage, _, product = read.partition(".")
+        if stage not in specs or product not in specs[stage].products:
+            raise RuntimeError(f"stage {spec.name} reads {read!r}, which no stage declares as a product")
+        resolved[read] = specs[stage].products[product]
+    return resolved
+
+
+def _hash_output(path: Path) -> str:
+    return sha256_tree(path) if path.exists() else "missing"
+
+
+def compute_fingerprint(spec: StageSpec, specs: Specs, params: Params, workdir: Path) -> Fingerprint:
+    """The input fingerprint of a stage: its code, its params subset, upstream outputs, extra inputs."""
+    inputs: dict[str, Any] = {}
+    for up in spec.upstream:
+        manifest = read_manifest(workdir, up)
+        if manifest is not None:
+            inputs[up] = manifest["outputs"]
+            continue
+        # No manifest (e.g. outputs restored by `dvc pull`): hash the upstream outputs on disk.
+        outs = specs[up].all_outs()
+        missing = [rel for rel in outs if not (workdir / rel).exists()]
+        if missing:
+            raise RuntimeError(f"stage '{spec.name}' needs stage '{up}' to have run first ({missing[0]} is missing)")
+        inputs[up] = {rel: _hash_output(workdir / rel) for rel in outs}
+    if spec.extra_inputs is not None:
+        inputs.update(spec.extra_inputs(params, workdir))
+    material = {
+        "stage": spec.name,
+        "code": spec.code_version(),
+        "params": params_subset(spec, params),
+        "inputs": inputs,
+    }
+    return Fingerprint(sha256_json(material), material)
+
+
+def outputs_intact(name: str, workdir: Path, expected_fingerprint: str | None = None) -> bool:
+    manifest = read_manifest(workdir, name)
+    if manifest is None:
+        return False
+    if expected_fingerprint is not None and manifest["fingerprint"] != expected_fingerprint:
+        return False
+    return all((workdir / rel).exists() for rel in manifest["outputs"])
+
+
+def run_spec(
+    spec: StageSpec,
+    specs: Specs,
+    params: Params,
+    workdir: Path,
+    force: bool = False,
+    fingerprint: Fingerprint | None = None,
+) -> dict[str, Any]:
+    """Run one stage (or skip it when its fingerprint and outputs are unchanged); return its manifest."""
+    fp = fingerprint or compute_fingerprint(spec, specs, params, workdir)
+    name = spec.name
+    if not force and outputs_intact(name, workdir, fp.value):
+        manifest = read_manifest(workdir, name)
+        assert manifest is not None
+        log.info("stage %s: up to date (fingerprint %s)", name, fp.value[:12])
+        return {**manifest, "skipped": True}
+    log.info("stage %s: running (fingerprint %s)", name, fp.value[:12])
+    ctx = StageContext(
+        name=name, params=params, workdir=workdir, fingerprint=fp.value, inputs=resolve_reads(spec, specs)
+    )
+    started = time.time()
+    staging_dirs = {}
+    for rel in spec.outs:
+        target = workdir / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        staging_dirs[rel] = target.with_name(f".{target.name}.staging")
+        shutil.rmtree(staging_dirs[rel], ignore_errors=True)
+        staging_dirs[rel].mkdir(parents=True)
+    ctx.staging = staging_dirs
+    for rel in spec.persist + spec.metrics + spec.plots:
+        (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        spec.fn(ctx)
+        for rel, staging in staging_dirs.items():
+            with atomic_dir(workdir / rel) as tmp:
+                tmp.rmdir()
+                staging.rename(tmp)
+    finally:
+        for staging in staging_dirs.values():
+            shutil.rmtree(staging, ignore_errors=True)
+    outputs = {rel: _hash_output(workdir / rel) for rel in spec.all_outs()}
+    manifest = {
+        "stage": name,
+        "fingerprint": fp.value,
+        "code_version": fp.material["code"],
+        "params": fp.material["params"],
+        "inputs": fp.material["inputs"],
+        "outputs": outputs,
+        "info": ctx.info,
+        "seconds": round(time.time() - started, 3),
+    }
+    write_json(manifest_path(workdir, name), manifest)
+    return {**manifest, "skipped": False}

@@ -1,0 +1,81 @@
+"""fetch: normalised records per dataset (image reference, caption, key, header size), problems beside."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from kontext_core.config import Params
+from kontext_core.fsutil import sha256_file, write_json
+from kontext_core.stages.datasets import dataset_file, load_checked_datasets
+from kontext_core.stages.engine import StageContext, StageSpec
+
+log = logging.getLogger(__name__)
+
+RECORDS_DIR = "data/fetch"
+RECORDS_FILE = f"{RECORDS_DIR}/records.json"
+SCAN_CACHE_DIR = "cache/scan"
+DATASET_HASH_DIR = "cache/hashes/datasets"
+
+
+def dataset_inputs(params: Params, workdir: Path) -> dict[str, Any]:
+    """Content of the dataset file and of every dataset it names, as each backend identifies it.
+
+    Local file hashes are remembered under cache/hashes/datasets by (path, size, mtime): a new
+    process fingerprints an unchanged dataset with a stat per file instead of reading every image
+    again. That memo is no stage's output (it changes whenever a fingerprint is taken).
+    """
+    from kontext_core.config import load_datasets
+    from kontext_core.data.backends import backend_for
+
+    path = dataset_file(params, workdir)
+    hashes: dict[str, Any] = {"data_backend_config": sha256_file(path)}
+    for entry in load_datasets(path, base_dir=workdir).enabled():
+        if entry.dataset_type == "text_embeds":
+            continue
+        identity = backend_for(entry).fingerprint(entry, workdir, workdir / DATASET_HASH_DIR / f"{entry.id}.json")
+        if identity is not None:
+            hashes[f"dataset:{entry.id}"] = identity
+    return hashes
+
+
+def stage_fetch(ctx: StageContext) -> None:
+    """Normalised records per dataset: image reference, caption, key and header size; problems beside."""
+    from kontext_core.data.backends import backend_for
+
+    datasets = load_checked_datasets(ctx.params, ctx.workdir)
+    out = ctx.out(RECORDS_DIR)
+    scan_cache = ctx.path(SCAN_CACHE_DIR)
+    scan_cache.mkdir(parents=True, exist_ok=True)
+    records: dict[str, list[dict]] = {}
+    problems: list[dict] = []
+    for entry in datasets.enabled():
+        if entry.dataset_type == "text_embeds":
+            continue
+        recs, probs = backend_for(entry).records(entry, ctx.workdir, scan_cache)
+        for rec in recs:
+            rec.image = backend_for(entry).stored_ref(rec.image, ctx.to_stored)
+        records[entry.id] = [r.to_dict() for r in recs]
+        problems += [p.to_dict() for p in probs]
+        log.info("fetch %s: %d records, %d problems", entry.id, len(recs), len(probs))
+    # Drop caches of datasets no longer configured, so the persisted store does not grow forever.
+    for stale in [*scan_cache.glob("*.json"), *ctx.path(DATASET_HASH_DIR).glob("*.json")]:
+        if stale.stem not in records:
+            stale.unlink()
+    write_json(out / "records.json", {"records": records, "problems": problems})
+    ctx.info["records"] = {k: len(v) for k, v in records.items()}
+    ctx.info["problems"] = len(problems)
+
+
+SPEC = StageSpec(
+    "fetch",
+    stage_fetch,
+    params_keys=["data_backend_config"],
+    # The demo's datasets are init's sample data; a user's own folders are extra inputs.
+    reads=["init.samples"],
+    outs=[RECORDS_DIR],
+    products={"records": RECORDS_FILE},
+    extra_inputs=dataset_inputs,
+    persist=[SCAN_CACHE_DIR],
+)

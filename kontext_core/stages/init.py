@@ -1,0 +1,31 @@
+"""init: the embedded tiny model and the sample data (both offline and deterministic)."""
+
+from __future__ import annotations
+
+from kontext_core.stages.engine import StageContext, StageSpec
+
+TINY_MODEL_DIR = "models/tiny-kontext"
+SAMPLE_DATA_DIR = "data/samples"
+
+
+def stage_init(ctx: StageContext) -> None:
+    """Build the embedded tiny model and the sample data (both offline and deterministic)."""
+    from kontext_core.data.samples import write_sample_data
+    from kontext_core.model.tiny import build_tiny_pipeline
+
+    p = ctx.params
+    pipe = build_tiny_pipeline(seed=p.tiny_model.seed)
+    pipe.save_pretrained(ctx.out(TINY_MODEL_DIR), safe_serialization=True)
+    samples = ctx.out(SAMPLE_DATA_DIR)
+    samples.rmdir()
+    write_sample_data(samples, count=p.sample_data.count, size=p.sample_data.size, seed=p.sample_data.seed)
+
+
+SPEC = StageSpec(
+    "init",
+    stage_init,
+    params_keys=["tiny_model", "sample_data"],
+    reads=[],
+    outs=[TINY_MODEL_DIR, SAMPLE_DATA_DIR],
+    products={"tiny_model": TINY_MODEL_DIR, "samples": SAMPLE_DATA_DIR},
+)

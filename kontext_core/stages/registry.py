@@ -1,0 +1,49 @@
+"""The table of stages, in execution order, and the calls that run one of them by name.
+
+Adding a stage is one module (its body, its spec, its path constants) plus one line in `_MODULES`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from kontext_core.config import Params, load_params
+from kontext_core.stages import cache_text, cache_vae, degrade, fetch, init, pair, quantize, register, train, validate
+from kontext_core.stages.engine import Fingerprint, StageSpec, compute_fingerprint, run_spec
+
+_MODULES = [init, fetch, pair, degrade, cache_vae, cache_text, quantize, train, validate, register]
+
+STAGES: dict[str, StageSpec] = {module.SPEC.name: module.SPEC for module in _MODULES}
+STAGE_ORDER = list(STAGES)
+
+
+def fingerprint(name: str, params: Params, workdir: Path) -> Fingerprint:
+    """The input fingerprint of stage `name` as the project stands now."""
+    return compute_fingerprint(STAGES[name], STAGES, params, Path(workdir))
+
+
+def run_stage(
+    name: str,
+    params_file: Path | str | None = None,
+    workdir: Path | str | None = None,
+    force: bool = False,
+    *,
+    params: Params | None = None,
+    fingerprint: Fingerprint | None = None,
+) -> dict[str, Any]:
+    """Run stage `name` (or skip it when its fingerprint and outputs are unchanged).
+
+    The params come from `params` or `params_file`; the project is `workdir`, else the params file's
+    folder. A caller that already took the fingerprint (the flow) passes it, so it is taken once.
+    """
+    if params is None:
+        if params_file is None:
+            raise ValueError("run_stage needs params or params_file")
+        params_file = Path(params_file).resolve()
+        params = load_params(params_file)
+    if workdir is None:
+        if params_file is None:
+            raise ValueError("run_stage needs workdir when params are given directly")
+        workdir = Path(params_file).resolve().parent
+    return run_spec(STAGES[name], STAGES, params, Path(workdir).resolve(), force=force, fingerprint=fingerprint)
