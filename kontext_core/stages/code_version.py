@@ -24,15 +24,27 @@ def _in_project(module: str) -> bool:
 
 
 @cache
+def _package_root(package: str) -> Path | None:
+    spec = importlib.util.find_spec(package)  # a top-level name: nothing is imported
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))).parent
+
+
+@cache
 def module_file(module: str) -> Path | None:
-    """The source file of a project module or package (None for a name that is an attribute)."""
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
+    """The source file of a project module or package (None for a name that is an attribute).
+
+    Resolved on the file system: `importlib.util.find_spec` would import every parent package.
+    """
+    root = _package_root(module.split(".")[0])
+    if root is None:
         return None
-    if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
-        return None
-    return Path(spec.origin)
+    base = root.joinpath(*module.split("."))
+    for candidate in (base.with_suffix(".py"), base / "__init__.py"):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _imports_of(module: str, path: Path) -> set[str]:
@@ -82,5 +94,6 @@ def code_version(module: str) -> str:
 
 def clear_caches() -> None:
     """For a process that edits sources and asks again (tests, long-lived workers after a deploy)."""
+    _package_root.cache_clear()
     module_file.cache_clear()
     import_closure.cache_clear()

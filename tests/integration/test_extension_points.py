@@ -1,0 +1,81 @@
+"""The extension points of the house: a third dataset backend and a third adapter kind each take one
+new module (tests/plugins/) plus one registration line, and the stages carry them unchanged."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from kontext_core.data.backends import BACKENDS, register_backend
+from kontext_core.model.adapter_kinds import ADAPTER_KINDS, register_adapter_kind
+from kontext_core.stages import run_stage
+from tests.conftest import write_params
+from tests.plugins.toy_adapter import WEIGHTS, ToyBias
+from tests.plugins.toy_backend import ToyBackend
+
+
+@pytest.fixture
+def toy_backend():
+    register_backend(ToyBackend())
+    yield
+    BACKENDS.pop("toy")
+
+
+@pytest.fixture
+def toy_adapter():
+    register_adapter_kind(ToyBias())
+    yield
+    ADAPTER_KINDS.pop("toy")
+
+
+def _copy_project(built: Path, dest: Path) -> Path:
+    shutil.copytree(built, dest, symlinks=True)
+    # The copied store keeps the session's runs; a fresh experiment keeps this test's own.
+    write_params(dest / "params.yaml", mlflow={"tracking_uri": f"sqlite:///{dest / 'mlflow.db'}"})
+    return dest / "params.yaml"
+
+
+def test_a_third_dataset_backend_runs_through_the_data_stages(built_project, tmp_path, toy_backend):
+    params_file = _copy_project(built_project, tmp_path / "p")
+    datasets = [
+        {"id": "edits", "type": "toy", "instance_prompt": "edits", "conditioning_data": ["refs"]},
+        {"id": "refs", "type": "toy", "instance_prompt": "refs", "dataset_type": "conditioning"},
+    ]
+    (tmp_path / "p/config/toy.json").write_text(json.dumps(datasets))
+    write_params(params_file, data_backend_config="config/toy.json", eval_dataset_id=None)
+    for name in ("fetch", "pair", "degrade", "cache_vae"):
+        assert not run_stage(name, params_file)["skipped"]
+    pairs = json.loads((tmp_path / "p/data/pair/pairs.json").read_text())
+    assert [p["target"] for p in pairs] == [f"toy:edits/{i}" for i in range(3)]
+    assert [p["references"][0]["image"] for p in pairs] == [f"toy:refs/{i}" for i in range(3)]
+    index = json.loads((tmp_path / "p/cache/vae/index.json").read_text())
+    assert len(index) == 3 and all(len(entry["references"]) == 1 for entry in index.values())
+
+
+def test_an_unregistered_backend_is_named_with_the_allowed_ones(built_project, tmp_path):
+    params_file = _copy_project(built_project, tmp_path / "p")
+    (tmp_path / "p/config/toy.json").write_text(json.dumps([{"id": "edits", "type": "toy"}]))
+    write_params(params_file, data_backend_config="config/toy.json", eval_dataset_id=None)
+    with pytest.raises(Exception, match=r"type = 'toy': unknown backend; allowed: local, huggingface"):
+        run_stage("fetch", params_file)
+
+
+def test_a_third_adapter_kind_trains_validates_and_registers(built_project, tmp_path, toy_adapter):
+    params_file = _copy_project(built_project, tmp_path / "p")
+    write_params(params_file, lora_type="toy", learning_rate=0.05)
+    for name in ("train", "validate", "register"):
+        assert not run_stage(name, params_file)["skipped"], name
+    saved = load_file(tmp_path / "p/models/adapter" / WEIGHTS)["toy_bias"]
+    assert saved.abs().sum() > 0  # it trained
+    validate = json.loads((tmp_path / "p/artifacts/metrics/validate.json").read_text())
+    assert validate["psnr"] != validate["psnr_base"]  # the live adapter changed the edits
+    registration = json.loads((tmp_path / "p/artifacts/register/registration.json").read_text())
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'p/mlflow.db'}")
+    version = client.get_model_version(registration["model_name"], registration["version"])
+    assert version.tags["kontext.adapter_format"] == "toy-bias"
