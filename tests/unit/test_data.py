@@ -4,10 +4,10 @@ import numpy as np
 from PIL import Image
 
 from kontext_core.config import ConditioningGenerator, DatasetConfig, DatasetEntry, params_from_dict
-from kontext_core.data.huggingface import huggingface_records
-from kontext_core.data.local import local_records
 from kontext_core.data.buckets import target_size
 from kontext_core.data.degrade import degrade, pick_caption
+from kontext_core.data.huggingface import huggingface_records
+from kontext_core.data.local import local_records
 from kontext_core.data.pairing import build_pairs
 from kontext_core.data.samples import write_sample_data
 from kontext_core.data.sources import open_ref
