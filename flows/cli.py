@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -28,8 +30,43 @@ def _setup_logging() -> None:
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    # One line per problem: a ConfigError carries every problem of a config, joined by newlines.
+    for line in str(message).splitlines() or [""]:
+        typer.echo(f"error: {line}", err=True)
     raise typer.Exit(2)
+
+
+# Failures the pipeline expects (a bad config, a missing file, a stage that refuses to go on, such
+# as the pre-flight check) end in their message; anything else is a bug and keeps its traceback.
+EXPECTED_FAILURES = (ConfigError, RuntimeError, FileNotFoundError)
+
+
+@contextmanager
+def _config_warnings() -> Iterator[list[str]]:
+    """The config loader's warnings (keys accepted but not applicable here), for `config check`."""
+    found: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            found.append(record.getMessage())
+
+    logger = logging.getLogger("kontext_core.config")
+    handler = _Collect(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+
+
+@contextmanager
+def _one_line_failures() -> Iterator[None]:
+    try:
+        yield
+    except EXPECTED_FAILURES as exc:
+        if os.environ.get("KONTEXT_DEBUG") == "1":
+            raise
+        _fail(str(exc))
 
 
 @app.command("init-model")
@@ -66,10 +103,10 @@ def config_check(params: Path = ParamsOption) -> None:
     """Validate params.yaml and the dataset file it names; print the resolved config."""
     from kontext_core.config import load_all
 
-    try:
+    with _config_warnings() as warnings, _one_line_failures():
         resolved, datasets = load_all(params)
-    except ConfigError as exc:
-        _fail(str(exc))
+    for warning in warnings:
+        typer.echo(f"warning: {warning}", err=True)
     typer.echo(
         json.dumps(
             {
@@ -79,6 +116,23 @@ def config_check(params: Path = ParamsOption) -> None:
             indent=2,
         )
     )
+
+
+@config_app.command("import-simpletuner")
+def import_simpletuner(
+    config_json: Path = typer.Argument(..., exists=True, dir_okay=False, help="SimpleTuner's config.json"),
+    out: Path | None = typer.Option(None, "--out", help="write here instead of printing"),
+) -> None:
+    """Write the params.yaml equivalent of a SimpleTuner config.json, a comment on each key."""
+    from kontext_core.config.importer import render_params_yaml
+
+    with _one_line_failures():
+        text = render_params_yaml(config_json)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    out.write_text(text)
+    typer.echo(str(out))
 
 
 @app.command("stage")
@@ -93,10 +147,8 @@ def stage(
 
     if name not in STAGES:
         _fail(f"stage: unknown stage {name!r}; allowed: {', '.join(STAGES)}")
-    try:
+    with _one_line_failures():
         manifest = run_stage(name, params, force=force)
-    except ConfigError as exc:
-        _fail(str(exc))
     typer.echo(f"{name}: {'up to date' if manifest['skipped'] else 'done'} ({manifest['fingerprint'][:12]})")
 
 
@@ -107,16 +159,12 @@ def run(params: Path = ParamsOption) -> None:
     from kontext_core.config import load_params
 
     params = params.resolve()
-    try:
+    with _one_line_failures():
         load_params(params)
-    except ConfigError as exc:
-        _fail(str(exc))
     from flows.train_flow import kontext_train
 
-    try:
+    with _one_line_failures():
         result = kontext_train(params_file=str(params))
-    except ConfigError as exc:
-        _fail(str(exc))
     ran = [n for n, s in result["stages"].items() if s == "ran"]
     typer.echo(f"stages run: {', '.join(ran) or 'none (all up to date)'}")
     typer.echo(f"MLflow run: {result['mlflow_run_id']}")
@@ -133,10 +181,8 @@ def serve(params: Path = ParamsOption) -> None:
 
     from flows.deployments import build_deployment
 
-    try:
+    with _one_line_failures():
         deployment = build_deployment(params)
-    except ConfigError as exc:
-        _fail(str(exc))
     prefect_serve(deployment)
 
 
@@ -159,7 +205,8 @@ def edit(
     from kontext_core.config import load_params
     from kontext_core.inference import run_edit
 
-    resolved = load_params(params) if params.exists() else None
+    with _one_line_failures():
+        resolved = load_params(params) if params.exists() else None
     try:
         path = run_edit(model, image, prompt, out, resolved, params.resolve().parent, steps, guidance, seed, base_model)
     except (ConfigError, FileNotFoundError, ValueError) as exc:

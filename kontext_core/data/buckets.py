@@ -67,7 +67,7 @@ def downsample_size(width: int, height: int, entry: DatasetEntry) -> tuple[int, 
 def aspect_ratio(width: int, height: int, entry: DatasetEntry) -> float:
     if entry.crop and entry.crop_aspect == "square":
         return 1.0
-    return round(width / height, 2)
+    return round(width / height, entry.aspect_bucket_rounding)
 
 
 def target_size(width: int, height: int, entry: DatasetEntry) -> tuple[int, int]:

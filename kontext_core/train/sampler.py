@@ -48,8 +48,6 @@ class EpochSampler:
     def __init__(self, samples: list[TrainSample], batch_size: int, seed: int, mode: str) -> None:
         if not samples:
             raise ValueError("no training samples: the pair table has no train pairs")
-        if mode not in ("random", "combined"):
-            raise ValueError(f"conditioning_multidataset_sampling = {mode!r}: expected random or combined")
         self.samples = samples
         self.batch_size = batch_size
         self.seed = seed

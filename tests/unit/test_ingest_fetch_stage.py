@@ -72,7 +72,8 @@ def test_fetch_writes_records_and_kinds_and_persists_the_scan_cache(tmp_path):
 def test_dataset_fingerprint_names_hub_ids_and_hashes_local_files(tmp_path):
     project = _project(tmp_path)
     entries = json.loads((project / "datasets.json").read_text())
-    entries.append({"id": "hub", "type": "huggingface", "dataset_name": "someone/not-downloaded", "revision": "abc"})
+    hub = {"id": "hub", "type": "huggingface", "dataset_name": "someone/not-downloaded", "revision": "abc"}
+    entries.append({**hub, "caption_strategy": "huggingface"})
     (project / "datasets.json").write_text(json.dumps(entries))
     params = params_from_dict({"data_backend_config": "datasets.json"})
     before = _dataset_inputs(params, project)
