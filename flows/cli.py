@@ -43,20 +43,24 @@ EXPECTED_FAILURES = (ConfigError, RuntimeError, FileNotFoundError)
 
 @contextmanager
 def _config_warnings() -> Iterator[list[str]]:
-    """The config loader's warnings (keys accepted but not applicable here), for `config check`."""
+    """The config loader's notes (mapped keys) and warnings (keys not applicable here)."""
     found: list[str] = []
 
     class _Collect(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
-            found.append(record.getMessage())
+            kind = "warning" if record.levelno >= logging.WARNING else "note"
+            found.append(f"{kind}: {record.getMessage()}")
 
     logger = logging.getLogger("kontext_core.config")
-    handler = _Collect(logging.WARNING)
+    handler = _Collect(logging.INFO)
+    level = logger.level
     logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     try:
         yield found
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 @contextmanager
@@ -105,8 +109,8 @@ def config_check(params: Path = ParamsOption) -> None:
 
     with _config_warnings() as warnings, _one_line_failures():
         resolved, datasets = load_all(params)
-    for warning in warnings:
-        typer.echo(f"warning: {warning}", err=True)
+    for line in warnings:
+        typer.echo(line, err=True)
     typer.echo(
         json.dumps(
             {

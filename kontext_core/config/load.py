@@ -25,11 +25,11 @@ log = logging.getLogger("kontext_core.config")
 _warned: set[str] = set()
 
 
-def _warn_once(message: str) -> None:
-    # Stages re-read the files many times per run; the warning is news once.
+def _warn_once(message: str, level: int = logging.WARNING) -> None:
+    # Stages re-read the files many times per run; the message is news once.
     if message not in _warned:
         _warned.add(message)
-        log.warning(message)
+        log.log(level, message)
 
 
 def read_mapping(path: Path) -> Any:
@@ -67,7 +67,7 @@ def params_problems(data: dict[str, Any], where: str) -> tuple[Params | None, li
         moved = ", ".join(
             f"{k} → {simpletuner.MAPPED[k].target or simpletuner.MAPPED[k].note}" for k in translation.mapped
         )
-        _warn_once(f"{where}: SimpleTuner keys mapped: {moved}")
+        _warn_once(f"{where}: SimpleTuner keys mapped: {moved}", logging.INFO)
     return params, translation.unknown + problems
 
 
