@@ -226,6 +226,15 @@ class DatasetConfig(Strict):
         for duplicate in sorted({i for i in ids if ids.count(i) > 1}):
             problems.append(f"dataset id '{duplicate}' is defined more than once")
         known = self.by_id()
+        # A set that looks like a reference set, or any unresolved reference (a typo may mean this
+        # set), makes "an edit set without references" a guess rather than a finding.
+        unresolved = any(ref not in known for e in self.enabled() for ref in e.conditioning_ids)
+        for entry in [] if unresolved else self.edit_sets():
+            if not entry.conditioning_ids and not entry.conditioning and entry.conditioning_type is None:
+                problems.append(
+                    f"dataset '{entry.id}': an edit set needs reference images: set conditioning_data "
+                    "(a reference set's id) or conditioning (generated references)"
+                )
         for entry in self.enabled():
             where = f"dataset '{entry.id}'"
             problems.extend(f"{where}: {line}" for line in entry.default_rule_problems())

@@ -219,6 +219,7 @@ def build_pairs(
         edit_records = records.get(edit.id, [])
         pairer.stats.images += len(edit_records)
         if pairer.set_count == 0:
+            pairer.stats.no_reference_set = True
             report.add_problem(
                 edit.id,
                 edit.instance_data_dir or edit.dataset_name or edit.id,
