@@ -235,6 +235,12 @@ class DatasetConfig(Strict):
                     f"dataset '{entry.id}': an edit set needs reference images: set conditioning_data "
                     "(a reference set's id) or conditioning (generated references)"
                 )
+        edit_sets = self.edit_sets()
+        if edit_sets and all(e.start_epoch > 1 or e.start_step > 1 for e in edit_sets):
+            problems.append(
+                "no edit set starts at once: set start_epoch <= 1 and start_step <= 1 on at least one "
+                f"(start_epoch/start_step of {', '.join(e.id for e in edit_sets)})"
+            )
         for entry in self.enabled():
             where = f"dataset '{entry.id}'"
             problems.extend(f"{where}: {line}" for line in entry.default_rule_problems())

@@ -161,7 +161,7 @@ def train_loop(
         step_loss = torch.zeros((), device=device)
         for _ in range(accumulation):
             # Every process walks the whole stream and takes its own batch of each group.
-            batches = [stream.next() for _ in range(dist.world_size)]
+            batches = [stream.next(state.step + 1) for _ in range(dist.world_size)]
             inputs, noise, sigmas, guidance = make_batch(data, batches[dist.rank], params, device)
             # bf16 autocast on accelerators only: CPU runs stay float32 and bit-reproducible.
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
