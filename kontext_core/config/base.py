@@ -20,6 +20,25 @@ from pydantic import BaseModel, ConfigDict, ValidationError, ValidationInfo, mod
 CLOSE_ENOUGH = 0.85
 
 
+# Not-applicable values that match this pipeline's behaviour (no warning). Otherwise a false, zero
+# or empty value counts as "feature off", which is what this pipeline does, except for the
+# disable_* keys, where off means on.
+HARMLESS_VALUES: dict[str, Any] = {
+    "disable_benchmark": False,
+    "disable_bucket_pruning": True,
+    "grad_clip_method": "norm",
+}
+
+
+def harmless(key: str, value: Any) -> bool:
+    if key in HARMLESS_VALUES:
+        return value == HARMLESS_VALUES[key]
+    off = value is None or value is False or value == 0
+    off = off or (isinstance(value, str) and value.lower() in ("", "none", "false"))
+    return off and not key.startswith("disable")
+
+
+
 class ConfigError(ValueError):
     """Configuration problems, one line each; `str()` joins them."""
 
@@ -51,6 +70,12 @@ class Strict(BaseModel):
 
     NOT_APPLICABLE: ClassVar[dict[str, str]] = {}
     HARMLESS: ClassVar[dict[str, Any]] = {}
+    # Keys accepted without a field of their own (aliases, SimpleTuner keys kept aside): hints may name them.
+    OTHER_KNOWN_KEYS: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def known_keys(cls) -> list[str]:
+        return [*cls.model_fields, *sorted(cls.OTHER_KNOWN_KEYS)]
 
     @model_validator(mode="before")
     @classmethod
@@ -60,7 +85,7 @@ class Strict(BaseModel):
         if isinstance(data, dict) and not (info.context and info.context.get("collect")):
             unknown = [key for key in data if key not in cls.model_fields]
             if unknown:
-                allowed = list(cls.model_fields)
+                allowed = cls.known_keys()
                 raise ValueError("\n".join(with_hint(f"unknown key '{k}'", str(k), allowed) for k in unknown))
         return data
 
@@ -133,7 +158,7 @@ def validation_problems(err: ValidationError, where: str, root: type[BaseModel])
         prefix = f"{where}: {key}" if key else where
         kind, message = error["type"], error["msg"].removeprefix("Value error, ")
         if kind == "extra_forbidden":
-            allowed = [name for model in models for name in model.model_fields]
+            allowed = [name for model in models for name in getattr(model, "known_keys", model.model_fields.keys)()]
             parent = _join(path[:-1])
             owner = f"{where}: {parent}" if parent else where
             lines.append(with_hint(f"{owner}: unknown key '{path[-1]}'", path[-1], allowed))

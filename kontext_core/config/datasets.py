@@ -12,9 +12,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from kontext_core.config.base import Strict, with_hint
+from kontext_core.config.base import Strict, harmless, with_hint
 from kontext_core.config.generators import ConditioningGenerator, HuggingfaceOptions
 from kontext_core.config.params import DATASET_DEFAULT_KEYS, CaptionStrategy, Params, ResolutionType
+from kontext_core.config.simpletuner_keys import SIMPLETUNER_DATASET_KEYS
 
 # The entry keys a dataset can take from params.yaml; each has the same name there.
 DEFAULTS_FROM_PARAMS = DATASET_DEFAULT_KEYS
@@ -36,6 +37,8 @@ class DatasetEntry(Strict):
         "is_regularisation_data": False,
         "skip_file_discovery": None,
     }
+
+    OTHER_KNOWN_KEYS: ClassVar[frozenset[str]] = SIMPLETUNER_DATASET_KEYS | {"disable", "is_regularization_data"}
 
     id: str
     type: Literal["local", "huggingface"] = "local"
@@ -84,6 +87,8 @@ class DatasetEntry(Strict):
     is_regularisation_data: bool = False
     hash_filenames: bool = True
     skip_file_discovery: str | list[str] | None = None
+    # Other SimpleTuner dataset keys (SIMPLETUNER_DATASET_KEYS) as the file gives them.
+    simpletuner_extras: dict[str, Any] = Field(default_factory=dict)
 
     # Keys a conditioning set takes from its edit set when it does not set them itself.
     INHERITED_KEYS: ClassVar[tuple[str, ...]] = (
@@ -107,8 +112,14 @@ class DatasetEntry(Strict):
         if "disable" in data:
             # SimpleTuner skips an entry when either `disabled` or its alias `disable` is true.
             data["disabled"] = bool(data.pop("disable")) or bool(data.get("disabled", False))
+        if "is_regularization_data" in data:
+            data.setdefault("is_regularisation_data", data.pop("is_regularization_data"))
         if isinstance(data.get("conditioning"), dict):
             data["conditioning"] = [data["conditioning"]]
+        # SimpleTuner keys without a field here: kept aside, accepted, and warned about if set.
+        extras = {k: data.pop(k) for k in list(data) if k in SIMPLETUNER_DATASET_KEYS and k not in cls.model_fields}
+        if extras:
+            data["simpletuner_extras"] = {**data.get("simpletuner_extras", {}), **extras}
         return data
 
     @field_validator("skip_file_discovery", mode="before")
@@ -162,6 +173,7 @@ class DatasetEntry(Strict):
 
     def not_applicable_set(self) -> list[str]:
         keys = super().not_applicable_set()
+        keys += [k for k, v in self.simpletuner_extras.items() if not harmless(k, v)]
         # The metadata backend this pipeline uses anyway is no news.
         natural = {"local": "discovery", "huggingface": "huggingface"}[self.type]
         return [k for k in keys if not (k == "metadata_backend" and self.metadata_backend == natural)]

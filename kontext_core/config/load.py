@@ -23,6 +23,7 @@ from kontext_core.config.params import Params
 log = logging.getLogger("kontext_core.config")
 
 _warned: set[str] = set()
+DATASET_GENERIC_REASON = "SimpleTuner dataset option that this pipeline does not implement"
 
 
 def _warn_once(message: str, level: int = logging.WARNING) -> None:
@@ -103,7 +104,7 @@ def _not_applicable_keys(entries: list[DatasetEntry]) -> dict[str, str]:
     keys: dict[str, str] = {}
     for entry in entries:
         for key in entry.not_applicable_set():
-            keys[key] = entry.NOT_APPLICABLE[key]
+            keys[key] = entry.NOT_APPLICABLE.get(key, DATASET_GENERIC_REASON)
         if entry.huggingface is not None:
             for key in entry.huggingface.not_applicable_set():
                 keys[f"huggingface.{key}"] = entry.huggingface.NOT_APPLICABLE[key]

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel
 
-from kontext_core.config.base import with_hint
+from kontext_core.config.base import harmless, with_hint
 from kontext_core.config.params import Params
 from kontext_core.config.simpletuner_keys import SIMPLETUNER_KEYS
 
@@ -67,20 +67,6 @@ REASONS: dict[str, str] = {
     "compress_disk_cache": "caches are safetensors files",
 }
 GENERIC_REASON = "SimpleTuner option that this pipeline does not implement"
-
-# Not-applicable values that match this pipeline's behaviour (no warning). Otherwise a false, zero
-# or empty value counts as "feature off", which is what this pipeline does, except for the
-# disable_* keys, where off means on.
-HARMLESS: dict[str, Any] = {"disable_benchmark": False, "disable_bucket_pruning": True, "grad_clip_method": "norm"}
-
-
-def _harmless(key: str, value: Any) -> bool:
-    if key in HARMLESS:
-        return value == HARMLESS[key]
-    off = value is None or value is False or value == 0
-    off = off or (isinstance(value, str) and value.lower() in ("", "none", "false"))
-    return off and not key.startswith("disable")
-
 
 def pipeline_sections() -> list[str]:
     return [k for k, f in Params.model_fields.items() if isinstance(f.default, BaseModel)]
@@ -136,7 +122,7 @@ def translate(raw: dict[str, Any], where: str) -> Translation:
             if MAPPED[key].target is not None and value is not None:
                 pending.append((MAPPED[key].target, value))
         elif key in SIMPLETUNER_KEYS:
-            (out.quiet if _harmless(key, value) else out.not_applicable)[key] = value
+            (out.quiet if harmless(key, value) else out.not_applicable)[key] = value
         else:
             out.unknown.append(with_hint(f"{where}: unknown key '{raw_key}'", key, known))
     for target, value in pending:

@@ -115,3 +115,21 @@ webhook_config webhook_reporting_interval write_batch_size xm_block_size xm_cand
 xm_selection_scope xm_training_target
 """.split()
 )
+
+# Dataset-entry keys SimpleTuner's data backend factory reads that DatasetEntry does not model
+# (its own fields, `disable` and `is_regularization_data` are handled there). Accepted with the
+# "not applicable" warning unless off.
+SIMPLETUNER_DATASET_KEYS: frozenset[str] = frozenset(
+    """
+    aws_access_key_id aws_bucket_name aws_data_prefix aws_endpoint_url aws_max_pool_connections
+    aws_region_name aws_secret_access_key aws_session_token cache_dir_conditioning_image_embeds
+    cache_file_suffix caption_filter_list caption_shuffle conditioning_config conditioning_image_embeds
+    csv_cache_dir csv_caption_column csv_file csv_url_column delete_nsfw_images delete_problematic_images
+    delete_unwanted_images disable_after_epoch_step disable_multiline_split disable_validation
+    identifier_includes_extension image_embeds image_processing_batch_size instance_data_root max_workers
+    maximum_aspect_ratio metadata_update_interval minimum_aspect_ratio parquet preserve_data_backend_cache
+    quality_column quality_thresholds read_batch_size scan_for_errors shorten_filenames slider_strength
+    text_embeds timestep_sampling_offset train_batch_size vae_batch_size vae_cache_disable vae_cache_ondemand
+    vae_cache_scan_behaviour write_batch_size
+    """.split()
+)

@@ -196,3 +196,27 @@ def test_a_huggingface_set_with_a_file_caption_strategy_fails_at_check_time(tmp_
     with pytest.raises(ConfigError, match="dataset 'hub': caption_strategy = 'filename' does not apply"):
         load_all(_project(tmp_path, {}, datasets))
     load_all(_project(tmp_path, {"caption_strategy": None}, datasets))  # a default of null from params.yaml
+
+
+def test_simpletuner_dataset_keys_without_an_effect_are_accepted_and_listed(tmp_path, caplog):
+    datasets = [
+        {
+            "id": "e",
+            "instance_data_dir": "e",
+            "conditioning_data": ["r"],
+            "cache_dir_vae": "cache/vae/e",  # not applicable: warned
+            "vae_cache_clear_each_epoch": False,  # what happens here anyway: quiet
+            "minimum_aspect_ratio": 0.5,  # modelled nowhere, known to SimpleTuner: warned
+            "is_regularization_data": False,  # the US spelling
+        },
+        {"id": "r", "instance_data_dir": "r", "preserve_data_backend_cache": False},
+    ]
+    with caplog.at_level("WARNING", logger="kontext_core.config"):
+        _, config = load_all(_project(tmp_path, {}, datasets))
+    warned = [r.getMessage() for r in caplog.records if "not applicable" in r.getMessage()]
+    assert len(warned) == 1
+    assert "cache_dir_vae (" in warned[0] and "minimum_aspect_ratio (" in warned[0]
+    assert "vae_cache_clear_each_epoch" not in warned[0] and "preserve_data_backend_cache" not in warned[0]
+    datasets[0]["minimum_aspect_ratoi"] = 0.5
+    with pytest.raises(ConfigError, match="unknown key 'minimum_aspect_ratoi'; did you mean 'minimum_aspect_ratio'"):
+        load_all(_project(tmp_path, {}, datasets))
