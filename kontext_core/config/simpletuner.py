@@ -65,6 +65,11 @@ REASONS: dict[str, str] = {
     "attention_mechanism": "attention is diffusers' default processor",
     "vae_cache_ondemand": "latents are cached by the cache_vae stage before training",
     "compress_disk_cache": "caches are safetensors files",
+    "repeats": "a dataset key: set it on the dataset entry (SimpleTuner ignores it here too)",
+    "aspect_ratio_bucketing": "a legacy key SimpleTuner ignores too",
+    "aspect_ratio_bucket_min": "a legacy key SimpleTuner ignores too",
+    "aspect_ratio_bucket_max": "a legacy key SimpleTuner ignores too",
+    "vae_cache_preprocess": "latents are cached by the cache_vae stage before training",
 }
 GENERIC_REASON = "SimpleTuner option that this pipeline does not implement"
 

@@ -161,3 +161,12 @@ def test_epochs_zero_is_unset_and_fp16_is_refused_with_the_reason():
         params_from_dict({"mixed_precision": "fp16"})
     with pytest.raises(ConfigError, match="set max_train_steps"):
         params_from_dict({"max_train_steps": 0, "num_train_epochs": 0})
+
+
+def test_docs_key_table_is_current_and_complete():
+    from kontext_core.config.keydoc import render
+
+    doc = (ROOT / "docs/simpletuner.md").read_text()
+    assert render() in doc, "run: python -m kontext_core.config.keydoc"
+    for key in SIMPLETUNER_KEYS | set(MAPPED):
+        assert f"| `{key}` | {state_of(key)} |" in doc
