@@ -1,0 +1,43 @@
+"""Expected failures end in one line naming the cause; KONTEXT_DEBUG=1 keeps the traceback."""
+
+from __future__ import annotations
+
+import yaml
+from typer.testing import CliRunner
+
+from flows.cli import app
+from kontext_core.data.report import PairReport
+
+runner = CliRunner()
+
+
+def _params(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump({"data_backend_config": "datasets.json"}))
+    (tmp_path / "datasets.json").write_text("[]")
+    return path
+
+
+def test_a_stage_that_cannot_run_fails_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.delenv("KONTEXT_DEBUG", raising=False)
+    result = runner.invoke(app, ["stage", "fetch", "--params", str(_params(tmp_path))])
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: stage 'fetch' needs stage 'init'")
+    assert "Traceback" not in result.output
+
+
+def test_kontext_debug_keeps_the_traceback(tmp_path, monkeypatch):
+    monkeypatch.setenv("KONTEXT_DEBUG", "1")
+    result = runner.invoke(app, ["stage", "fetch", "--params", str(_params(tmp_path))])
+    assert isinstance(result.exception, RuntimeError) and "needs stage 'init'" in str(result.exception)
+
+
+def test_a_preflight_summary_names_a_missing_reference_set():
+    report = PairReport()
+    report.stats("edit", "edit").images = 3
+    report.stats("edit", "edit").no_reference_set = True
+    report.check_limits(0.5)
+    assert report.failures == [
+        "dataset 'edit' yields no usable pairs: it has no reference set (neither conditioning_data nor conditioning)"
+    ]
