@@ -36,9 +36,26 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
-# Failures the pipeline expects (a bad config, a missing file, a stage that refuses to go on, such
-# as the pre-flight check) end in their message; anything else is a bug and keeps its traceback.
-EXPECTED_FAILURES = (ConfigError, RuntimeError, FileNotFoundError)
+# Failures the pipeline expects end in their message: a bad config, or a RuntimeError or missing
+# file that the project's own code raises on purpose (a stage that refuses to go on, such as the
+# pre-flight check). A RuntimeError from inside torch or a library is a bug: it keeps its traceback.
+PROJECT_DIRS = tuple(Path(__file__).resolve().parents[1] / name for name in ("kontext_core", "flows", "tasks"))
+
+
+def _raised_by_the_project(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    where = Path(tb.tb_frame.f_code.co_filename).resolve()
+    return any(where.is_relative_to(folder) for folder in PROJECT_DIRS)
+
+
+def _expected(exc: BaseException) -> bool:
+    return isinstance(exc, ConfigError) or (
+        isinstance(exc, (RuntimeError, FileNotFoundError)) and _raised_by_the_project(exc)
+    )
 
 
 @contextmanager
@@ -67,8 +84,8 @@ def _config_warnings() -> Iterator[list[str]]:
 def _one_line_failures() -> Iterator[None]:
     try:
         yield
-    except EXPECTED_FAILURES as exc:
-        if os.environ.get("KONTEXT_DEBUG") == "1":
+    except (ConfigError, RuntimeError, FileNotFoundError) as exc:
+        if os.environ.get("KONTEXT_DEBUG") == "1" or not _expected(exc):
             raise
         _fail(str(exc))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -41,3 +42,16 @@ def test_a_preflight_summary_names_a_missing_reference_set():
     assert report.failures == [
         "dataset 'edit' yields no usable pairs: it has no reference set (neither conditioning_data nor conditioning)"
     ]
+
+
+def test_a_runtime_error_from_a_library_is_a_bug_and_keeps_its_traceback():
+    import torch
+
+    from flows.cli import _expected
+
+    with pytest.raises(RuntimeError) as from_torch:
+        torch.ones(2, dtype=torch.float32) @ torch.ones(2, dtype=torch.bfloat16)
+    assert not _expected(from_torch.value)
+    with pytest.raises(RuntimeError) as from_here:
+        raise RuntimeError("pair: no usable training pairs")
+    assert not _expected(from_here.value)  # raised in a test file, not in kontext_core/flows/tasks
