@@ -233,6 +233,16 @@ class DatasetConfig(Strict):
         self.entries[:] = [entry.with_defaults(params) for entry in self.entries]
 
     def rule_problems(self) -> list[str]:
+        return self.structure_problems() + self.default_problems()
+
+    def default_problems(self) -> list[str]:
+        """Entry rules on keys that may come from params.yaml (judge them once it is applied)."""
+        return [
+            f"dataset '{entry.id}': {line}" for entry in self.enabled() for line in entry.default_rule_problems()
+        ]
+
+    def structure_problems(self) -> list[str]:
+        """Rules across entries: ids, references, generated ids, start epochs."""
         problems = []
         ids = [e.id for e in self.entries]
         for duplicate in sorted({i for i in ids if ids.count(i) > 1}):
@@ -255,7 +265,6 @@ class DatasetConfig(Strict):
             )
         for entry in self.enabled():
             where = f"dataset '{entry.id}'"
-            problems.extend(f"{where}: {line}" for line in entry.default_rule_problems())
             for ref in entry.conditioning_ids:
                 if ref not in known:
                     problems.append(with_hint(f"{where}: conditioning_data names unknown dataset '{ref}'", ref, ids))

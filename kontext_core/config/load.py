@@ -127,7 +127,12 @@ def dataset_problems(
     entries, problems = _entry_problems(raw, path)
     # The entries are validated already; the rules across them are run (and listed) just below.
     config = DatasetConfig.model_construct(entries=entries)
-    problems += [f"{path}: {line}" for line in datasets_with_params_problems(params or Params(), config)]
+    if params is None:
+        # The caller checks against its params.yaml next (check_datasets_with_params): rules on keys
+        # that may come from there wait for it.
+        problems += [f"{path}: {line}" for line in config.structure_problems()]
+    else:
+        problems += [f"{path}: {line}" for line in datasets_with_params_problems(params, config)]
     problems += [f"{path}: {line}" for line in folder_problems(config, base_dir or Path.cwd())]
     not_applicable = _not_applicable_keys(config.entries)
     if not_applicable:

@@ -101,14 +101,18 @@ def test_every_key_of_simpletuners_kontext_example_has_a_state():
     assert set(REASONS) <= SIMPLETUNER_KEYS | set(MAPPED)
 
 
-def test_simpletuners_kontext_example_config_passes_config_check(tmp_path):
-    """SimpleTuner's own kontext.peft-lora/config.json, unedited, beside a quick-start dataset file."""
+QUICKSTART_FILES = ["kontext-two-folder.json", "kontext-eval-split.json", "kontext-deblur.json", "kontext-jpeg.json"]
+
+
+@pytest.mark.parametrize("dataset_file", QUICKSTART_FILES)
+def test_simpletuners_kontext_example_config_passes_config_check(tmp_path, dataset_file):
+    """SimpleTuner's own kontext.peft-lora/config.json, unedited, beside each quick-start dataset file."""
     shutil.copy(EXAMPLE, tmp_path / "config.json")
     target = tmp_path / json.loads(EXAMPLE.read_text())["data_backend_config"]
     target.parent.mkdir(parents=True)
-    shutil.copy(ROOT / "config/examples/kontext-two-folder.json", target)
-    for name in ("edited", "reference"):
-        (tmp_path / "data/samples/pairs" / name).mkdir(parents=True)
+    shutil.copy(ROOT / "config/examples" / dataset_file, target)
+    for name in ("pairs/edited", "pairs/reference", "pairs-eval/edited", "pairs-eval/reference", "clean"):
+        (tmp_path / "data/samples" / name).mkdir(parents=True)
     result = runner.invoke(app, ["config", "check", "--params", str(tmp_path / "config.json")])
     assert result.exit_code == 0, result.stderr
     resolved = json.loads(result.stdout)

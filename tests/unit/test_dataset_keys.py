@@ -220,3 +220,19 @@ def test_simpletuner_dataset_keys_without_an_effect_are_accepted_and_listed(tmp_
     datasets[0]["minimum_aspect_ratoi"] = 0.5
     with pytest.raises(ConfigError, match="unknown key 'minimum_aspect_ratoi'; did you mean 'minimum_aspect_ratio'"):
         load_all(_project(tmp_path, {}, datasets))
+
+
+def test_stages_path_load_then_check_with_params_applies_the_defaults(tmp_path):
+    """load_datasets without params (as a stage calls it) leaves default-dependent rules to the check."""
+    from kontext_core.config import check_datasets_with_params, load_datasets
+
+    datasets = [
+        {"id": "e", "instance_data_dir": "e", "conditioning_data": ["hub"]},
+        {"id": "hub", "type": "huggingface", "dataset_name": "someone/data"},
+    ]
+    _project(tmp_path, {}, datasets)
+    config = load_datasets(tmp_path / "db.json", base_dir=tmp_path)
+    check_datasets_with_params(params_from_dict({"caption_strategy": None, "resolution": 96}), config, "params")
+    assert config.by_id()["e"].resolution == 96
+    with pytest.raises(ConfigError, match="caption_strategy = 'filename' does not apply"):
+        check_datasets_with_params(params_from_dict({}), config, "params")
