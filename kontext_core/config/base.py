@@ -141,6 +141,10 @@ def _walk(root: type[BaseModel], loc: tuple[Any, ...]) -> tuple[list[str], list[
     return path, models
 
 
+def _known_keys_of(model: type[BaseModel]) -> list[str]:
+    return model.known_keys() if issubclass(model, Strict) else list(model.model_fields)
+
+
 def _join(path: list[str]) -> str:
     return "".join(p if p.startswith("[") else (f".{p}" if i else p) for i, p in enumerate(path))
 
@@ -158,7 +162,7 @@ def validation_problems(err: ValidationError, where: str, root: type[BaseModel])
         prefix = f"{where}: {key}" if key else where
         kind, message = error["type"], error["msg"].removeprefix("Value error, ")
         if kind == "extra_forbidden":
-            allowed = [name for model in models for name in getattr(model, "known_keys", model.model_fields.keys)()]
+            allowed = [name for model in models for name in _known_keys_of(model)]
             parent = _join(path[:-1])
             owner = f"{where}: {parent}" if parent else where
             lines.append(with_hint(f"{owner}: unknown key '{path[-1]}'", path[-1], allowed))
@@ -172,11 +176,9 @@ def validation_problems(err: ValidationError, where: str, root: type[BaseModel])
     return lines
 
 
-def broken_top_keys(err: ValidationError, root: type[BaseModel]) -> set[str]:
-    """Top-level keys with a problem of their own (to re-validate the rest without them)."""
-    return {str(e["loc"][0]) for e in err.errors() if e["loc"] and str(e["loc"][0]) in root.model_fields} | {
-        str(e["loc"][0]) for e in err.errors() if e["type"] == "extra_forbidden" and len(e["loc"]) == 1
-    }
+def broken_top_keys(err: ValidationError) -> set[str]:
+    """Top-level keys with a problem of their own or inside them (to re-validate the rest without them)."""
+    return {str(e["loc"][0]) for e in err.errors() if e["loc"]}
 
 
 def validate_all(root: type[BaseModel], data: dict[str, Any], where: str) -> tuple[Any, list[str]]:
@@ -190,7 +192,7 @@ def validate_all(root: type[BaseModel], data: dict[str, Any], where: str) -> tup
         return root.model_validate(data, context={"collect": True}), []
     except ValidationError as exc:
         problems = validation_problems(exc, where, root)
-        broken = broken_top_keys(exc, root)
+        broken = broken_top_keys(exc)
         if not any(e["loc"] for e in exc.errors()):
             # Only the model's own rules failed, all listed: keep the model for checks across models.
             return root.model_validate(data, context={"collect": True, "skip_rules": root}), problems
