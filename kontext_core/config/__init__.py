@@ -17,6 +17,8 @@ from kontext_core.config.datasets import DatasetConfig, DatasetEntry
 from kontext_core.config.generators import CompositeImageConfig, ConditioningGenerator, HuggingfaceOptions
 from kontext_core.config.load import load_all, load_datasets, load_params, params_from_dict, read_params_file
 from kontext_core.config.params import (
+    DATASET_DEFAULT_KEYS,
+    EMA_KEYS,
     AccelerateSection,
     LoraTarget,
     LrScheduler,
@@ -32,6 +34,8 @@ from kontext_core.config.params import (
 )
 
 __all__ = [
+    "DATASET_DEFAULT_KEYS",
+    "EMA_KEYS",
     "AccelerateSection",
     "CompositeImageConfig",
     "ConditioningGenerator",

@@ -29,6 +29,7 @@ ACTED_NOTES: dict[str, str] = {
     "data_backend_config": "relative to the project (the params file's folder)",
     "resume_from_checkpoint": "latest or a checkpoint folder of this run's fingerprint",
     "eval_dataset_id": "the edit set that validate scores; left out of training",
+    "use_ema": "the averaged adapter is the one saved, validated and registered",
 }
 DATASET_NOTES: dict[str, str] = {
     "repeats": "each image 1 + repeats times per epoch",

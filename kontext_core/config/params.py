@@ -77,6 +77,9 @@ LoraTarget = Literal["all", "all+ffs", "context", "context+ffs"]
 ResolutionType = Literal["pixel", "area", "pixel_area"]
 CaptionStrategy = Literal["textfile", "filename", "instanceprompt", "huggingface"]
 
+# The train stage's EMA keys (its fingerprint must include them).
+EMA_KEYS = ("use_ema", "ema_decay", "ema_update_interval", "ema_warmup_steps")
+
 # Keys of params.yaml that are dataset defaults: a dataset entry that does not set one takes it
 # from here, as SimpleTuner's data backend factory does with its command-line values.
 DATASET_DEFAULT_KEYS = (
@@ -139,6 +142,11 @@ class Params(Strict):
     # fp16 is accepted so that the refusal can say why (see rule_problems).
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing_interval: int | None = Field(None, ge=1)
+    # EMA of the adapter weights (kontext_core.train.ema): the averaged adapter is the one saved.
+    use_ema: bool = False
+    ema_decay: float = Field(0.995, gt=0, lt=1)
+    ema_update_interval: int = Field(1, ge=1)
+    ema_warmup_steps: int = Field(0, ge=0)
     checkpoint_step_interval: int | None = Field(None, ge=1)
     checkpoints_total_limit: int | None = Field(None, ge=1)
     # "latest" or a checkpoint folder; null starts fresh.

@@ -40,9 +40,11 @@ MAPPED: dict[str, Mapped] = {
 
 # Why a key does nothing here; SimpleTuner keys without an entry get GENERIC_REASON.
 REASONS: dict[str, str] = {
-    "use_ema": "adapter weights are trained without an EMA copy",
-    "ema_decay": "adapter weights are trained without an EMA copy",
     "vae_batch_size": "the cache_vae stage encodes one image at a time",
+    "ema_cpu_only": "the EMA lives beside the adapter, on its device",
+    "ema_device": "the EMA lives beside the adapter, on its device",
+    "ema_foreach_disable": "the EMA update is a plain loop over the adapter's tensors",
+    "ema_validation": "validation always uses the saved (averaged) adapter",
     "num_eval_images": "validate edits every pair of eval_dataset_id",
     "validation_prompt": "validate edits the eval pairs' references with their own captions",
     "user_prompt_library": "validate edits the eval pairs' references with their own captions",

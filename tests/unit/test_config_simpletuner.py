@@ -97,7 +97,7 @@ def test_every_key_of_simpletuners_kontext_example_has_a_state():
     assert "unknown" not in states.values(), states
     assert states["hub_model_id"] == states["report_to"] == states["output_dir"] == "mapped"
     assert states["resolution"] == states["aspect_bucket_rounding"] == "acted on"
-    assert states["use_ema"] == "not applicable"
+    assert states["use_ema"] == "acted on" and states["validation_prompt"] == "not applicable"
     assert set(REASONS) <= SIMPLETUNER_KEYS | set(MAPPED)
 
 
@@ -125,17 +125,17 @@ def test_simpletuners_kontext_example_config_passes_config_check(tmp_path, datas
     for key in ("vae_batch_size", "validation_prompt", "validation_steps", "num_eval_images"):
         assert f"{key} (" in config_warning[0]
     # Values that match what this pipeline does are no news.
-    for key in ("use_ema", "push_checkpoints_to_hub", "disable_benchmark", "validation_guidance_rescale"):
+    for key in ("push_checkpoints_to_hub", "disable_benchmark", "validation_guidance_rescale"):
         assert f"{key} (" not in config_warning[0]
 
 
 def test_not_applicable_keys_warn_once_per_run(tmp_path, caplog):
-    path = _project(tmp_path, {"use_ema": True, "vae_batch_size": 8})
+    path = _project(tmp_path, {"validation_prompt": "a cat", "vae_batch_size": 8})
     with caplog.at_level(logging.WARNING, logger="kontext_core.config"):
         for _ in range(3):  # every stage re-reads the files
             load_all(path)
     warned = [r.getMessage() for r in caplog.records if "not applicable" in r.getMessage()]
-    assert len(warned) == 1 and "use_ema" in warned[0] and "vae_batch_size" in warned[0]
+    assert len(warned) == 1 and "validation_prompt" in warned[0] and "vae_batch_size" in warned[0]
 
 
 def test_import_simpletuner_writes_an_equivalent_params_yaml(tmp_path):
@@ -148,7 +148,8 @@ def test_import_simpletuner_writes_an_equivalent_params_yaml(tmp_path):
     for key in example:
         assert any(key in line and "#" in line for line in text.splitlines()), key
     assert load_params(out) == load_params(EXAMPLE)
-    assert "# use_ema: false  # not applicable here" in text
+    assert "use_ema: false  # acted on" in text
+    assert "# push_checkpoints_to_hub: false  # not applicable here" in text
     assert "  model_name: \"flux-kontext-test-lora\"  # from hub_model_id" in text
 
 
