@@ -19,6 +19,7 @@ from kontext_core.config.load import load_all, load_datasets, load_params, param
 from kontext_core.config.params import (
     DATASET_DEFAULT_KEYS,
     EMA_KEYS,
+    TRAIN_VALIDATION_KEYS,
     AccelerateSection,
     LoraTarget,
     LrScheduler,
@@ -36,6 +37,7 @@ from kontext_core.config.params import (
 __all__ = [
     "DATASET_DEFAULT_KEYS",
     "EMA_KEYS",
+    "TRAIN_VALIDATION_KEYS",
     "AccelerateSection",
     "CompositeImageConfig",
     "ConditioningGenerator",

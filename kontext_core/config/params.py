@@ -77,8 +77,9 @@ LoraTarget = Literal["all", "all+ffs", "context", "context+ffs"]
 ResolutionType = Literal["pixel", "area", "pixel_area"]
 CaptionStrategy = Literal["textfile", "filename", "instanceprompt", "huggingface"]
 
-# The train stage's EMA keys (its fingerprint must include them).
+# Keys the train stage acts on beyond its own list (its fingerprint must include them).
 EMA_KEYS = ("use_ema", "ema_decay", "ema_update_interval", "ema_warmup_steps")
+TRAIN_VALIDATION_KEYS = ("validation_step_interval", "num_eval_images")
 
 # Keys of params.yaml that are dataset defaults: a dataset entry that does not set one takes it
 # from here, as SimpleTuner's data backend factory does with its command-line values.
@@ -156,6 +157,10 @@ class Params(Strict):
     validation_resolution: str = "1024x1024"
     validation_num_inference_steps: int = Field(28, ge=1)
     validation_seed: int = 0
+    # Validation during training every this many steps (SimpleTuner's validation_steps), on at most
+    # num_eval_images eval pairs; the validate stage after training scores every eval pair.
+    validation_step_interval: int | None = Field(None, ge=1)
+    num_eval_images: int | None = Field(4, ge=1)
     conditioning_multidataset_sampling: Literal["random", "combined"] = "random"
     eval_dataset_id: str | None = None
     offload_during_startup: bool = False

@@ -119,10 +119,12 @@ def test_simpletuners_kontext_example_config_passes_config_check(tmp_path, datas
     assert resolved["params"]["num_train_epochs"] is None  # SimpleTuner's 0 = unset
     assert resolved["params"]["registry"]["model_name"] == "flux-kontext-test-lora"  # hub_model_id
     assert resolved["params"]["checkpoint_step_interval"] == 50
+    assert resolved["params"]["validation_step_interval"] == 50  # validation_steps, SimpleTuner's older name
+    assert resolved["params"]["num_eval_images"] == 4
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     config_warning = [line for line in warnings if "config.json:" in line]
     assert len(config_warning) == 1
-    for key in ("vae_batch_size", "validation_prompt", "validation_steps", "num_eval_images"):
+    for key in ("vae_batch_size", "validation_prompt"):
         assert f"{key} (" in config_warning[0]
     # Values that match what this pipeline does are no news.
     for key in ("push_checkpoints_to_hub", "disable_benchmark", "validation_guidance_rescale"):
