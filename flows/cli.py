@@ -147,7 +147,8 @@ def import_simpletuner(
     """Write the params.yaml equivalent of a SimpleTuner config.json, a comment on each key."""
     from kontext_core.config.importer import render_params_yaml
 
-    with _one_line_failures():
+    # The output's comments say what each key does here: no separate warning.
+    with _config_warnings(), _one_line_failures():
         text = render_params_yaml(config_json)
     if out is None:
         typer.echo(text, nl=False)

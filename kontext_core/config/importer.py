@@ -18,6 +18,10 @@ from kontext_core.config.load import params_problems, read_params_file
 
 def _yaml_value(value: Any) -> str:
     # JSON is valid YAML for scalars and lists; strings are quoted so "no" stays a string.
+    if isinstance(value, float) and "e" in repr(value) and "." not in repr(value):
+        # YAML 1.1 (PyYAML) reads 1e-08 as a string; 1.0e-08 is a float in every YAML.
+        mantissa, exponent = repr(value).split("e")
+        return f"{mantissa}.0e{exponent}"
     return json.dumps(value, ensure_ascii=False)
 
 

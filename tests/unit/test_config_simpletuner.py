@@ -151,6 +151,8 @@ def test_import_simpletuner_writes_an_equivalent_params_yaml(tmp_path):
         assert any(key in line and "#" in line for line in text.splitlines()), key
     assert load_params(out) == load_params(EXAMPLE)
     assert "use_ema: false  # acted on" in text
+    assert "learning_rate: 1.0e-08  # acted on" in text  # a float in YAML 1.1 too
+    assert yaml.safe_load(text)["learning_rate"] == 1e-08
     assert "# push_checkpoints_to_hub: false  # not applicable here" in text
     assert "  model_name: \"flux-kontext-test-lora\"  # from hub_model_id" in text
 
