@@ -6,6 +6,8 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -28,8 +30,64 @@ def _setup_logging() -> None:
 
 
 def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
+    # One line per problem: a ConfigError carries every problem of a config, joined by newlines.
+    for line in str(message).splitlines() or [""]:
+        typer.echo(f"error: {line}", err=True)
     raise typer.Exit(2)
+
+
+# Failures the pipeline expects end in their message: a bad config, or a RuntimeError or missing
+# file that the project's own code raises on purpose (a stage that refuses to go on, such as the
+# pre-flight check). A RuntimeError from inside torch or a library is a bug: it keeps its traceback.
+PROJECT_DIRS = tuple(Path(__file__).resolve().parents[1] / name for name in ("kontext_core", "flows", "tasks"))
+
+
+def _raised_by_the_project(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    where = Path(tb.tb_frame.f_code.co_filename).resolve()
+    return any(where.is_relative_to(folder) for folder in PROJECT_DIRS)
+
+
+def _expected(exc: BaseException) -> bool:
+    return isinstance(exc, ConfigError) or (
+        isinstance(exc, (RuntimeError, FileNotFoundError)) and _raised_by_the_project(exc)
+    )
+
+
+@contextmanager
+def _config_warnings() -> Iterator[list[str]]:
+    """The config loader's notes (mapped keys) and warnings (keys not applicable here)."""
+    found: list[str] = []
+
+    class _Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            kind = "warning" if record.levelno >= logging.WARNING else "note"
+            found.append(f"{kind}: {record.getMessage()}")
+
+    logger = logging.getLogger("kontext_core.config")
+    handler = _Collect(logging.INFO)
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        yield found
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+
+@contextmanager
+def _one_line_failures() -> Iterator[None]:
+    try:
+        yield
+    except (ConfigError, RuntimeError, FileNotFoundError) as exc:
+        if os.environ.get("KONTEXT_DEBUG") == "1" or not _expected(exc):
+            raise
+        _fail(str(exc))
 
 
 @app.command("init-model")
@@ -61,30 +119,16 @@ def sample_data(
     typer.echo(str(write_sample_data(out, count=count, size=size, seed=seed)))
 
 
-def _check_registered_kinds(params, datasets, project: Path) -> None:
-    """The checks that belong to a dataset backend or an adapter kind, all problems at once."""
-    from kontext_core.data.backends import entry_problems
-    from kontext_core.model.adapter_kinds import kind_for
-
-    problems = entry_problems(datasets, project)
-    try:
-        kind_for(params)
-    except ConfigError as exc:
-        problems.append(str(exc))
-    if problems:
-        raise ConfigError("\n".join(problems))
-
-
 @config_app.command("check")
 def config_check(params: Path = ParamsOption) -> None:
     """Validate params.yaml and the dataset file it names; print the resolved config."""
     from kontext_core.config import load_all
+    from kontext_core.stages.datasets import registered_kind_problems
 
-    try:
-        resolved, datasets = load_all(params)
-        _check_registered_kinds(resolved, datasets, params.resolve().parent)
-    except ConfigError as exc:
-        _fail(str(exc))
+    with _config_warnings() as warnings, _one_line_failures():
+        resolved, datasets = load_all(params, extra_checks=registered_kind_problems)
+    for line in warnings:
+        typer.echo(line, err=True)
     typer.echo(
         json.dumps(
             {
@@ -94,6 +138,24 @@ def config_check(params: Path = ParamsOption) -> None:
             indent=2,
         )
     )
+
+
+@config_app.command("import-simpletuner")
+def import_simpletuner(
+    config_json: Path = typer.Argument(..., exists=True, dir_okay=False, help="SimpleTuner's config.json"),
+    out: Path | None = typer.Option(None, "--out", help="write here instead of printing"),
+) -> None:
+    """Write the params.yaml equivalent of a SimpleTuner config.json, a comment on each key."""
+    from kontext_core.config.importer import render_params_yaml
+
+    # The output's comments say what each key does here: no separate warning.
+    with _config_warnings(), _one_line_failures():
+        text = render_params_yaml(config_json)
+    if out is None:
+        typer.echo(text, nl=False)
+        return
+    out.write_text(text)
+    typer.echo(str(out))
 
 
 @app.command("stage")
@@ -108,10 +170,8 @@ def stage(
 
     if name not in STAGES:
         _fail(f"stage: unknown stage {name!r}; allowed: {', '.join(STAGES)}")
-    try:
+    with _one_line_failures():
         manifest = run_stage(name, params, force=force)
-    except ConfigError as exc:
-        _fail(str(exc))
     typer.echo(f"{name}: {'up to date' if manifest['skipped'] else 'done'} ({manifest['fingerprint'][:12]})")
 
 
@@ -122,16 +182,12 @@ def run(params: Path = ParamsOption) -> None:
     from kontext_core.config import load_params
 
     params = params.resolve()
-    try:
+    with _one_line_failures():
         load_params(params)
-    except ConfigError as exc:
-        _fail(str(exc))
     from flows.train_flow import kontext_train
 
-    try:
+    with _one_line_failures():
         result = kontext_train(params_file=str(params))
-    except ConfigError as exc:
-        _fail(str(exc))
     ran = [n for n, s in result["stages"].items() if s == "ran"]
     typer.echo(f"stages run: {', '.join(ran) or 'none (all up to date)'}")
     typer.echo(f"MLflow run: {result['mlflow_run_id']}")
@@ -148,10 +204,8 @@ def serve(params: Path = ParamsOption) -> None:
 
     from flows.deployments import build_deployment
 
-    try:
+    with _one_line_failures():
         deployment = build_deployment(params)
-    except ConfigError as exc:
-        _fail(str(exc))
     prefect_serve(deployment)
 
 
@@ -174,7 +228,8 @@ def edit(
     from kontext_core.config import load_params
     from kontext_core.inference import run_edit
 
-    resolved = load_params(params) if params.exists() else None
+    with _one_line_failures():
+        resolved = load_params(params) if params.exists() else None
     try:
         path = run_edit(model, image, prompt, out, resolved, params.resolve().parent, steps, guidance, seed, base_model)
     except (ConfigError, FileNotFoundError, ValueError) as exc:

@@ -55,11 +55,5 @@ def entry_problems(datasets: DatasetConfig, workdir: Path) -> list[str]:
     return problems
 
 
-def check_entries(datasets: DatasetConfig, workdir: Path) -> None:
-    problems = entry_problems(datasets, workdir)
-    if problems:
-        raise ConfigError("\n".join(problems))
-
-
 register_backend(LocalBackend())
 register_backend(HuggingFaceBackend())

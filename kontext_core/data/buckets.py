@@ -64,16 +64,42 @@ def downsample_size(width: int, height: int, entry: DatasetEntry) -> tuple[int, 
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
-def aspect_ratio(width: int, height: int, entry: DatasetEntry) -> float:
+def _bucket_choices(entry: DatasetEntry) -> tuple[list[float], list[float]]:
+    """`crop_aspect_buckets` as (aspect ratios, weights): plain numbers weigh the same."""
+    aspects, weights = [], []
+    for bucket in entry.crop_aspect_buckets or []:
+        if isinstance(bucket, dict):
+            aspects.append(float(bucket["aspect_bucket"]))
+            weights.append(float(bucket["weight"]))
+        else:
+            aspects.append(float(bucket))
+            weights.append(1.0)
+    return aspects, weights
+
+
+def aspect_ratio(width: int, height: int, entry: DatasetEntry, seed: int = 0, key: str = "") -> float:
+    """The bucket's aspect ratio. Cropping to `closest` takes the listed bucket nearest the image's
+    own ratio; `random` draws one of the listed buckets by weight, fixed by (seed, dataset, key)."""
     if entry.crop and entry.crop_aspect == "square":
         return 1.0
-    return round(width / height, 2)
+    own = round(width / height, entry.aspect_bucket_rounding)
+    aspects, weights = _bucket_choices(entry)
+    if entry.crop and aspects and entry.crop_aspect == "closest":
+        return min(aspects, key=lambda a: (abs(a - own), a))
+    if entry.crop and aspects and entry.crop_aspect == "random":
+        draw = (crop_seed(seed, entry.id, f"aspect:{key}") % 1_000_000) / 1_000_000 * sum(weights)
+        for aspect, weight in zip(aspects, weights, strict=True):
+            draw -= weight
+            if draw < 0:
+                return aspect
+        return aspects[-1]
+    return own
 
 
-def target_size(width: int, height: int, entry: DatasetEntry) -> tuple[int, int]:
+def target_size(width: int, height: int, entry: DatasetEntry, seed: int = 0, key: str = "") -> tuple[int, int]:
     """The bucket (width, height) for an image of this (oriented) size under the entry's keys."""
     size = downsample_size(width, height, entry) or (width, height)
-    aspect = aspect_ratio(*size, entry)
+    aspect = aspect_ratio(*size, entry, seed, key)
     if entry.resolution is None:
         # No resolution: keep the image's own size, on the bucket grid.
         return _round_edge(size[0]), _round_edge(size[1])
@@ -93,7 +119,7 @@ def crop_seed(seed: int, dataset_id: str, key: str) -> int:
 
 def crop_plan(width: int, height: int, entry: DatasetEntry, seed: int, key: str) -> dict[str, Any]:
     """How an image of this size becomes its bucket: {source, downsample, resize, box, size}."""
-    bucket = target_size(width, height, entry)
+    bucket = target_size(width, height, entry, seed, key)
     down = downsample_size(width, height, entry)
     w, h = down or (width, height)
     if not entry.crop:

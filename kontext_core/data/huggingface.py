@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, quote, unquote
 from PIL import Image
 
 from kontext_core.config import ConfigError, DatasetEntry, HuggingfaceOptions
+from kontext_core.data.captions import uses_only_instance_prompt, with_instance_prompt
 from kontext_core.data.images import ImageReadError, open_rgb, probe_header, probe_stream
 from kontext_core.data.records import COMPOSITE, MISSING_CAPTION, UNREADABLE, Problem, Record
 
@@ -166,8 +167,8 @@ def open_hf_ref(ref: str, workdir: Path) -> Image.Image:
     parsed = HfRef.parse(ref)
     img = open_rgb(row_image(parsed, workdir), name=ref)
     if parsed.panels > 1:
-        if img.width % parsed.panels:
-            raise ImageReadError(f"{ref}: composite width {img.width} is not divisible by {parsed.panels}", COMPOSITE)
+        if img.width < parsed.panels:
+            raise ImageReadError(f"{ref}: composite width {img.width} is narrower than {parsed.panels}", COMPOSITE)
         img = img.crop(_panel_box(img.width, img.height, parsed.panel, parsed.panels))
     return img
 
@@ -345,12 +346,14 @@ def _row_range(plan: _Plan, start: int, stop: int) -> tuple[list[Record], list[P
             except ImageReadError as exc:
                 problems.append(Problem(entry.id, where, str(exc), UNREADABLE))
                 continue
-            if width % plan.panels:
-                reason = f"composite width {width} is not divisible by image_count {plan.panels}"
+            if width < plan.panels:
+                reason = f"composite width {width} is narrower than image_count {plan.panels}"
                 problems.append(Problem(entry.id, where, reason, COMPOSITE))
                 continue
             caption = None
-            if plan.caption_columns:
+            if uses_only_instance_prompt(entry):
+                caption = entry.instance_prompt
+            elif plan.caption_columns:
                 cells = {root: caption_cells[root][offset] for root in caption_cells}
                 caption = next((t for t in (_text(_dotted(cells, c)) for c in plan.caption_columns) if t), None)
                 if caption is None:
@@ -358,6 +361,7 @@ def _row_range(plan: _Plan, start: int, stop: int) -> tuple[list[Record], list[P
                     problems.append(Problem(entry.id, where, reason, MISSING_CAPTION))
             elif entry.caption_strategy == "instanceprompt":
                 caption = entry.instance_prompt
+            caption = with_instance_prompt(entry, caption)
             ref = HfRef(plan.location, entry.split, image_column, row, entry.revision, plan.panel, plan.panels)
             records.append(
                 Record(
@@ -366,6 +370,7 @@ def _row_range(plan: _Plan, start: int, stop: int) -> tuple[list[Record], list[P
                     image=str(ref),
                     caption=caption,
                     source=where,
+                    # SimpleTuner floors the panel width: a remainder column is left out.
                     width=width // plan.panels,
                     height=height,
                 )

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kontext_core.config import DatasetEntry
+from kontext_core.data.captions import uses_only_instance_prompt, with_instance_prompt
 from kontext_core.data.images import IMAGE_EXTENSIONS
 from kontext_core.data.records import BAD_CAPTION, MISSING_CAPTION, OUTSIDE_ROOT, UNREADABLE, Problem, Record
 from kontext_core.data.scan import scan_headers
@@ -74,6 +75,13 @@ def find_images(root: Path) -> tuple[list[FoundImage], list[Path], list[tuple[Pa
 
 
 def _caption(entry: DatasetEntry, path: str) -> tuple[str | None, Problem | None]:
+    if uses_only_instance_prompt(entry):
+        return entry.instance_prompt, None  # no caption file is needed then
+    caption, problem = _strategy_caption(entry, path)
+    return with_instance_prompt(entry, caption), problem
+
+
+def _strategy_caption(entry: DatasetEntry, path: str) -> tuple[str | None, Problem | None]:
     strategy = entry.caption_strategy
     if strategy == "textfile":
         # Problems name the image (the report lists images); the reason names the caption file.

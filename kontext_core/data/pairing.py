@@ -15,6 +15,7 @@ become the pair's caption.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,29 @@ def inherit_resolution(reference: DatasetEntry, edit: DatasetEntry) -> DatasetEn
     return reference.model_copy(update=update) if update else reference
 
 
+# An edit set's SimpleTuner sampling keys, carried by each of its pairs to the trainer's sampler.
+SAMPLING_KEYS = ("repeats", "probability", "start_epoch", "end_epoch", "start_step", "end_step")
+
+
+def sampling_of(entry: DatasetEntry) -> dict[str, Any]:
+    """The sampling keys that differ from SimpleTuner's defaults (empty: a plain dataset)."""
+    return {
+        key: getattr(entry, key)
+        for key in SAMPLING_KEYS
+        if getattr(entry, key) != DatasetEntry.model_fields[key].default
+    }
+
+
+def limit_samples(entry: DatasetEntry, records: list[Record]) -> list[Record]:
+    """SimpleTuner's `max_num_samples`: a fixed subset, drawn with the dataset id as the seed."""
+    if entry.max_num_samples is None or len(records) <= entry.max_num_samples:
+        return records
+    keys = sorted(r.key for r in records)
+    random.Random(entry.id).shuffle(keys)
+    kept = set(keys[: entry.max_num_samples])
+    return [r for r in records if r.key in kept]
+
+
 def generated_path(gen_id: str, key: str) -> str:
     """Project-relative file the degrade stage writes for `key` of a generated set."""
     return f"{DEGRADE_DIR}/{gen_id}/{key}.png"
@@ -73,12 +97,13 @@ class _EditSetPairer:
         self.set_count = len(self.ref_entries) + len(self.generators)
         self.random_sampling = params.conditioning_multidataset_sampling == "random"
         self.stats = report.stats(edit.id, "edit")
+        self.sampling = sampling_of(edit)
         self._plans: dict[tuple[str, int, int], dict[str, Any]] = {}
         self._generated_entries: dict[str, DatasetEntry] = {}
 
     def plan(self, width: int, height: int, entry: DatasetEntry, key: str) -> dict[str, Any]:
         # Only random crops depend on the file; other plans are shared by every image of one size.
-        if entry.crop and entry.crop_style == "random":
+        if entry.crop and (entry.crop_style == "random" or entry.crop_aspect == "random"):
             return crop_plan(width, height, entry, self.params.seed, key)
         memo_key = (entry.id, width, height)
         if memo_key not in self._plans:
@@ -176,7 +201,7 @@ class _EditSetPairer:
             caption = ""
         self.stats.pairs += 1
         self.stats.buckets["{}x{}".format(*target_plan["size"])] += 1
-        return {
+        pair = {
             "pair_id": f"{edit.id}/{record.key}",
             "dataset_id": edit.id,
             "key": record.key,
@@ -187,6 +212,9 @@ class _EditSetPairer:
             "split": "eval" if edit.id == self.params.eval_dataset_id else "train",
             "references": references,
         }
+        if self.sampling:
+            pair["sampling"] = self.sampling
+        return pair
 
 
 def build_pairs(
@@ -216,9 +244,10 @@ def build_pairs(
     pairs: list[dict[str, Any]] = []
     for edit in datasets.edit_sets():
         pairer = _EditSetPairer(params, datasets, edit, records, report, from_stored)
-        edit_records = records.get(edit.id, [])
+        edit_records = limit_samples(edit, records.get(edit.id, []))
         pairer.stats.images += len(edit_records)
         if pairer.set_count == 0:
+            pairer.stats.no_reference_set = True
             report.add_problem(
                 edit.id,
                 edit.instance_data_dir or edit.dataset_name or edit.id,

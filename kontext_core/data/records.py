@@ -10,7 +10,7 @@ UNREADABLE = "unreadable"  # zero-byte, truncated, not an image, decompression b
 OUTSIDE_ROOT = "outside_root"  # a symlink that leaves instance_data_dir
 BAD_CAPTION = "bad_caption"  # caption file not UTF-8 or unreadable
 MISSING_CAPTION = "missing_caption"  # caption file or caption column value missing
-COMPOSITE = "composite"  # composite width not divisible by image_count
+COMPOSITE = "composite"  # composite narrower than image_count pixels (no panel left)
 
 
 @dataclass

@@ -24,6 +24,7 @@ class DatasetStats:
     missing_captions: list[str] = field(default_factory=list)
     orphan_references: list[str] = field(default_factory=list)
     buckets: Counter = field(default_factory=Counter)
+    no_reference_set: bool = False
 
     @property
     def lost(self) -> int:
@@ -73,7 +74,12 @@ class PairReport:
                 f"{stats.images} images, {len(stats.missing_references)} missing references, "
                 f"{len(stats.unreadable)} unreadable, {len(stats.too_small)} below minimum_image_size"
             )
-            if stats.pairs == 0:
+            if stats.pairs == 0 and stats.no_reference_set:
+                self.failures.append(
+                    f"dataset '{dataset_id}' yields no usable pairs: it has no reference set "
+                    "(neither conditioning_data nor conditioning)"
+                )
+            elif stats.pairs == 0:
                 self.failures.append(f"dataset '{dataset_id}' yields no usable pairs ({summary})")
             elif stats.lost_fraction > max_missing_fraction:
                 self.failures.append(

@@ -14,15 +14,24 @@ def dataset_file(params: Params, workdir: Path) -> Path:
     return path if path.is_absolute() else workdir / path
 
 
-def load_checked_datasets(params: Params, workdir: Path) -> DatasetConfig:
-    """The dataset file the params name, checked on its own, against the params and by its backends."""
-    from kontext_core.config import check_datasets_with_params, load_datasets
-    from kontext_core.data.backends import check_entries
+def registered_kind_problems(params: Params | None, datasets: DatasetConfig, workdir: Path) -> list[str]:
+    """What the dataset backends and the adapter kind say about a config (all problems, one line each)."""
+    from kontext_core.data.backends import entry_problems
+    from kontext_core.model.adapter_kinds import ADAPTER_KINDS
 
-    datasets = load_datasets(dataset_file(params, workdir), base_dir=workdir)
-    check_datasets_with_params(params, datasets, "params")
-    check_entries(datasets, workdir)
-    return datasets
+    problems = entry_problems(datasets, workdir)
+    if params is not None and params.lora_type not in ADAPTER_KINDS:
+        problems.append(f"lora_type = {params.lora_type!r}: unknown adapter kind; allowed: {', '.join(ADAPTER_KINDS)}")
+    return problems
+
+
+def load_checked_datasets(params: Params, workdir: Path) -> DatasetConfig:
+    """The dataset file the params name, with the params' defaults, checked together and by the backends."""
+    from kontext_core.config import load_datasets
+
+    return load_datasets(
+        dataset_file(params, workdir), base_dir=workdir, params=params, extra_checks=registered_kind_problems
+    )
 
 
 def dataset_file_input(params: Params, workdir: Path) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from kontext_core.config import Params
+from kontext_core.config import DATASET_DEFAULT_KEYS, Params
 from kontext_core.fsutil import sha256_file, write_json
 from kontext_core.stages.datasets import dataset_file, load_checked_datasets
 from kontext_core.stages.engine import StageContext, StageSpec
@@ -71,7 +71,8 @@ def stage_fetch(ctx: StageContext) -> None:
 SPEC = StageSpec(
     "fetch",
     stage_fetch,
-    params_keys=["data_backend_config"],
+    # Top-level dataset defaults (caption_strategy, instance_prompt, ...) change records too.
+    params_keys=["data_backend_config", *DATASET_DEFAULT_KEYS],
     # The demo's datasets are init's sample data; a user's own folders are extra inputs.
     reads=["init.samples"],
     outs=[RECORDS_DIR],

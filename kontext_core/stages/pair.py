@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 
+from kontext_core.config import DATASET_DEFAULT_KEYS
 from kontext_core.fsutil import write_json, write_text
 from kontext_core.stages.datasets import dataset_file_input, load_checked_datasets
 from kontext_core.stages.engine import StageContext, StageSpec
@@ -44,7 +45,14 @@ def stage_pair(ctx: StageContext) -> None:
 SPEC = StageSpec(
     "pair",
     stage_pair,
-    params_keys=["data_backend_config", "eval_dataset_id", "seed", "conditioning_multidataset_sampling", "pair"],
+    params_keys=[
+        "data_backend_config",
+        "eval_dataset_id",
+        "seed",
+        "conditioning_multidataset_sampling",
+        "pair",
+        *DATASET_DEFAULT_KEYS,
+    ],
     reads=["fetch.records"],
     outs=[PAIR_DIR],
     products={

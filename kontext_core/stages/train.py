@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from kontext_core.config import Params
+from kontext_core.config import EMA_KEYS, TRAIN_VALIDATION_KEYS, Params
 from kontext_core.fsutil import write_json, write_text
 from kontext_core.model.adapter_kinds import kind_for
 from kontext_core.model.adapter_kinds import params_keys as adapter_params_keys
@@ -52,6 +52,9 @@ TRAIN_KEYS = [
     "gradient_checkpointing_interval",
     "conditioning_multidataset_sampling",
     "accelerate.num_processes",
+    *EMA_KEYS,
+    # Validation during training logs images by step into the training run.
+    *TRAIN_VALIDATION_KEYS,
 ]
 
 

@@ -80,10 +80,22 @@ class CheckpointManager:
         found = [p for p in self.run_dir.iterdir() if checkpoint_step(p) is not None and (p / STATE_FILE).exists()]
         return sorted(found, key=lambda p: checkpoint_step(p) or 0)
 
-    def save(self, step: int, adapter, optimizer, scheduler, state: TrainerState, extra: dict | None = None) -> Path:
+    def save(
+        self,
+        step: int,
+        adapter,
+        optimizer,
+        scheduler,
+        state: TrainerState,
+        extra: dict | None = None,
+        tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+    ) -> Path:
+        """`tensors`: further named tensor sets (e.g. the EMA weights), each as `<name>.safetensors`."""
         dest = self.run_dir / f"checkpoint-{step}"
         with atomic_dir(dest) as tmp:
             save_file(adapter.state_dict(), tmp / "adapter.safetensors")
+            for name, named in (tensors or {}).items():
+                save_file(named, tmp / f"{name}.safetensors")
             opt_tensors, opt_meta = optimizer_state_to_files(optimizer.state_dict())
             save_file(opt_tensors, tmp / "optimizer.safetensors")
             _dump(tmp / "optimizer.json", opt_meta)

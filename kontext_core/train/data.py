@@ -23,6 +23,28 @@ Shape = tuple[int, int]  # latent (height, width)
 
 
 @dataclass(frozen=True)
+class Sampling:
+    """A dataset's SimpleTuner sampling keys, as the pair table carries them (epochs are 1-based)."""
+
+    repeats: int = 0  # each sample is seen 1 + repeats times per epoch
+    probability: float = 1.0  # weight of the dataset when the next batch's dataset is drawn
+    start_epoch: int = 1
+    end_epoch: int | None = None
+    start_step: int = 0
+    end_step: int | None = None
+
+    def in_epoch(self, epoch: int) -> bool:
+        return self.start_epoch <= epoch and (self.end_epoch is None or epoch <= self.end_epoch)
+
+    def at_step(self, step: int) -> bool:
+        return self.start_step <= step and (self.end_step is None or step <= self.end_step)
+
+    @property
+    def has_step_window(self) -> bool:
+        return self.start_step > 0 or self.end_step is not None
+
+
+@dataclass(frozen=True)
 class TrainSample:
     key: str  # the pair id: seeds the per-sample reference choice
     target: str  # latent key
@@ -32,6 +54,8 @@ class TrainSample:
     reference_captions: tuple[str | None, ...]
     target_shape: Shape
     reference_shapes: tuple[Shape, ...]
+    dataset_id: str = ""
+    sampling: Sampling = Sampling()
 
 
 @dataclass
@@ -95,6 +119,8 @@ def load_cached_data(paths: CachePaths) -> TrainData:
                 reference_captions=tuple(ref_captions),
                 target_shape=_latent_shape(latents.path(keys["target"])),
                 reference_shapes=tuple(_latent_shape(latents.path(k)) for k in keys["references"]),
+                dataset_id=pair.get("dataset_id", ""),
+                sampling=Sampling(**pair.get("sampling", {})),
             )
         )
     if missing_captions:

@@ -12,14 +12,17 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 from tqdm import tqdm
 
 from kontext_core.config import Params
 from kontext_core.train.checkpoints import CheckpointManager, TrainerState
 from kontext_core.train.data import TrainData
 from kontext_core.train.distributed import DistContext
+from kontext_core.train.ema import EMA_FILE, AdapterEMA
 from kontext_core.train.kontext_step import StepInputs, kontext_step, sample_guidance, sample_sigmas
 from kontext_core.train.optimizers import build_optimizer
 from kontext_core.train.sampler import Batch, BatchStream, EpochSampler, derive_seed, steps_for_epochs
@@ -143,6 +146,11 @@ def train_loop(
             # A resumed run gets a fresh tracking run: give it the whole loss curve so far.
             for step, loss in enumerate(state.losses):
                 on_step(step, {"train/loss": loss})
+    ema = None
+    if params.use_ema:
+        ema = AdapterEMA(trainable, params.ema_decay, params.ema_update_interval, params.ema_warmup_steps)
+        if resumed_from is not None:
+            ema.load_state_dict(load_file(Path(resumed_from) / f"{EMA_FILE}.safetensors"))
     stream = BatchStream(sampler, state.position)
     use_bf16 = params.mixed_precision == "bf16" and device.type != "cpu"
     interval = params.checkpoint_step_interval
@@ -161,7 +169,7 @@ def train_loop(
         step_loss = torch.zeros((), device=device)
         for _ in range(accumulation):
             # Every process walks the whole stream and takes its own batch of each group.
-            batches = [stream.next() for _ in range(dist.world_size)]
+            batches = [stream.next(state.step + 1) for _ in range(dist.world_size)]
             inputs, noise, sigmas, guidance = make_batch(data, batches[dist.rank], params, device)
             # bf16 autocast on accelerators only: CPU runs stay float32 and bit-reproducible.
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
@@ -177,6 +185,8 @@ def train_loop(
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(state.step + 1)
         loss = float(dist.average(step_loss))
         metrics["train/loss"] = loss
         state.losses.append(loss)
@@ -189,10 +199,18 @@ def train_loop(
         if checkpoints is not None and interval and state.step % interval == 0 and state.step < steps:
             if dist.is_main:
                 checkpoints.save(
-                    state.step, adapter, optimizer, scheduler, state, extra={"world_size": dist.world_size}
+                    state.step,
+                    adapter,
+                    optimizer,
+                    scheduler,
+                    state,
+                    extra={"world_size": dist.world_size},
+                    tensors={EMA_FILE: ema.state_dict()} if ema is not None else None,
                 )
             dist.barrier()
     progress.close()
+    if ema is not None:
+        ema.copy_to_adapter()  # what is saved, validated and registered is the averaged adapter
     transformer.eval()
     return TrainResult(
         losses=state.losses,

@@ -72,6 +72,23 @@ def mlflow_logger(params: Params, workdir: Path, run_id: str) -> StepCallback:
     return on_step
 
 
+def with_periodic_validation(on_step, params: Params, workdir: Path, transformer, run_id: str, device):
+    """`on_step`, then validation every `validation_step_interval` steps (kontext_core.validate.periodic)."""
+    from kontext_core.validate.periodic import mlflow_periodic_validation
+
+    validation = mlflow_periodic_validation(params, workdir, transformer, run_id, device)
+    if validation is None:
+        return on_step
+
+    def step_and_validate(step: int, metrics: dict[str, float]) -> None:
+        on_step(step, metrics)
+        # A resumed run replays its past losses through on_step (loss only): nothing to validate.
+        if "train/lr" in metrics:
+            validation(step + 1)
+
+    return step_and_validate
+
+
 def run_training(job: TrainJob, dist: DistContext | None = None) -> TrainResult:
     """Load the frozen base, add the adapter, train, save (main process)."""
     from kontext_core.model.adapter_kinds import add_adapter
@@ -93,6 +110,8 @@ def run_training(job: TrainJob, dist: DistContext | None = None) -> TrainResult:
         p.data = p.data.to(trainable_dtype(params))
     checkpoints = CheckpointManager(workdir / CHECKPOINT_ROOT, job.fingerprint, params.checkpoints_total_limit)
     on_step = mlflow_logger(params, workdir, job.run_id) if job.run_id and dist.is_main else None
+    if on_step is not None and job.run_id:
+        on_step = with_periodic_validation(on_step, params, workdir, transformer, job.run_id, dist.device)
     result = train_loop(params, transformer, adapter, data, dist=dist, checkpoints=checkpoints, on_step=on_step)
     if dist.is_main:
         adapter.save(Path(job.adapter_dir))

@@ -4,6 +4,13 @@ Every epoch shuffles the samples with a generator seeded by (seed, epoch), group
 (target shape and the shapes of the chosen references), cuts each bucket into batches and shuffles
 the batch order. A position (epoch, index) names the next batch, so a checkpoint that stores it
 resumes on exactly the same data, and every process of a distributed run walks the same stream.
+
+A dataset's SimpleTuner sampling keys (TrainSample.sampling) act here: `repeats` puts each sample
+1 + repeats times into an epoch; `start_epoch`/`end_epoch` leave a dataset out of other epochs;
+`probability` makes batches come from one dataset each, and the dataset of the next batch is drawn
+with these weights among the datasets with batches left (0: never); `start_step`/`end_step` drop
+a dataset's samples from batches trained outside that step range. With none of them set, the
+stream is exactly the plain one.
 """
 
 from __future__ import annotations
@@ -48,13 +55,14 @@ class EpochSampler:
     def __init__(self, samples: list[TrainSample], batch_size: int, seed: int, mode: str) -> None:
         if not samples:
             raise ValueError("no training samples: the pair table has no train pairs")
-        if mode not in ("random", "combined"):
-            raise ValueError(f"conditioning_multidataset_sampling = {mode!r}: expected random or combined")
         self.samples = samples
         self.batch_size = batch_size
         self.seed = seed
         self.mode = mode
         self._cache: dict[int, list[Batch]] = {}
+        # Weighted draws only when a dataset asks for them: the plain stream stays as it was.
+        self.weighted = any(s.sampling.probability != 1 for s in samples)
+        self.step_windows = any(s.sampling.has_step_window for s in samples)
 
     def reference_choice(self, sample: TrainSample, epoch: int) -> tuple[int, ...]:
         """All reference sets (`combined`), or one picked from (seed, epoch, key) (`random`)."""
@@ -70,13 +78,19 @@ class EpochSampler:
 
     def _build(self, epoch: int) -> list[Batch]:
         rng = random.Random(derive_seed(self.seed, "epoch", epoch))
-        order = list(range(len(self.samples)))
+        order = [
+            index
+            for index, sample in enumerate(self.samples)
+            if sample.sampling.in_epoch(epoch + 1)
+            for _ in range(1 + sample.sampling.repeats)
+        ]
         rng.shuffle(order)
         buckets: dict[tuple, list[BatchItem]] = {}
         for index in order:
             sample = self.samples[index]
             choice = self.reference_choice(sample, epoch)
-            bucket = (sample.target_shape, tuple(sample.reference_shapes[i] for i in choice))
+            dataset = sample.dataset_id if self.weighted else None
+            bucket = (dataset, sample.target_shape, tuple(sample.reference_shapes[i] for i in choice))
             buckets.setdefault(bucket, []).append(BatchItem(index, choice))
         groups = [
             items[start : start + self.batch_size]
@@ -84,7 +98,27 @@ class EpochSampler:
             for start in range(0, len(items), self.batch_size)
         ]
         rng.shuffle(groups)
+        if self.weighted:
+            groups = self._draw_datasets(groups, rng)
+        if not groups:
+            raise ValueError(f"no dataset is active in epoch {epoch + 1}: check start_epoch/end_epoch/probability")
         return [Batch(epoch, i, tuple(items)) for i, items in enumerate(groups)]
+
+    def _draw_datasets(self, groups: list[list[BatchItem]], rng: random.Random) -> list[list[BatchItem]]:
+        """Batch order by weighted draws of the dataset, as SimpleTuner picks a backend per step."""
+        pools: dict[str, list[list[BatchItem]]] = {}
+        for group in groups:
+            pools.setdefault(self.samples[group[0].sample].dataset_id, []).append(group)
+        weights = {d: self.samples[pool[0][0].sample].sampling.probability for d, pool in pools.items()}
+        pools = {d: pool for d, pool in pools.items() if weights[d] > 0}
+        drawn: list[list[BatchItem]] = []
+        while pools:
+            names = sorted(pools)
+            name = rng.choices(names, weights=[weights[n] for n in names])[0]
+            drawn.append(pools[name].pop(0))
+            if not pools[name]:
+                del pools[name]
+        return drawn
 
 
 class BatchStream:
@@ -94,7 +128,19 @@ class BatchStream:
         self.sampler = sampler
         self.position = position or Position()
 
-    def next(self) -> Batch:
+    def next(self, step: int | None = None) -> Batch:
+        """The next batch; for the optimizer step `step` (1-based), without samples outside their step range."""
+        if step is None or not self.sampler.step_windows:
+            return self._advance()
+        first_epoch = self.position.epoch
+        while self.position.epoch <= first_epoch + 1:  # two whole epochs without one active sample: none is
+            batch = self._advance()
+            items = tuple(i for i in batch.items if self.sampler.samples[i.sample].sampling.at_step(step))
+            if items:
+                return Batch(batch.epoch, batch.index, items)
+        raise ValueError(f"no dataset is active at step {step}: check start_step/end_step")
+
+    def _advance(self) -> Batch:
         batches = self.sampler.batches(self.position.epoch)
         batch = batches[self.position.index]
         if self.position.index + 1 < len(batches):

@@ -11,7 +11,7 @@ from diffusers.optimization import (
 )
 from torch.optim.lr_scheduler import LambdaLR
 
-from kontext_core.config import ConfigError, Params
+from kontext_core.config import Params
 
 
 def build_scheduler(params: Params, optimizer: torch.optim.Optimizer, total_steps: int) -> LambdaLR:
@@ -23,20 +23,14 @@ def build_scheduler(params: Params, optimizer: torch.optim.Optimizer, total_step
         return get_constant_schedule_with_warmup(optimizer, num_warmup_steps=warmup)
     if name == "cosine":
         return get_cosine_schedule_with_warmup(optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
-    if name == "polynomial":
-        if params.lr_end >= params.learning_rate:
-            raise ConfigError(
-                f"params: lr_end = {params.lr_end} must be below learning_rate = {params.learning_rate} "
-                "for lr_scheduler 'polynomial'"
-            )
-        return get_polynomial_decay_schedule_with_warmup(
-            optimizer,
-            num_warmup_steps=warmup,
-            num_training_steps=total_steps,
-            lr_end=params.lr_end,
-            power=params.lr_power,
-        )
-    raise ConfigError(f"params: lr_scheduler = {name!r}: expected constant, constant_with_warmup, cosine, polynomial")
+    # polynomial: Params allows no other name, and its rules keep lr_end below learning_rate.
+    return get_polynomial_decay_schedule_with_warmup(
+        optimizer,
+        num_warmup_steps=warmup,
+        num_training_steps=total_steps,
+        lr_end=params.lr_end,
+        power=params.lr_power,
+    )
 
 
 def scheduler_state(scheduler: LambdaLR) -> dict:

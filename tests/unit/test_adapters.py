@@ -10,7 +10,7 @@ import torch
 from diffusers import FluxKontextPipeline
 from peft.tuners.lora import LoraLayer
 
-from kontext_core.config import ConfigError, Params
+from kontext_core.config import ConfigError, Params, params_from_dict
 from kontext_core.model.adapter_kinds import add_adapter, attach_saved_adapter
 from kontext_core.model.fusion import fuse_qkv
 from kontext_core.model.lycoris import load_lycoris_config
@@ -69,11 +69,15 @@ def test_explicit_module_list_and_lora_options(base):
     assert layer.lora_dropout["default"].p == 0.25
     # peft's default init: B = 0, so a fresh adapter leaves the model unchanged.
     assert all(torch.count_nonzero(v) == 0 for k, v in adapter.state_dict().items() if "lora_B" in k)
+    # Both combinations are refused by the config model itself now (kontext config check).
     with pytest.raises(ConfigError, match="must not be empty"):
-        add_adapter(copy.deepcopy(base), Params(flux_lora_target=[]))
+        params_from_dict({"flux_lora_target": []})
+    with pytest.raises(ConfigError, match="lora_init_type = 'pissa'"):
+        params_from_dict({"lora_init_type": "pissa"})
+    # A quantized transformer handed over with params that claim an unquantized base.
     quantized = quantize_transformer(copy.deepcopy(base), "int8-quanto")
     with pytest.raises(ConfigError, match="lora_init_type = 'pissa'"):
-        add_adapter(quantized, Params(lora_init_type="pissa"))
+        add_adapter(quantized, Params(lora_init_type="pissa", base_model_precision="no_change"))
 
 
 def _batch():

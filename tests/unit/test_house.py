@@ -63,10 +63,6 @@ def test_editing_a_module_changes_the_versions_of_the_stages_that_import_it_and_
     changed = {name for name in before if after_pairing[name] != after_quantize[name]}
     assert changed == {"quantize", "train", "validate"}
 
-    _touch(root / "kontext_core/validate/metrics.py")
-    after_metrics = _versions(root)
-    assert {name for name in before if after_quantize[name] != after_metrics[name]} == {"validate"}
-
 
 def test_the_import_contract_holds_on_the_tree():
     result = subprocess.run([str(LINT_IMPORTS)], cwd=ROOT, env=_env(ROOT), capture_output=True, text=True)
@@ -76,13 +72,13 @@ def test_the_import_contract_holds_on_the_tree():
 
 def test_the_import_contract_breaks_on_a_wrong_way_import(tmp_path):
     root = _copy_tree(tmp_path)
-    config = root / "kontext_core/config.py"
+    config = root / "kontext_core/config/base.py"
     # The bottom layer reaching up into the stages (the circle the split removed).
     config.write_text(config.read_text() + "\nfrom kontext_core.stages.registry import STAGES  # noqa\n")
     result = subprocess.run([str(LINT_IMPORTS)], cwd=root, env=_env(root), capture_output=True, text=True)
     assert result.returncode != 0
     assert "kontext_core layers" in result.stdout and "BROKEN" in result.stdout
-    assert "kontext_core.config -> kontext_core.stages.registry" in result.stdout
+    assert "kontext_core.config.base -> kontext_core.stages.registry" in result.stdout
 
 
 def test_the_library_never_imports_prefect(tmp_path):

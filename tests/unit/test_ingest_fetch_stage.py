@@ -29,12 +29,19 @@ def _project(tmp: Path) -> Path:
     features = datasets.Features({"image": datasets.Image(), "caption": datasets.Value("string")})
     datasets.Dataset.from_dict(rows, features=features).to_parquet(str(tmp / "rows.parquet"))
     entries = [
-        {"id": "photos", "type": "local", "instance_data_dir": "photos", "caption_strategy": "textfile"},
+        {
+            "id": "photos",
+            "type": "local",
+            "instance_data_dir": "photos",
+            "caption_strategy": "textfile",
+            "conditioning_data": ["rows"],
+        },
         {
             "id": "rows",
             "type": "huggingface",
             "dataset_name": "rows.parquet",
             "caption_strategy": "huggingface",
+            "conditioning_type": "reference_loose",
             "huggingface": {"composite_image_config": {"enabled": True, "image_count": 2, "select_index": 1}},
         },
         {"id": "gone", "type": "local", "instance_data_dir": "does/not/exist", "disabled": True},
@@ -74,7 +81,8 @@ def test_fetch_writes_records_and_kinds_and_persists_the_scan_cache(tmp_path):
 def test_dataset_fingerprint_names_hub_ids_and_hashes_local_files(tmp_path):
     project = _project(tmp_path)
     entries = json.loads((project / "datasets.json").read_text())
-    entries.append({"id": "hub", "type": "huggingface", "dataset_name": "someone/not-downloaded", "revision": "abc"})
+    hub = {"id": "hub", "type": "huggingface", "dataset_name": "someone/not-downloaded", "revision": "abc"}
+    entries.append({**hub, "caption_strategy": "huggingface", "conditioning_type": "reference_loose"})
     (project / "datasets.json").write_text(json.dumps(entries))
     params = params_from_dict({"data_backend_config": "datasets.json"})
     before = _dataset_inputs(params, project)

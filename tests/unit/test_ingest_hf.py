@@ -80,18 +80,19 @@ def _entry(name: str, select: int = 1, **hf_options) -> DatasetEntry:
 def test_composite_rows_become_lazy_panel_records_with_problems_for_bad_rows(stored):
     records, problems = huggingface_records(_entry("rows.parquet"), stored)
 
-    assert [r.key for r in records] == ["00000000", "00000001"]
-    assert [r.caption for r in records] == ["scene 0", None]  # a row without its caption is kept
-    assert [(r.width, r.height) for r in records] == [(20, 20), (20, 20)]
+    assert [r.key for r in records] == ["00000000", "00000001", "00000002"]
+    assert [r.caption for r in records] == ["scene 0", None, "scene 2"]  # a row without its caption is kept
+    # Row 2 is 41 wide: as in SimpleTuner the panel width is floored (20) and the row kept.
+    assert [(r.width, r.height) for r in records] == [(20, 20), (20, 20), (20, 20)]
     assert all(r.image.startswith("hf:rows.parquet?") for r in records)  # project-relative, no files written
     assert {(p.path, p.kind) for p in problems} == {
         ("rows.parquet[1]", "missing_caption"),
-        ("rows.parquet[2]", "composite"),
         ("rows.parquet[3]", "unreadable"),
     }
     reasons = {p.kind: p.reason for p in problems}
-    assert "41" in reasons["composite"] and "image_count 2" in reasons["composite"]
     assert "truncated PNG" in reasons["unreadable"]
+    floored = np.asarray(open_ref(records[2].image, stored))
+    assert floored.shape == (20, 20, 3) and (floored == BLUE).all()  # columns 20..39; column 40 left out
 
     right = np.asarray(open_ref(records[0].image, stored))
     assert right.shape == (20, 20, 3) and (right == BLUE).all()
@@ -124,8 +125,8 @@ def test_caption_list_first_non_empty_then_fallback(stored):
         "rows.parquet", caption_column=["short", "description.description_1"], fallback_caption_column="tags"
     )
     records, problems = huggingface_records(entry, stored)
-    assert [r.caption for r in records] == ["s0", "t1"]
-    assert {p.kind for p in problems} == {"composite", "unreadable"}
+    assert [r.caption for r in records] == ["s0", "t1", "s2"]
+    assert {p.kind for p in problems} == {"unreadable"}
 
 
 def test_fetch_reads_headers_only(stored, decoded_images):
@@ -163,4 +164,4 @@ def test_row_ranges_on_worker_processes_give_the_serial_answer(stored, monkeypat
     serial = huggingface_records(entry, stored, workers=1)
     pooled = huggingface_records(entry, stored, workers=2)
     assert pooled == serial
-    assert [r.key for r in pooled[0]] == ["00000000", "00000001"] and len(pooled[1]) == 2
+    assert [r.key for r in pooled[0]] == ["00000000", "00000001", "00000002"] and len(pooled[1]) == 1

@@ -1,0 +1,54 @@
+"""SimpleTuner's own Kontext example config.json runs every stage unedited.
+
+The project holds the file as SimpleTuner ships it (config/examples/simpletuner/) at its root, and
+at the path its `data_backend_config` names, the quick-start's two-folder dataset file (paths
+pointed at the sample data `init` writes). Nothing else is set: the run uses the example's own
+100 steps, 1024 px buckets, optimi-lion, bf16, checkpoints every 50 steps and hub_model_id.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from kontext_core.config import load_params
+from kontext_core.stages import STAGE_ORDER, run_stage
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+EXAMPLE = ROOT / "config/examples/simpletuner/kontext.peft-lora.config.json"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RuntimeError,
+    reason=(
+        "mixed_precision: bf16 on a CPU: the quantize stage builds the quantized base in bf16 "
+        "(kontext_core/stages.py, stage_quantize) while CPU training stays float32, and quanto's "
+        "backward fails on the mixed dtypes; fix in the stages package, then drop this mark"
+    ),
+)
+def test_simpletuners_kontext_example_runs_every_stage(tmp_path, mlflow_template):
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(EXAMPLE, project / "config.json")
+    dataset_file = project / json.loads(EXAMPLE.read_text())["data_backend_config"]
+    dataset_file.parent.mkdir(parents=True)
+    shutil.copy(ROOT / "config/examples/kontext-two-folder.json", dataset_file)
+    shutil.copy(mlflow_template, project / "mlflow.db")  # the default tracking_uri, sqlite:///mlflow.db
+    params_file = project / "config.json"
+
+    for name in STAGE_ORDER:
+        run_stage(name, params_file)
+
+    params = load_params(params_file)
+    pairs = json.loads((project / "data/pair/pairs.json").read_text())
+    assert pairs and {tuple(p["size"]) for p in pairs} == {(1024, 1024)}  # the file's resolution, pixel_area
+    metrics = json.loads((project / "artifacts/metrics/train.json").read_text())
+    assert metrics["steps"] == params.max_train_steps == 100
+    registration = json.loads((project / "artifacts/register/registration.json").read_text())
+    assert registration["model_name"] == "flux-kontext-test-lora"  # hub_model_id, mapped
+    assert list((project / "models/checkpoints").glob("*/checkpoint-50"))  # checkpoint_step_interval
