@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from kontext_core.params_file import ParamsFileError, parse_params_text
 
 
 class ConfigError(ValueError):
@@ -390,9 +391,9 @@ def load_params(path: Path | str) -> Params:
     if not path.exists():
         raise ConfigError(f"{path}: parameter file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from exc
+        data = parse_params_text(path.read_text()) or {}
+    except ParamsFileError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values")
     return params_from_dict(data, where=str(path))
