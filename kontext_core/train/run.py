@@ -76,10 +76,12 @@ def run_training(job: TrainJob, dist: DistContext | None = None) -> TrainResult:
     from kontext_core.stages import StageContext, _base_transformer
     from kontext_core.train.data import load_cached_data
     from kontext_core.train.optimizers import trainable_dtype
+    from kontext_core.train.precision import check_precision
 
     params = Params.model_validate(job.params)
     workdir = Path(job.workdir)
     dist = dist or DistContext(device=training_device())
+    check_precision(params, dist.device)
     seed_everything(params.seed)
     data = load_cached_data(workdir)
     transformer = _base_transformer(StageContext("train", params, workdir, job.fingerprint)).to(dist.device)
