@@ -30,6 +30,7 @@ demo: setup
 
 test: setup
 	$(BIN)/ruff check .
+	$(BIN)/kontext dvc-yaml --check
 	$(BIN)/python -m pytest -q
 
 test-fast: setup
