@@ -31,6 +31,7 @@ demo: setup
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/kontext dvc-yaml --check
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

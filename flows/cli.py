@@ -176,7 +176,12 @@ def stage(
 
 
 @app.command("run")
-def run(params: Path = ParamsOption) -> None:
+def run(
+    params: Path = ParamsOption,
+    dvc_commit: bool = typer.Option(
+        True, "--dvc-commit/--no-dvc-commit", help="in a DVC repository, record the results in dvc.lock"
+    ),
+) -> None:
     """Run the whole `kontext-train` flow (ephemeral Prefect server unless PREFECT_API_URL is set)."""
     _setup_logging()
     from kontext_core.config import load_params
@@ -194,6 +199,11 @@ def run(params: Path = ParamsOption) -> None:
     typer.echo(f"registered model: {result['model_uri']}")
     if result["alias_uri"]:
         typer.echo(f"champion: {result['alias_uri']}")
+    if dvc_commit:
+        from kontext_core.dvc_lock import record_in_dvc_lock
+
+        if note := record_in_dvc_lock(params.parent, params):
+            typer.echo(note)
 
 
 @app.command("serve")
@@ -242,10 +252,13 @@ def dvc_yaml(
     out: Path = typer.Option(Path("dvc.yaml"), "--out"),
     check: bool = typer.Option(False, "--check", help="exit 1 if the file differs from the stages"),
 ) -> None:
-    """Write dvc.yaml from the stage registry (or check that it is current)."""
+    """Write dvc.yaml from the stage registry, params.yaml and the dataset file beside it (or check it)."""
     from kontext_core.dvc_yaml import render
 
-    text = render()
+    try:
+        text = render(out.resolve().parent)
+    except ConfigError as exc:
+        _fail(str(exc))
     if check:
         if not out.exists() or out.read_text() != text:
             typer.echo(f"{out} is out of date; run `kontext dvc-yaml`", err=True)

@@ -13,13 +13,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from kontext_core.config import simpletuner
 from kontext_core.config.base import ConfigError, validate_all
 from kontext_core.config.checks import datasets_with_params_problems
 from kontext_core.config.datasets import DatasetConfig, DatasetEntry
 from kontext_core.config.params import Params
+from kontext_core.config.params_file import ParamsFileError, parse_params_text
 
 log = logging.getLogger("kontext_core.config")
 
@@ -43,9 +42,9 @@ def read_mapping(path: Path) -> Any:
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{path}: not valid JSON: {exc}") from None
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        return parse_params_text(text)
+    except ParamsFileError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
 def read_params_file(path: Path | str) -> dict[str, Any]:

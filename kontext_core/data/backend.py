@@ -33,6 +33,13 @@ class DatasetBackend(ABC):
     def fingerprint(self, entry: DatasetEntry, workdir: Path, memo_file: Path) -> Any:
         """What identifies the dataset's content for the fetch stage, without downloading it."""
 
+    def local_location(self, entry: DatasetEntry) -> str | None:
+        """The path in the entry that may name local files its fingerprint reads (DVC deps), if any.
+
+        A backend with a `ref_prefix` may also take hub ids here; only existing paths become deps.
+        """
+        return None
+
     def stored_ref(self, ref: str, to_stored: Callable[[Path], str]) -> str:
         """The reference as tables keep it (project-relative for files inside the project)."""
         return ref if self.ref_prefix else to_stored(Path(ref))

@@ -24,6 +24,9 @@ class HuggingFaceBackend(DatasetBackend):
             return [f"dataset '{entry.id}': type 'huggingface' needs 'dataset_name'"]
         return []
 
+    def local_location(self, entry: DatasetEntry) -> str | None:
+        return entry.dataset_name
+
     def records(
         self, entry: DatasetEntry, workdir: Path, scan_cache_dir: Path | None
     ) -> tuple[list[Record], list[Problem]]:

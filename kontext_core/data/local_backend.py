@@ -31,6 +31,9 @@ class LocalBackend(DatasetBackend):
             return [f"dataset '{entry.id}': instance_data_dir '{entry.instance_data_dir}' is not a folder"]
         return []
 
+    def local_location(self, entry: DatasetEntry) -> str | None:
+        return entry.instance_data_dir
+
     def records(
         self, entry: DatasetEntry, workdir: Path, scan_cache_dir: Path | None
     ) -> tuple[list[Record], list[Problem]]:

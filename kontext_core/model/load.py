@@ -19,6 +19,13 @@ def training_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def base_dtype(params: Params, device: torch.device | None = None) -> torch.dtype:
+    """The frozen base's dtype (kontext_core.model.precision): bf16 only on an accelerator."""
+    from kontext_core.model.precision import base_dtype_name
+
+    return getattr(torch, base_dtype_name(params, (device or training_device()).type))
+
+
 def load_transformer(params: Params, workdir: Path, dtype: torch.dtype = torch.float32) -> FluxTransformer2DModel:
     source = resolve_model_source(params, workdir)
     model = FluxTransformer2DModel.from_pretrained(

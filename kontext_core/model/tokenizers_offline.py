@@ -1,16 +1,17 @@
 """Tokenizers built offline with the `tokenizers` library.
 
-No tokenizer vocabulary can be downloaded here, so the tiny model trains its own: a byte-level BPE
+No tokenizer vocabulary can be downloaded here, so the tiny model learns its own: a byte-level BPE
 with the `</w>` end-of-word suffix that CLIP's tokenizer class expects, and a Unigram model shaped
-like T5's sentencepiece vocabulary (<pad>=0, </s>=1, <unk>=2).
+like T5's sentencepiece vocabulary (<pad>=0, </s>=1, <unk>=2). Both are learnt in plain Python
+with ordered tie-breaks, so the saved files are the same bytes in every process.
 """
 
 from __future__ import annotations
 
-import json
+import math
 from collections import Counter
 
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from tokenizers import pre_tokenizers
 from transformers import CLIPTokenizer, T5TokenizerFast
 
 # Enough English to give the BPE merges and the Unigram pieces real words to learn; the
@@ -84,15 +85,36 @@ def build_clip_tokenizer(vocab_size: int = 1000) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def build_t5_tokenizer(vocab_size: int = 1000) -> T5TokenizerFast:
-    backend = Tokenizer(models.Unigram())
-    backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<pad>", "</s>", "<unk>"],
-        unk_token="<unk>",
-        show_progress=False,
+def _unigram_pieces(words: list[str], size: int) -> list[tuple[str, float]]:
+    """Unigram pieces with log-frequency scores, chosen and scored in plain Python.
+
+    The `tokenizers` Unigram trainer sums its EM statistics in hash-map order, so both the pieces
+    it keeps and the last digits of their scores change from process to process (and with them the
+    bytes of `tokenizer.json` and the hash of the tiny model). Here every piece is a substring of a
+    corpus word (`▁` marks a word start, as in sentencepiece), every choice is ordered by
+    (count, piece), and the score is log(count / total): the same floats in any process.
+    """
+    counts: Counter[str] = Counter()
+    for word in words:
+        marked = "▁" + word
+        for start in range(len(marked)):
+            for end in range(start + 1, min(len(marked), start + 12) + 1):
+                counts[marked[start:end]] += 1
+    # Every single character stays, so any corpus word can be spelt; longer pieces fill the rest by
+    # how much text they cover.
+    chars = sorted(piece for piece in counts if len(piece) == 1)
+    longer = sorted(
+        (piece for piece in counts if len(piece) > 1 and counts[piece] >= 2),
+        key=lambda piece: (-counts[piece] * len(piece), piece),
     )
-    backend.train_from_iterator(_corpus(), trainer=trainer)
-    vocab = [(piece, float(score)) for piece, score in json.loads(backend.to_str())["model"]["vocab"]]
+    chosen = sorted(chars + longer[: max(0, size - len(chars))], key=lambda piece: (-counts[piece], piece))
+    total = sum(counts[piece] for piece in chosen)
+    return [(piece, math.log(counts[piece] / total)) for piece in chosen]
+
+
+def build_t5_tokenizer(vocab_size: int = 1000) -> T5TokenizerFast:
+    """A T5-style Unigram tokenizer (<pad>=0, </s>=1, <unk>=2) built deterministically from the corpus."""
+    special = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    words = [w.lower() for line in _corpus() for w in line.split()]
+    vocab = special + _unigram_pieces(words, vocab_size - len(special))
     return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=512)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kontext_core.fsutil import write_json
-from kontext_core.model.source import model_inputs
+from kontext_core.model.precision import quantize_inputs
 from kontext_core.stages.engine import StageContext, StageSpec
 
 QUANTIZED_DIR = "models/quantized"
@@ -14,7 +14,7 @@ def stage_quantize(ctx: StageContext) -> None:
     import torch
 
     from kontext_core.model.fusion import fuse_qkv
-    from kontext_core.model.load import load_transformer, training_device
+    from kontext_core.model.load import base_dtype, load_transformer, training_device
     from kontext_core.model.quantize import quantize_transformer, quantized_module_names, save_quantized
 
     p = ctx.params
@@ -25,8 +25,7 @@ def stage_quantize(ctx: StageContext) -> None:
     )
     if p.base_model_precision == "no_change":
         return
-    dtype = torch.bfloat16 if p.mixed_precision == "bf16" else torch.float32
-    model = load_transformer(p, ctx.workdir, dtype=dtype)
+    model = load_transformer(p, ctx.workdir, dtype=base_dtype(p))
     if p.quantize_via == "accelerator":
         model = model.to(training_device())
     if p.fuse_qkv_projections:
@@ -50,5 +49,5 @@ SPEC = StageSpec(
     reads=[],
     outs=[QUANTIZED_DIR],
     products={"model": QUANTIZED_DIR},
-    extra_inputs=model_inputs,
+    extra_inputs=quantize_inputs,
 )

@@ -96,10 +96,12 @@ def run_training(job: TrainJob, dist: DistContext | None = None) -> TrainResult:
     from kontext_core.model.load import training_device
     from kontext_core.train.data import CachePaths, load_cached_data
     from kontext_core.train.optimizers import trainable_dtype
+    from kontext_core.train.precision import note_cpu_precision
 
     params = Params.model_validate(job.params)
     workdir = Path(job.workdir)
     dist = dist or DistContext(device=training_device())
+    note_cpu_precision(params, dist.device)
     seed_everything(params.seed)
     data = load_cached_data(CachePaths.from_json(job.cache_paths))
     transformer = frozen_base_transformer(params, workdir, Path(job.quantized_dir)).to(dist.device)

@@ -1,63 +1,139 @@
-"""`dvc repro` on a copy of the project runs the same stages; a second repro is a no-op."""
+"""DVC as its users use it, on one copy of the project in a real git + DVC repository.
+
+The tests share that repository (one full pipeline run) and follow each other as a user would:
+`dvc repro`, then `kontext run` (nothing to do), a parameter change run by the flow that the next
+`dvc repro` trusts, commits compared with `dvc params/metrics/plots diff`, two queued experiments
+and a failed one.
+"""
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-from kontext_core.dvc_yaml import render
+from kontext_core.fsutil import sha256_tree
 from kontext_core.stages import STAGE_ORDER
-from tests.conftest import ROOT, make_project
+from tests.conftest import write_params
+from tests.e2e.dvc_repo import dvc, git, kontext, new_dvc_project, ok, porcelain, ran_stages
 
 pytestmark = pytest.mark.slow
 
-
-def test_dvc_yaml_is_generated_from_the_stage_registry():
-    assert (ROOT / "dvc.yaml").read_text() == render(), "run `kontext dvc-yaml`"
-
-
-def _dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    return subprocess.run(
-        [str(Path(sys.executable).parent / "dvc"), *args],
-        cwd=project,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+TRAIN_METRICS = "artifacts/metrics/train.json"
+VALIDATE_METRICS = "artifacts/metrics/validate.json"
 
 
-def test_dvc_repro_runs_every_stage_then_is_up_to_date(tmp_path, mlflow_template):
-    project = tmp_path / "clone"
-    make_project(project)
-    shutil.copy(mlflow_template, project / "mlflow.db")
-    shutil.copy(ROOT / "dvc.yaml", project / "dvc.yaml")
-    shutil.copytree(ROOT / "kontext_core", project / "kontext_core", ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run(["git", "init", "-q"], cwd=project, check=True)
-    assert _dvc(project, "init", "-q").returncode == 0
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory, mlflow_template):
+    project = new_dvc_project(tmp_path_factory.mktemp("dvc") / "clone", mlflow_template)
+    first = ok(dvc(project, "repro"))
+    git(project, "add", "-A")
+    git(project, "commit", "-qm", "first repro")
+    return project, first.stdout
 
-    first = _dvc(project, "repro")
-    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
-    for name in STAGE_ORDER:
-        assert f"Running stage '{name}'" in first.stdout
+
+def test_repro_runs_every_stage_then_is_up_to_date(repo):
+    project, first = repo
+    assert ran_stages(first) == STAGE_ORDER
     lock = (project / "dvc.lock").read_text()
     assert all(f"  {name}:" in lock for name in STAGE_ORDER)
-    assert (project / "models/adapter/pytorch_lora_weights.safetensors").exists()
+    # Metrics and plots are committed to git (small, cache: false), not ignored.
+    tracked = git(project, "ls-files", "artifacts").split()
+    assert {TRAIN_METRICS, VALIDATE_METRICS, "artifacts/plots/train_loss.csv"} <= set(tracked)
+    second = ok(dvc(project, "repro"))
+    assert ran_stages(second.stdout) == []
+    assert porcelain(project) == ""
 
-    second = _dvc(project, "repro")
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "Running stage" not in second.stdout
-    assert "up to date" in second.stdout.lower()
 
-    metrics = _dvc(project, "metrics", "show", "--json")
-    assert metrics.returncode == 0, metrics.stderr
-    shown = json.loads(metrics.stdout)
-    assert "psnr" in json.dumps(shown)
+def test_after_dvc_repro_kontext_run_reruns_nothing(repo):
+    project, _ = repo
+    flow = ok(kontext(project, "run"))
+    assert "stages run: none (all up to date)" in flow.stdout
+    assert ran_stages(ok(dvc(project, "repro")).stdout) == []
+
+
+def test_after_kontext_run_dvc_repro_reruns_nothing(repo):
+    project, _ = repo
+    write_params(project / "params.yaml", validation_seed=1)
+    flow = ok(kontext(project, "run"))
+    assert "stages run: validate, register" in flow.stdout
+    assert "dvc.lock updated" in flow.stdout
+    again = ok(dvc(project, "repro"))
+    assert ran_stages(again.stdout) == [], again.stdout
+    git(project, "commit", "-qam", "validation seed 1")
+    assert porcelain(project) == ""
+
+
+def test_commits_compare_with_params_metrics_and_plots_diff(repo):
+    project, _ = repo
+    params = json.loads(ok(dvc(project, "params", "diff", "HEAD~1", "HEAD", "--json")).stdout)
+    seed = params["params.yaml"]["validation_seed"]
+    assert (seed["old"], seed["new"]) == (0, 1)
+    assert len(params["params.yaml"]) == 1
+    metrics = json.loads(ok(dvc(project, "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json")).stdout)
+    assert set(metrics) == {TRAIN_METRICS, VALIDATE_METRICS}
+    psnr = metrics[VALIDATE_METRICS]["psnr"]
+    assert isinstance(psnr["old"], float) and isinstance(psnr["new"], float)
+    plots = json.loads(ok(dvc(project, "plots", "diff", "HEAD~1", "HEAD", "--json")).stdout)
+    (loss_plot,) = plots["data"]["artifacts/plots/train_loss.csv"]
+    assert loss_plot["revisions"] == ["HEAD~1", "HEAD"]
+    assert {point["rev"] for point in loss_plot["content"]["data"]["values"]} == {"HEAD~1", "HEAD"}
+    # `dvc plots show` writes dvc_plots/: ignored, the workspace stays clean.
+    ok(dvc(project, "plots", "show"))
+    assert (project / "dvc_plots").is_dir()
+    assert porcelain(project) == ""
+
+
+def _experiments(project) -> dict[str, dict]:
+    """name -> {params, metrics} from `dvc exp show --json` (experiments of the workspace's HEAD)."""
+    shown = json.loads(ok(dvc(project, "exp", "show", "--json")).stdout)
+    found = {}
+    for baseline in shown:
+        for exp_run in baseline.get("experiments") or []:
+            for rev in exp_run["revs"]:
+                data = rev["data"]
+                found[rev["name"]] = {
+                    "params": data["params"]["params.yaml"]["data"],
+                    "metrics": {path: m["data"] for path, m in data["metrics"].items()},
+                }
+    return found
+
+
+def test_two_queued_experiments_run_only_training_and_keep_the_workspace(repo):
+    project, _ = repo
+    adapter = sha256_tree(project / "models/adapter")
+    for name, lr in (("lr-fast", "0.006"), ("lr-slow", "0.0015")):
+        ok(dvc(project, "exp", "run", "--queue", "-n", name, "-S", f"learning_rate={lr}"))
+    ok(dvc(project, "exp", "run", "--run-all", "-j", "1"))
+    experiments = _experiments(project)
+    assert {"lr-fast", "lr-slow"} <= set(experiments)
+    assert experiments["lr-fast"]["params"]["learning_rate"] == 0.006
+    assert experiments["lr-slow"]["params"]["learning_rate"] == 0.0015
+    for name in ("lr-fast", "lr-slow"):
+        metrics = experiments[name]["metrics"]
+        assert {"loss_first", "loss_last", "steps"} <= set(metrics[TRAIN_METRICS]), name
+        assert {"psnr", "psnr_base"} <= set(metrics[VALIDATE_METRICS]), name
+    # Different learning rates, different training: the metrics really are each experiment's own.
+    assert experiments["lr-fast"]["metrics"][TRAIN_METRICS] != experiments["lr-slow"]["metrics"][TRAIN_METRICS]
+    for name in ("lr-fast", "lr-slow"):
+        log = ok(dvc(project, "queue", "logs", name)).stdout
+        assert ran_stages(log) == ["train", "validate", "register"], log[-2000:]
+    diff = json.loads(ok(dvc(project, "exp", "diff", "lr-fast", "lr-slow", "--json")).stdout)
+    assert set(diff["params"]["params.yaml"]) == {"learning_rate"}
+    # Queued experiments run in a copy: the workspace is as it was.
+    assert porcelain(project) == ""
+    assert sha256_tree(project / "models/adapter") == adapter
+    assert ran_stages(ok(dvc(project, "repro")).stdout) == []
+
+
+def test_a_failed_experiment_leaves_the_workspace_as_it_was(repo):
+    project, _ = repo
+    adapter = sha256_tree(project / "models/adapter")
+    params = (project / "params.yaml").read_text()
+    failed = dvc(project, "exp", "run", "--temp", "-S", "optimizer=sgd")
+    assert failed.returncode != 0
+    assert "optimizer = 'sgd'" in failed.stdout + failed.stderr
+    assert (project / "params.yaml").read_text() == params
+    assert porcelain(project) == ""
+    assert sha256_tree(project / "models/adapter") == adapter
+    assert "up to date" in ok(dvc(project, "status")).stdout.lower()
