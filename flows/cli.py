@@ -123,6 +123,10 @@ def run(params: Path = ParamsOption) -> None:
     typer.echo(f"registered model: {result['model_uri']}")
     if result["alias_uri"]:
         typer.echo(f"champion: {result['alias_uri']}")
+    from flows.summary import run_summary
+
+    for line in run_summary(load_params(params), params.parent):
+        typer.echo(line)
 
 
 @app.command("serve")

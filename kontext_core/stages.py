@@ -311,14 +311,13 @@ def _adapter_inputs(params: Params, workdir: Path) -> dict[str, Any]:
 def stage_init(ctx: StageContext) -> None:
     """Build the embedded tiny model and the sample data (both offline and deterministic)."""
     from kontext_core.data.samples import write_sample_data
-    from kontext_core.model.tiny import build_tiny_pipeline
+    from kontext_core.model.pretrain_tiny import plan_from_params, save_pretrained_tiny
 
     p = ctx.params
-    pipe = build_tiny_pipeline(seed=p.tiny_model.seed)
-    pipe.save_pretrained(ctx.out(TINY_MODEL_DIR), safe_serialization=True)
     samples = ctx.out(SAMPLE_DATA_DIR)
     samples.rmdir()
     write_sample_data(samples, count=p.sample_data.count, size=p.sample_data.size, seed=p.sample_data.seed)
+    ctx.info["pretrain"] = save_pretrained_tiny(ctx.out(TINY_MODEL_DIR), samples, plan_from_params(p.tiny_model))
 
 
 def stage_fetch(ctx: StageContext) -> None:
@@ -717,7 +716,15 @@ STAGES: dict[str, StageSpec] = {
             ["tiny_model", "sample_data"],
             [],
             [TINY_MODEL_DIR, SAMPLE_DATA_DIR],
-            ["kontext_core.model.tiny", "kontext_core.model.tokenizers_offline", "kontext_core.data.samples"],
+            [
+                "kontext_core.model.tiny",
+                "kontext_core.model.tokenizers_offline",
+                "kontext_core.data.samples",
+                "kontext_core.model.pretrain_tiny",
+                "kontext_core.model.pretrain_data",
+                "kontext_core.model.pretrain_vae",
+                "kontext_core.model.pretrain_edit",
+            ],
         ),
         StageSpec(
             "fetch",
