@@ -20,7 +20,7 @@ from kontext_core.train.kontext_step import StepInputs, kontext_step
 
 log = logging.getLogger(__name__)
 
-BATCH = 8
+BATCH = 4
 GUIDANCE_RANGE = (1.0, 4.0)
 
 
