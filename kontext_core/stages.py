@@ -724,6 +724,8 @@ STAGES: dict[str, StageSpec] = {
                 "kontext_core.model.pretrain_data",
                 "kontext_core.model.pretrain_vae",
                 "kontext_core.model.pretrain_edit",
+                "kontext_core.train.kontext_step",
+                "kontext_core.cache.text_cache",
             ],
         ),
         StageSpec(
