@@ -199,6 +199,10 @@ def run(
     typer.echo(f"registered model: {result['model_uri']}")
     if result["alias_uri"]:
         typer.echo(f"champion: {result['alias_uri']}")
+    from flows.summary import run_summary
+
+    for line in run_summary(load_params(params), params.parent):
+        typer.echo(line)
     if dvc_commit:
         from kontext_core.dvc_lock import record_in_dvc_lock
 

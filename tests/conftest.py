@@ -25,6 +25,8 @@ FAST = {
     "max_train_steps": 6,
     "validation_num_inference_steps": 2,
     "sample_data": {"seed": 0, "count": 4, "size": 64},
+    # A few pretraining steps run the init stage's training code; the demo's counts take a minute.
+    "tiny_model": {"seed": 0, "pretrain_vae_steps": 2, "pretrain_transformer_steps": 2},
 }
 
 

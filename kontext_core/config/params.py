@@ -60,6 +60,9 @@ class TinyModelSection(Strict):
     """The embedded offline model, built by the `init` stage into models/tiny-kontext."""
 
     seed: int = 0
+    # Pretraining on the sample data (0: keep that part's random weights, as `kontext init-model tiny`).
+    pretrain_vae_steps: int = Field(0, ge=0)
+    pretrain_transformer_steps: int = Field(0, ge=0)
 
 
 class SampleDataSection(Strict):

@@ -46,7 +46,16 @@ TINY_TRANSFORMER_CONFIG = dict(
 )
 
 
-def build_tiny_pipeline(seed: int = 0) -> FluxKontextPipeline:
+# The VAE's widths and GroupNorm groups. The default keeps the known-good tiny config (fast to
+# build for unit tests); pretraining uses a wider VAE with groups of several channels, because
+# one-channel groups normalise away each picture's colours and the VAE cannot learn to keep them.
+TINY_VAE_WIDTHS = (8, 8, 8, 8)
+TINY_VAE_GROUPS = 8
+
+
+def build_tiny_pipeline(
+    seed: int = 0, vae_widths: tuple[int, ...] = TINY_VAE_WIDTHS, vae_groups: int = TINY_VAE_GROUPS
+) -> FluxKontextPipeline:
     torch.manual_seed(seed)
     tokenizer = build_clip_tokenizer()
     tokenizer_2 = build_t5_tokenizer()
@@ -56,10 +65,10 @@ def build_tiny_pipeline(seed: int = 0) -> FluxKontextPipeline:
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 4,
         up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 8, 8),
+        block_out_channels=tuple(vae_widths),
         layers_per_block=1,
         latent_channels=16,
-        norm_num_groups=8,
+        norm_num_groups=vae_groups,
         sample_size=64,
         shift_factor=FLUX_VAE_SHIFT,
         scaling_factor=FLUX_VAE_SCALE,

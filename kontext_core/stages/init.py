@@ -11,14 +11,13 @@ SAMPLE_DATA_DIR = "data/samples"
 def stage_init(ctx: StageContext) -> None:
     """Build the embedded tiny model and the sample data (both offline and deterministic)."""
     from kontext_core.data.samples import write_sample_data
-    from kontext_core.model.tiny import build_tiny_pipeline
+    from kontext_core.train.pretrain_tiny import plan_from_params, save_pretrained_tiny
 
     p = ctx.params
-    pipe = build_tiny_pipeline(seed=p.tiny_model.seed)
-    pipe.save_pretrained(ctx.out(TINY_MODEL_DIR), safe_serialization=True)
     samples = ctx.out(SAMPLE_DATA_DIR)
     samples.rmdir()
     write_sample_data(samples, count=p.sample_data.count, size=p.sample_data.size, seed=p.sample_data.seed)
+    ctx.info["pretrain"] = save_pretrained_tiny(ctx.out(TINY_MODEL_DIR), samples, plan_from_params(p.tiny_model))
 
 
 SPEC = StageSpec(

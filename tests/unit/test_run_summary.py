@@ -1,0 +1,34 @@
+"""The closing lines of `kontext run`: base vs adapter PSNR and the registry's decision."""
+
+from __future__ import annotations
+
+from flows.summary import REGISTRATION, run_summary
+from kontext_core.config import Params
+from kontext_core.fsutil import write_json
+from kontext_core.stages.validate import VALIDATE_METRICS
+
+
+def _write(tmp_path, became: bool, previous: float | None) -> None:
+    write_json(tmp_path / VALIDATE_METRICS, {"psnr": 14.25, "psnr_base": 8.5, "eval_pairs": 2})
+    write_json(
+        tmp_path / REGISTRATION,
+        {"version": "3", "became_champion": became, "champion_metric": previous, "model_name": "kontext-lora"},
+    )
+
+
+def test_summary_prints_both_psnrs_and_a_promotion(tmp_path):
+    _write(tmp_path, became=True, previous=12.0)
+    lines = run_summary(Params(), tmp_path)
+    assert lines[0].startswith("val/psnr base 8.50, lora 14.25")
+    assert lines[1] == "champion decision: version 3 is @champion (val/psnr 14.2500; previous @champion: 12.0000)"
+
+
+def test_summary_says_when_the_champion_stays(tmp_path):
+    _write(tmp_path, became=False, previous=20.0)
+    lines = run_summary(Params(), tmp_path)
+    assert lines[-1] == "champion decision: version 3 not promoted (val/psnr 14.2500; @champion has 20.0000)"
+
+
+def test_summary_of_a_first_version(tmp_path):
+    _write(tmp_path, became=True, previous=None)
+    assert "no previous champion" in run_summary(Params(), tmp_path)[-1]
