@@ -4,7 +4,7 @@ Builds FluxTransformer2DModel with the real FLUX.1 Kontext [dev] config and rand
 downloaded): constructed on the meta device and materialised directly on the GPU in bf16 (no 24 GB
 CPU init), quantized with optimum-quanto through the project's own `quantize_transformer`, a LoRA
 attached with the project's `add_adapter`, gradient checkpointing on, and timed through the project's
-Kontext step (`kontext_core.train.kontext_step`): one target and one same-size reference image, a
+Kontext step (`kontext_core.model.kontext_step`): one target and one same-size reference image, a
 512-token T5 sequence, AdamW on the adapter.
 
     python bench/gpu_step.py                          # 512 and 1024 px, int8-quanto, LoRA rank 16
@@ -69,7 +69,7 @@ def build_transformer(config: dict, device: torch.device, dtype: torch.dtype, se
 
 
 def step_inputs(resolution: int, config: dict, device: torch.device, dtype: torch.dtype, seed: int):
-    from kontext_core.train.kontext_step import StepInputs
+    from kontext_core.model.kontext_step import StepInputs
 
     g = torch.Generator(device=device).manual_seed(seed)
     side = resolution // 8  # VAE latent grid; 2x2 packing happens inside the step
@@ -87,9 +87,9 @@ def step_inputs(resolution: int, config: dict, device: torch.device, dtype: torc
 def run(args: argparse.Namespace) -> list[Result]:
     from kontext_core.config import Params
     from kontext_core.model.adapter_kinds import add_adapter
+    from kontext_core.model.kontext_step import kontext_step
     from kontext_core.model.quantize import quantize_transformer
     from kontext_core.model.tiny import TINY_TRANSFORMER_CONFIG
-    from kontext_core.train.kontext_step import kontext_step
 
     device = torch.device(args.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32

@@ -26,9 +26,9 @@ from diffusers import FluxTransformer2DModel  # noqa: E402
 
 from kontext_core.config import Params  # noqa: E402
 from kontext_core.model.adapter_kinds import add_adapter  # noqa: E402
+from kontext_core.model.kontext_step import kontext_step  # noqa: E402
 from kontext_core.train.data import TrainData, TrainSample  # noqa: E402
 from kontext_core.train.distributed import DistContext  # noqa: E402
-from kontext_core.train.kontext_step import kontext_step  # noqa: E402
 from kontext_core.train.loop import make_batch, seed_everything, train_loop  # noqa: E402
 from kontext_core.train.optimizers import build_optimizer  # noqa: E402
 from kontext_core.train.sampler import BatchStream, EpochSampler  # noqa: E402

@@ -19,11 +19,11 @@ from safetensors.torch import load_file
 from tqdm import tqdm
 
 from kontext_core.config import Params
+from kontext_core.model.kontext_step import StepInputs, kontext_step, sample_guidance, sample_sigmas
 from kontext_core.train.checkpoints import CheckpointManager, TrainerState
 from kontext_core.train.data import TrainData
 from kontext_core.train.distributed import DistContext
 from kontext_core.train.ema import EMA_FILE, AdapterEMA
-from kontext_core.train.kontext_step import StepInputs, kontext_step, sample_guidance, sample_sigmas
 from kontext_core.train.optimizers import build_optimizer
 from kontext_core.train.sampler import Batch, BatchStream, EpochSampler, derive_seed, steps_for_epochs
 from kontext_core.train.schedulers import build_scheduler

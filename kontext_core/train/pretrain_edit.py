@@ -16,7 +16,7 @@ from diffusers import FluxKontextPipeline, FluxTransformer2DModel
 from tqdm import tqdm
 
 from kontext_core.cache.text_cache import encode_caption
-from kontext_core.train.kontext_step import StepInputs, kontext_step
+from kontext_core.model.kontext_step import StepInputs, kontext_step
 
 log = logging.getLogger(__name__)
 

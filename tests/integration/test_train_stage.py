@@ -87,8 +87,8 @@ def _fixed_noise_loss(project: Path, trained: bool) -> float:
     from kontext_core.cache.store import TensorStore
     from kontext_core.config import load_params
     from kontext_core.model.adapter_kinds import attach_saved_adapter
+    from kontext_core.model.kontext_step import StepInputs, kontext_step
     from kontext_core.model.load import load_transformer
-    from kontext_core.train.kontext_step import StepInputs, kontext_step
 
     params = load_params(project / "params.yaml")
     transformer = load_transformer(params, project).requires_grad_(False)

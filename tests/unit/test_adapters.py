@@ -13,10 +13,10 @@ from peft.tuners.lora import LoraLayer
 from kontext_core.config import ConfigError, Params, params_from_dict
 from kontext_core.model.adapter_kinds import add_adapter, attach_saved_adapter
 from kontext_core.model.fusion import fuse_qkv
+from kontext_core.model.kontext_step import StepInputs, kontext_step
 from kontext_core.model.lycoris import load_lycoris_config
 from kontext_core.model.quantize import quantize_transformer
 from kontext_core.model.tiny import build_tiny_pipeline
-from kontext_core.train.kontext_step import StepInputs, kontext_step
 
 ATTN_DOUBLE = {"attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0"}
 CONTEXT = {"attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj", "attn.to_add_out"}

@@ -1,7 +1,7 @@
 import torch
 from diffusers import FluxKontextPipeline
 
-from kontext_core.train.kontext_step import (
+from kontext_core.model.kontext_step import (
     StepInputs,
     kontext_step,
     pack_latents,
@@ -77,7 +77,7 @@ def test_step_concatenates_reference_and_scores_target_tokens_only():
 import pytest  # noqa: E402
 
 from kontext_core.config import Params  # noqa: E402
-from kontext_core.train.kontext_step import (  # noqa: E402
+from kontext_core.model.kontext_step import (  # noqa: E402
     flow_loss,
     resolution_shift,
     sample_guidance,

@@ -12,6 +12,7 @@ from safetensors.torch import load_file, save_file
 from kontext_core.config import Params
 from kontext_core.model.base import frozen_base_transformer
 from kontext_core.model.fusion import fuse_qkv, is_fused
+from kontext_core.model.kontext_step import StepInputs, kontext_step
 from kontext_core.model.quantize import (
     LAYOUT_FILE,
     WEIGHTS_FILE,
@@ -21,7 +22,6 @@ from kontext_core.model.quantize import (
     save_quantized,
 )
 from kontext_core.model.tiny import build_tiny_pipeline
-from kontext_core.train.kontext_step import StepInputs, kontext_step
 
 # Relative L2 error of the transformer's prediction against the float32 model (docs/adapters.md).
 # `pytest -s -k relative` prints the measured errors.
