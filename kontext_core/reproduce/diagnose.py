@@ -58,39 +58,38 @@ def environment_notes(recorded: Recorded) -> list[str]:
     return [f"trained on {recorded.tags.get(DEVICE_TAG, 'an unrecorded device')}"]
 
 
-def _material_cause(stage: str, was: dict[str, Any], now: dict[str, Any]) -> str:
+def _material_cause(stage: str, was: dict[str, Any], now: dict[str, Any], stages: list[str]) -> str | None:
+    """What differs in a stage's own inputs: code, params subset, extra inputs (dataset file, base model).
+
+    Upstream output hashes are left out: fetch's records and the scan cache hold absolute paths, so
+    they differ between the project and its checkout even for the same data; the adapter
+    comparison is the end-to-end check of those.
+    """
     if was.get("code_version") != now.get("code_version"):
         return f"the code of stage {stage}"
     for key in sorted(set(was["params"]) | set(now["params"])):
         if was["params"].get(key) != now["params"].get(key):
             return f"params key {key}"
-    upstream = []
     for key in sorted(set(was["inputs"]) | set(now["inputs"])):
-        if was["inputs"].get(key) == now["inputs"].get(key):
-            continue
-        if key.startswith("dataset:"):
-            return f"dataset '{key.removeprefix('dataset:')}'"
-        if key == "base_model":
-            return "base model (its files differ from the recorded ones)"
-        if isinstance(was["inputs"].get(key), dict) and key.isidentifier():
-            upstream.append(key)
-            continue
-        return f"input {key} of stage {stage}"
-    return f"outputs of stage {upstream[0]}" if upstream else f"stage {stage}"
+        if key in stages or key.startswith("dataset:") or key == "data_backend_config":
+            continue  # upstream outputs (above); data digests are compared with the run's tags
+        if was["inputs"].get(key) != now["inputs"].get(key):
+            if key == "base_model":
+                return "base model: its files are not the recorded ones"
+            return f"input {key} of stage {stage}"
+    return None
 
 
-def stage_mismatch(recorded: Recorded, checkout_project: Path, project: Path, stages: list[str]) -> str | None:
-    """The first stage whose rebuilt fingerprint is not the recorded one, and what differs in it.
+def input_mismatch(recorded: Recorded, checkout_project: Path, project: Path, stages: list[str]) -> str | None:
+    """The first stage whose own recorded inputs differ in the rebuild, and what differs.
 
-    The project's own manifest of that stage holds the recorded material when its fingerprint is
-    still the recorded one (the project has not moved on since); otherwise only the stage is named.
+    The recorded material is the project's manifest of the stage while its fingerprint is still the
+    recorded one (the project has not moved on since that run); other stages are not compared.
     """
     for stage in stages:
-        want, rebuilt = recorded.fingerprint(stage), _manifest(checkout_project, stage)
-        if want is None or rebuilt is None or rebuilt["fingerprint"] == want:
+        want, rebuilt, was = recorded.fingerprint(stage), _manifest(checkout_project, stage), _manifest(project, stage)
+        if want is None or rebuilt is None or was is None or was["fingerprint"] != want:
             continue
-        was = _manifest(project, stage)
-        if was is not None and was["fingerprint"] == want:
-            return f"stage {stage}: {_material_cause(stage, was, rebuilt)}"
-        return f"stage {stage}: its input fingerprint {rebuilt['fingerprint'][:12]} is not the recorded {want[:12]}"
+        if rebuilt["fingerprint"] != want and (cause := _material_cause(stage, was, rebuilt, stages)):
+            return f"stage {stage}: {cause}"
     return None

@@ -17,28 +17,37 @@ from typing import Any
 
 from kontext_core.reproduce.record import CannotReproduce
 
-# Executed by the child with the checkout's code. Stages without upstream whose outputs were
-# brought over are treated like outputs restored by `dvc pull`: hashed from disk, not rebuilt.
+# Executed by the child with the checkout's code. The stages whose outputs were brought over
+# (`brought`) are treated like outputs restored by `dvc pull`: hashed from disk, not rebuilt.
 DRIVER = """
 import json, sys
 from pathlib import Path
-job = json.loads(Path(sys.argv[1]).read_text())
-result = {"params_mismatch": None, "ran": [], "skipped": []}
-from kontext_core.config import load_params
-from kontext_core.stages import STAGE_ORDER, STAGES, run_stage
-try:
-    from kontext_core.tracking.lineage import flat_params
-    flat, logged = flat_params(load_params(Path("params.yaml"))), job["logged_params"]
-    result["params_mismatch"] = [k for k in sorted(set(flat) | set(logged)) if flat.get(k) != logged.get(k)]
-except ImportError:
-    pass
-for name in STAGE_ORDER[: STAGE_ORDER.index(job["until"]) + 1]:
-    spec = STAGES[name]
-    if not spec.upstream and all(Path(rel).exists() for rel in spec.all_outs()):
-        continue
-    manifest = run_stage(name, "params.yaml")
-    result["skipped" if manifest["skipped"] else "ran"].append(name)
-Path(sys.argv[2]).write_text(json.dumps(result))
+
+
+def main(job_file, result_file):
+    job = json.loads(Path(job_file).read_text())
+    result = {"params_mismatch": None, "ran": [], "skipped": []}
+    from kontext_core.config import load_params
+    from kontext_core.stages import STAGE_ORDER, run_stage
+    try:
+        from kontext_core.tracking.lineage import flat_params
+        flat, logged = flat_params(load_params(Path("params.yaml"))), job["logged_params"]
+        result["params_mismatch"] = [k for k in sorted(set(flat) | set(logged)) if flat.get(k) != logged.get(k)]
+    except ImportError:
+        pass
+    for name in STAGE_ORDER[: STAGE_ORDER.index(job["until"]) + 1]:
+        if name in job["brought"]:
+            continue
+        manifest = run_stage(name, "params.yaml")
+        result["skipped" if manifest["skipped"] else "ran"].append(name)
+    Path(result_file).write_text(json.dumps(result))
+
+
+# Guarded: stages start worker processes, which import __main__ again.
+if __name__ == "__main__":
+    import logging
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    main(sys.argv[1], sys.argv[2])
 """
 
 _DROPPED_ENV = (
@@ -62,14 +71,15 @@ def child_env(code_root: Path, scratch: Path, cpu_only: bool) -> dict[str, str]:
 
 
 def rebuild(
-    code_root: Path, project: Path, logged_params: dict[str, str], until: str, cpu_only: bool
+    code_root: Path, project: Path, logged_params: dict[str, str], until: str, cpu_only: bool, brought: list[str]
 ) -> dict[str, Any]:
     """Run the stages in `project` (inside the checkout `code_root`); returns what the driver saw."""
     with tempfile.TemporaryDirectory(prefix="kontext-reproduce-") as tmp:
         scratch = Path(tmp)
-        (scratch / "job.json").write_text(json.dumps({"logged_params": logged_params, "until": until}))
+        job = {"logged_params": logged_params, "until": until, "brought": brought}
+        (scratch / "job.json").write_text(json.dumps(job))
         (scratch / "driver.py").write_text(DRIVER)
-        log_file = scratch / "rebuild.log"
+        log_file = code_root / ".kontext-reproduce.log"  # kept with a --workdir
         with log_file.open("w") as log:
             done = subprocess.run(
                 [sys.executable, str(scratch / "driver.py"), str(scratch / "job.json"), str(scratch / "result.json")],
@@ -80,5 +90,5 @@ def rebuild(
             )
         if done.returncode != 0:
             tail = [line for line in log_file.read_text().splitlines() if line.strip()][-1:] or ["no output"]
-            raise CannotReproduce(f"the rebuild at the recorded commit failed: {tail[0]}")
+            raise CannotReproduce(f"the rebuild at the recorded commit failed: {tail[0]} (log: {log_file})")
         return json.loads((scratch / "result.json").read_text())

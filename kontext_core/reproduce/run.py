@@ -19,7 +19,7 @@ import yaml
 from kontext_core.config import load_params
 from kontext_core.reproduce import checkout as co
 from kontext_core.reproduce.compare import compare_adapters
-from kontext_core.reproduce.diagnose import data_mismatches, environment_notes, library_mismatches, stage_mismatch
+from kontext_core.reproduce.diagnose import data_mismatches, environment_notes, input_mismatch, library_mismatches
 from kontext_core.reproduce.params import restore
 from kontext_core.reproduce.rebuild import rebuild
 from kontext_core.reproduce.record import CannotReproduce, Recorded, read_lineage, registered_adapter
@@ -83,25 +83,28 @@ def _rebuild_and_compare(recorded: Recorded, project: Path, root: Path) -> Verdi
         raise CannotReproduce(f"commit {recorded.commit[:12]} has no params.yaml in {here.relative_to(root)}")
     restored, overrides = restore(yaml.safe_load(params_path.read_text()) or {}, recorded.params)
     params_path.write_text(yaml.safe_dump(restored, sort_keys=False))
-    generated = [rel for spec in STAGES.values() if not spec.upstream for rel in spec.all_outs()]
+    # Stages that read nothing but params (init: the tiny model and the sample data) generate source
+    # data: brought over from the project when it has them, so the data the run used is checked.
+    sources = [s for s in STAGES.values() if not s.upstream and s.extra_inputs is None]
+    generated = [rel for spec in sources for rel in spec.all_outs()]
     co.bring_data(project, here, co.data_paths(restored, here, project, generated))
+    brought = [s.name for s in sources if all((project / rel).exists() for rel in s.all_outs())]
     log.info("rebuilding %s at %s in %s", recorded.uri, recorded.commit[:12], root)
     cpu_only = not recorded.tags.get(DEVICE_TAG, "cpu").startswith("cuda")
-    result = rebuild(root, here, recorded.params, UNTIL, cpu_only)
+    result = rebuild(root, here, recorded.params, UNTIL, cpu_only, brought)
     comparison = compare_adapters(registered, here / STAGES[UNTIL].products["adapter"])
     stages = STAGE_ORDER[: STAGE_ORDER.index(UNTIL) + 1]
-    stage_cause = stage_mismatch(recorded, here, project, stages)
     inputs = [f"params key {k} could not be restored as logged" for k in result["params_mismatch"] or []]
     inputs += data_mismatches(recorded, here)
-    if stage_cause and "base model" in stage_cause:
-        inputs.append(stage_cause)
+    if cause := input_mismatch(recorded, here, project, stages):
+        inputs.append(cause)
     libraries = [f"library versions: {m}" for m in library_mismatches(recorded)]
     notes = environment_notes(recorded)
-    if comparison.identical and not inputs and stage_cause is None:
+    if comparison.identical and not inputs:
         answer, reason = IDENTICAL, ""
         notes += libraries  # the bytes match even so
     else:
-        causes = inputs + libraries + ([stage_cause] if stage_cause else [])
+        causes = inputs + libraries
         answer = DIFFERENT
         reason = causes[0] if causes else "the rebuilt adapter differs although every recorded input matches"
         if comparison.identical:
