@@ -59,19 +59,25 @@ def reproduce(uri: str, params_file: Path, workdir: Path | None = None, tag: boo
     if (reason := refusal(recorded)) is not None:
         verdict = Verdict(CANNOT, reason, uri, recorded)
     else:
-        temp = None if workdir is not None else tempfile.TemporaryDirectory(prefix="kontext-reproduce-")
-        root = Path(workdir).resolve() if workdir is not None else Path(temp.name) / "checkout"  # type: ignore[union-attr]
-        try:
-            verdict = _rebuild_and_compare(recorded, project, root)
-        except CannotReproduce as exc:
-            verdict = Verdict(CANNOT, str(exc), uri, recorded)
-        finally:
-            if temp is not None:
-                co.remove_worktree(project, root)
-                temp.cleanup()
+        verdict = _in_checkout(recorded, project, workdir)
     if tag:
         record(verdict, client)
     return verdict
+
+
+def _in_checkout(recorded: Recorded, project: Path, workdir: Path | None) -> Verdict:
+    """Rebuild in `workdir` (kept) or in a temp worktree removed afterwards."""
+    try:
+        if workdir is not None:
+            return _rebuild_and_compare(recorded, project, Path(workdir).resolve())
+        with tempfile.TemporaryDirectory(prefix="kontext-reproduce-") as tmp:
+            root = Path(tmp) / "checkout"
+            try:
+                return _rebuild_and_compare(recorded, project, root)
+            finally:
+                co.remove_worktree(project, root)
+    except CannotReproduce as exc:
+        return Verdict(CANNOT, str(exc), recorded.uri, recorded)
 
 
 def _rebuild_and_compare(recorded: Recorded, project: Path, root: Path) -> Verdict:

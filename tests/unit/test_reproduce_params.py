@@ -46,3 +46,12 @@ def test_refusals_name_their_reason():
     dirty = refusal(_recorded(**{"git.dirty": "true", "git.changes": "M params.yaml"}))
     assert dirty == f"trained from a dirty tree at {'a' * 12} (M params.yaml); uncommitted changes are not recorded"
     assert "no git commit" in refusal(Recorded("u", "run", {"git.commit": "unknown"}, {}))
+
+
+def test_a_gpu_trained_version_is_refused_on_a_cpu_machine():
+    import torch
+
+    if torch.cuda.is_available():
+        return  # on a GPU machine the rebuild is attempted
+    reason = refusal(_recorded(**{"kontext.device": "cuda (NVIDIA H200)"}))
+    assert reason == "trained on cuda (NVIDIA H200); this machine has no GPU, and CPU kernels give other numbers"
