@@ -216,11 +216,11 @@ def serve(params: Path = ParamsOption) -> None:
     _setup_logging()
     from prefect import serve as prefect_serve
 
-    from flows.deployments import build_deployment
+    from flows.deployments import build_deployment, build_reproduce_deployment
 
     with _one_line_failures():
         deployment = build_deployment(params)
-    prefect_serve(deployment)
+    prefect_serve(deployment, build_reproduce_deployment(params))
 
 
 @app.command("edit")
@@ -249,6 +249,26 @@ def edit(
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(str(path))
+
+
+@app.command("reproduce")
+def reproduce_cmd(
+    model_uri: str = typer.Argument(..., help="models:/name@alias, models:/name/N or runs:/RUN_ID"),
+    workdir: Path | None = typer.Option(None, "--workdir", help="check out here (kept) instead of a temp dir"),
+    params: Path = ParamsOption,
+) -> None:
+    """Rebuild a registered adapter from its lineage: identical, different, or cannot reproduce."""
+    _setup_logging()
+    from kontext_core.reproduce import IDENTICAL, reproduce
+
+    try:
+        verdict = reproduce(model_uri, params, workdir)
+    except ConfigError as exc:
+        _fail(str(exc))
+    for line in verdict.lines():
+        typer.echo(line)
+    # Scripts and CI can branch on it: 0 identical, 1 different or cannot reproduce.
+    raise typer.Exit(0 if verdict.answer == IDENTICAL else 1)
 
 
 @app.command("dvc-yaml")

@@ -10,6 +10,7 @@ from pathlib import Path
 import mlflow
 
 from kontext_core.config import Params
+from kontext_core.tracking.environment import environment_tags
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,8 @@ def start_run(params: Params, workdir: Path, run_name: str | None = None) -> str
     experiment_id = configure(params, workdir)
     client = mlflow.MlflowClient()
     tags = {**git_info(workdir), **prefect_info(), "kontext.orchestrator": "prefect" if prefect_info() else "cli"}
+    # Library versions, device and changed files: what `kontext reproduce` checks against.
+    tags.update(environment_tags(workdir))
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     return run.info.run_id
 

@@ -35,3 +35,17 @@ def test_stage_tasks_retry_everything_but_config_errors():
     assert not _retry_unless_config_error(None, None, Failed(data=ConfigError("params: bad key")))
     assert _retry_unless_config_error(None, None, Failed(data=OSError("disk hiccup")))
     assert _retry_unless_config_error(None, None, Completed(data={"ok": 1}))
+
+
+def test_reproduce_deployment_takes_the_model_uri_from_the_ui(tmp_path):
+    from flows.deployments import build_reproduce_deployment
+
+    params_file = make_project(tmp_path)
+    deployment = build_reproduce_deployment(params_file)
+    assert deployment.name == "kontext-reproduce" and not deployment.schedules
+    assert deployment.parameters == {"params_file": str(Path(params_file).resolve())}
+    properties = deployment._parameter_openapi_schema.properties
+    assert properties["model_uri"]["default"] == "models:/kontext-lora@champion"
+    project = yaml.safe_load((ROOT / "infra/prefect.yaml").read_text())
+    entries = {d["name"]: d for d in project["deployments"]}
+    assert entries["kontext-reproduce"]["entrypoint"] == "flows/reproduce_flow.py:kontext_reproduce"

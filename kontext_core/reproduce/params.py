@@ -1,0 +1,52 @@
+"""Rebuild a params.yaml from the flattened params MLflow logged (run-time overrides included).
+
+MLflow holds `str(value)` per dotted key (kontext_core.tracking.lineage.flat_params). The commit's
+params.yaml gives the structure and the type hints; every logged key is written back into it. The
+rebuilt file is checked afterwards by the commit's own code (round trip, in the rebuild driver).
+"""
+
+from __future__ import annotations
+
+import ast
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Override:
+    """A key whose logged value differs from the commit's params.yaml (set at run time)."""
+
+    key: str
+    in_file: str
+    logged: str
+
+
+def parse_logged(text: str, hint: Any) -> Any:
+    """The value `str(value)` was made from; a string stays a string where the file had one."""
+    if isinstance(hint, str) and not text.startswith(("[", "{")):
+        return text  # a key that takes a string or a list ("all" or [suffixes]) may hold either
+    try:
+        value = ast.literal_eval(text)  # None, True, numbers, lists, {} as Python's str() wrote them
+    except (ValueError, SyntaxError):
+        return text
+    return value if not isinstance(hint, str) or isinstance(value, (list, dict)) else text
+
+
+def restore(file_params: dict[str, Any], logged: dict[str, str]) -> tuple[dict[str, Any], list[Override]]:
+    restored = copy.deepcopy(file_params)
+    overrides = []
+    for key in sorted(logged):
+        node = restored
+        *parents, leaf = key.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        hint = node.get(leaf)
+        value = parse_logged(logged[key], hint)
+        # Equal values, not equal text: the schema may have coerced the file's 16 to 16.0.
+        if leaf in node and not isinstance(hint, dict) and value != hint:
+            overrides.append(Override(key, str(hint), logged[key]))
+        node[leaf] = value
+    return restored, overrides
