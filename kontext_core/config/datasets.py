@@ -171,7 +171,7 @@ class DatasetEntry(Strict):
         keys = super().not_applicable_set()
         keys += [k for k, v in self.simpletuner_extras.items() if not harmless(k, v)]
         # The metadata backend this pipeline uses anyway is no news.
-        natural = {"local": "discovery", "huggingface": "huggingface"}[self.type]
+        natural = {"local": "discovery", "huggingface": "huggingface"}.get(self.type)
         return [k for k in keys if not (k == "metadata_backend" and self.metadata_backend == natural)]
 
     def with_defaults(self, params: Params) -> DatasetEntry:

@@ -71,7 +71,7 @@ SPEC = StageSpec(
     stage_cache_vae,
     params_keys=["pretrained_model_name_or_path", "revision"],
     # Generated references are opened through the pair table's paths into degrade's output.
-    reads=["pair.pairs", "degrade.references"],
+    reads=["pair.pairs", "degrade.references", "fetch.digests"],
     outs=[],
     products={"index": VAE_INDEX, "latents": VAE_LATENTS},
     extra_inputs=model_inputs,

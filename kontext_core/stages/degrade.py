@@ -44,7 +44,7 @@ SPEC = StageSpec(
     "degrade",
     stage_degrade,
     params_keys=["seed"],
-    reads=["pair.pairs"],
+    reads=["pair.pairs", "fetch.digests"],
     outs=[DEGRADE_DIR],
     products={"references": DEGRADE_DIR},
     persist=[DEGRADE_CACHE_DIR],

@@ -15,6 +15,9 @@ log = logging.getLogger(__name__)
 
 RECORDS_DIR = "data/fetch"
 RECORDS_FILE = f"{RECORDS_DIR}/records.json"
+# The datasets' content identities: stages that decode pixels read them, so an image edited in place
+# (same name, same size, so the same records and pairs) still re-runs them.
+DIGESTS_FILE = f"{RECORDS_DIR}/digests.json"
 SCAN_CACHE_DIR = "cache/scan"
 DATASET_HASH_DIR = "cache/hashes/datasets"
 
@@ -56,6 +59,7 @@ def stage_fetch(ctx: StageContext) -> None:
         recs, probs = backend_for(entry).records(entry, ctx.workdir, scan_cache)
         for rec in recs:
             rec.image = backend_for(entry).stored_ref(rec.image, ctx.to_stored)
+            rec.source = backend_for(entry).stored_ref(rec.source, ctx.to_stored)
         records[entry.id] = [r.to_dict() for r in recs]
         problems += [p.to_dict() for p in probs]
         log.info("fetch %s: %d records, %d problems", entry.id, len(recs), len(probs))
@@ -64,6 +68,7 @@ def stage_fetch(ctx: StageContext) -> None:
         if stale.stem not in records:
             stale.unlink()
     write_json(out / "records.json", {"records": records, "problems": problems})
+    write_json(out / "digests.json", dataset_inputs(ctx.params, ctx.workdir))
     ctx.info["records"] = {k: len(v) for k, v in records.items()}
     ctx.info["problems"] = len(problems)
 
@@ -76,7 +81,7 @@ SPEC = StageSpec(
     # The demo's datasets are init's sample data; a user's own folders are extra inputs.
     reads=["init.samples"],
     outs=[RECORDS_DIR],
-    products={"records": RECORDS_FILE},
+    products={"records": RECORDS_FILE, "digests": DIGESTS_FILE},
     extra_inputs=dataset_inputs,
     persist=[SCAN_CACHE_DIR],
 )

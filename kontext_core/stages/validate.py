@@ -70,7 +70,7 @@ SPEC = StageSpec(
     "validate",
     stage_validate,
     params_keys=VALIDATION_KEYS,
-    reads=["train.adapter", "train.run", "quantize.model", "pair.pairs", "degrade.references"],
+    reads=["train.adapter", "train.run", "quantize.model", "pair.pairs", "degrade.references", "fetch.digests"],
     outs=[VALIDATE_DIR],
     products={
         "metrics": VALIDATE_METRICS,

@@ -58,7 +58,11 @@ def test_a_third_dataset_backend_runs_through_the_data_stages(built_project, tmp
 
 def test_an_unregistered_backend_is_named_with_the_allowed_ones(built_project, tmp_path):
     params_file = _copy_project(built_project, tmp_path / "p")
-    (tmp_path / "p/config/toy.json").write_text(json.dumps([{"id": "edits", "type": "toy"}]))
+    datasets = [
+        {"id": "edits", "type": "toy", "instance_prompt": "edits", "conditioning_data": ["refs"]},
+        {"id": "refs", "type": "toy", "instance_prompt": "refs", "dataset_type": "conditioning"},
+    ]
+    (tmp_path / "p/config/toy.json").write_text(json.dumps(datasets))
     write_params(params_file, data_backend_config="config/toy.json", eval_dataset_id=None)
     with pytest.raises(Exception, match=r"type = 'toy': unknown backend; allowed: local, huggingface"):
         run_stage("fetch", params_file)
@@ -79,3 +83,24 @@ def test_a_third_adapter_kind_trains_validates_and_registers(built_project, tmp_
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'p/mlflow.db'}")
     version = client.get_model_version(registration["model_name"], registration["version"])
     assert version.tags["kontext.adapter_format"] == "toy-bias"
+
+
+def test_an_image_edited_in_place_re_runs_the_stages_that_read_pixels(built_project, tmp_path):
+    """Same name, same size: the records and the pair table do not change, but the pixels do."""
+    from PIL import Image
+
+    params_file = _copy_project(built_project, tmp_path / "p")
+    for name in ("fetch", "pair", "degrade", "cache_vae"):
+        assert run_stage(name, params_file)["skipped"], name  # the copy is up to date
+    index_before = json.loads((tmp_path / "p/cache/vae/index.json").read_text())
+    image = sorted((tmp_path / "p/data/samples/pairs/edited").glob("*.png"))[0]
+    with Image.open(image) as img:
+        pixels = img.convert("RGB")
+    pixels.putpixel((0, 0), tuple(255 - c for c in pixels.getpixel((0, 0))))
+    pixels.save(image)
+    assert not run_stage("fetch", params_file)["skipped"]
+    run_stage("pair", params_file)
+    assert not run_stage("cache_vae", params_file)["skipped"]
+    index_after = json.loads((tmp_path / "p/cache/vae/index.json").read_text())
+    changed = [pair for pair in index_before if index_before[pair] != index_after[pair]]
+    assert len(changed) == 1  # only the edited image was encoded again (content-addressed)
