@@ -49,9 +49,21 @@ class MlflowSection(_Strict):
 class RegistrySection(_Strict):
     model_name: str = "kontext-lora"
     champion_alias: str = "champion"
-    # The validation metric that decides whether a new version takes the champion alias.
-    metric: str = "psnr"
-    greater_is_better: bool = True
+    # The validation metric that decides whether a new version takes the champion alias:
+    # eval_loss (lower is better), psnr or ssim (higher is better).
+    metric: Literal["eval_loss", "psnr", "ssim"] = "eval_loss"
+    # null: the metric's own direction (kontext_core.validate.metrics); a value that contradicts it is an error.
+    greater_is_better: bool | None = None
+
+    @model_validator(mode="after")
+    def _direction(self) -> RegistrySection:
+        natural = self.metric != "eval_loss"
+        if self.greater_is_better is not None and self.greater_is_better != natural:
+            raise ValueError(
+                f"greater_is_better = {self.greater_is_better} contradicts metric {self.metric!r} "
+                f"({'higher' if natural else 'lower'} is better); leave it null"
+            )
+        return self
 
 
 class PrefectSection(_Strict):
@@ -152,6 +164,8 @@ class Params(_Strict):
     validation_resolution: str = "1024x1024"
     validation_num_inference_steps: int = Field(28, ge=1)
     validation_seed: int = 0
+    # SimpleTuner's eval loss: how many fixed timesteps (evenly spread) each eval pair is scored at.
+    eval_timesteps: int = Field(28, ge=1)
     conditioning_multidataset_sampling: Literal["random", "combined"] = "random"
     eval_dataset_id: str | None = None
     offload_during_startup: bool = False

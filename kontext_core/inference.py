@@ -6,6 +6,7 @@ import logging
 import math
 from pathlib import Path
 
+import mlflow
 import torch
 from diffusers import FluxKontextPipeline
 
@@ -21,18 +22,32 @@ MAX_AREA = 1024 * 1024
 def resolve_adapter(model: str, params: Params | None, workdir: Path) -> tuple[str, str | None]:
     """(adapter path, base model recorded with it) for a models:/ or runs:/ URI or a local path."""
     if model.startswith(("models:/", "runs:/")):
-        import mlflow
-
         if params is not None:
             from kontext_core.tracking.runs import tracking_uri, use_store
 
             use_store(tracking_uri(params, workdir))
-        loaded = mlflow.diffusers.load_model(model)
-        return loaded.adapter_path, loaded.base_model
+        return registered_adapter(model, workdir)
     path = Path(model)
     if not path.exists():
         raise FileNotFoundError(f"--model {model}: no such adapter file or folder (or use a models:/ URI)")
     return str(path), None
+
+
+def registered_adapter(model: str, workdir: Path) -> tuple[str, str | None]:
+    """Download a registered version's adapter; its base resolved from the portable record."""
+    import tempfile
+
+    from kontext_core.tracking.pyfunc_model import resolve_base_model
+    from kontext_core.tracking.registry import download_adapter
+
+    dest = Path(tempfile.mkdtemp(prefix="kontext-adapter-"))
+    adapter = download_adapter(model, dest)
+    root = adapter
+    while not (root / "MLmodel").exists() and root != dest:
+        root = root.parent
+    config = mlflow.models.Model.load(str(root)).flavors["python_function"].get("model_config") or {}
+    base = config.get("base_model")
+    return str(adapter), resolve_base_model(base, str(workdir))[0] if base else None
 
 
 def load_adapter(pipe: FluxKontextPipeline, adapter: Path) -> str:

@@ -588,72 +588,47 @@ def stage_train(ctx: StageContext) -> None:
 
 
 def stage_validate(ctx: StageContext) -> None:
-    """Edit the eval pairs with the trained adapter (live, on the training-precision base)."""
-    import mlflow
-
-    from kontext_core.model.adapters import attach_saved_adapter
-    from kontext_core.model.load import load_pipeline, place_pipeline, training_device
+    """Score the base and the adapter on the eval pairs: eval loss, PSNR, SSIM, grids (kontext_core.validate)."""
     from kontext_core.tracking import runs
-    from kontext_core.validate.grids import make_grid
-    from kontext_core.validate.run import evaluate, grid_name
+    from kontext_core.validate.validation import log_validation, run_validation
 
     p = ctx.params
-    pairs = _read_json(ctx.path("data/pair/pairs.json"))
-    eval_pairs = [x for x in pairs if x["split"] == "eval"] or [x for x in pairs if x["split"] == "train"][:2]
-    transformer = _base_transformer(ctx)
-    pipe = place_pipeline(load_pipeline(p, ctx.workdir, transformer=transformer), p, training_device())
-    load = ctx.open_image
-    base_results = evaluate(pipe, eval_pairs, load, p)
-    attach_saved_adapter(pipe.transformer, ctx.path("models/adapter"), p)
-    results = evaluate(pipe, eval_pairs, load, p)
     out = ctx.out("artifacts/validate")
-    grids = out / "grids"
-    grids.mkdir(parents=True, exist_ok=True)
-    for base, res in zip(base_results, results, strict=True):
-        grid = make_grid(
-            [("reference", res.reference), ("base", base.output), ("lora", res.output), ("target", res.target)]
-        )
-        grid.save(grids / grid_name(res.pair_id))
-    metrics = {
-        "psnr": sum(r.psnr for r in results) / len(results),
-        "psnr_base": sum(r.psnr for r in base_results) / len(base_results),
-        "eval_pairs": len(results),
-    }
-    write_json(ctx.out(VALIDATE_METRICS), metrics)
-    write_json(out / "per_pair.json", [{"pair_id": r.pair_id, "caption": r.caption, "psnr": r.psnr} for r in results])
+    adapter = ctx.path("models/adapter")
+    metrics = run_validation(
+        p, ctx.workdir, _base_transformer(ctx), adapter, out, ctx.out(VALIDATE_METRICS), ctx.open_image
+    )
     run_id = runs.current_run_id(p, ctx.workdir, ctx.path("artifacts/train/mlflow_run.json"))
-    client = mlflow.MlflowClient()
-    client.log_metric(run_id, "val/psnr", metrics["psnr"])
-    client.log_metric(run_id, "val/psnr_base", metrics["psnr_base"])
-    client.log_artifacts(run_id, str(grids), artifact_path="validation/grids")
+    log_validation(run_id, metrics, out / "grids")
     ctx.tag_run(run_id)
-    ctx.info.update({"run_id": run_id, **metrics})
+    ctx.info.update({"run_id": run_id, **{k: v for k, v in metrics.items() if "_t0" not in k}})
 
 
 def stage_register(ctx: StageContext) -> None:
-    """Log the adapter with the mlflow.diffusers flavour, register it, move the champion alias."""
-    from kontext_core.model.source import resolve_model_source
+    """Log the adapter as a pyfunc edit model, register it, and move the champion alias only when it
+    beats the champion scored on the same eval set (kontext_core.tracking.promotion)."""
     from kontext_core.tracking import runs
-    from kontext_core.tracking.registry import register_adapter
+    from kontext_core.tracking.promotion import register_version
 
     p = ctx.params
     metrics = _read_json(ctx.path(VALIDATE_METRICS))
-    if p.registry.metric not in metrics:
-        raise ConfigError(
-            f"registry.metric = {p.registry.metric!r}: not a validation metric; allowed: {', '.join(sorted(metrics))}"
-        )
     run_id = runs.current_run_id(p, ctx.workdir, ctx.path("artifacts/train/mlflow_run.json"))
-    registration = register_adapter(
-        p, run_id, ctx.path("models/adapter"), resolve_model_source(p, ctx.workdir), metrics[p.registry.metric]
+    registration = register_version(
+        p,
+        ctx.workdir,
+        run_id,
+        ctx.path("models/adapter"),
+        ctx.path("artifacts/validate"),
+        metrics,
+        lambda: _base_transformer(ctx),
+        ctx.open_image,
     )
-    write_json(ctx.out("artifacts/register") / "registration.json", registration.__dict__ | {"run_id": run_id})
+    write_json(ctx.out("artifacts/register") / "registration.json", registration.to_dict() | {"run_id": run_id})
     ctx.tag_run(run_id)
     if not os.environ.get(runs.RUN_ID_ENV):
         # Run stage by stage (DVC): nothing else closes the run that train opened.
-        import mlflow
-
-        mlflow.MlflowClient().set_terminated(run_id, status="FINISHED")
-    ctx.info.update(registration.__dict__)
+        runs.end_run(run_id, ctx.workdir, "FINISHED")
+    ctx.info.update(registration.to_dict())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -706,6 +681,9 @@ _VALIDATION_KEYS = [
     "validation_resolution",
     "validation_num_inference_steps",
     "validation_seed",
+    "eval_timesteps",
+    "flux_guidance_value",
+    "conditioning_multidataset_sampling",
 ]
 
 STAGES: dict[str, StageSpec] = {
@@ -827,7 +805,14 @@ STAGES: dict[str, StageSpec] = {
             _VALIDATION_KEYS,
             ["train", "pair", "degrade"],
             ["artifacts/validate"],
-            ["kontext_core.validate.run", "kontext_core.validate.metrics", "kontext_core.validate.grids"],
+            [
+                "kontext_core.validate.run",
+                "kontext_core.validate.metrics",
+                "kontext_core.validate.grids",
+                "kontext_core.validate.eval_loss",
+                "kontext_core.validate.score",
+                "kontext_core.validate.validation",
+            ],
             extra_inputs=_model_inputs,
             metrics=[VALIDATE_METRICS],
         ),
@@ -837,7 +822,14 @@ STAGES: dict[str, StageSpec] = {
             ["registry", "mlflow.experiment_name"],
             ["train", "validate"],
             ["artifacts/register"],
-            ["kontext_core.tracking.registry"],
+            [
+                "kontext_core.tracking.registry",
+                "kontext_core.tracking.promotion",
+                "kontext_core.tracking.model_log",
+                "kontext_core.tracking.pyfunc_model",
+                "kontext_core.tracking.lineage",
+                "kontext_core.model.export",
+            ],
         ),
     ]
 }

@@ -64,7 +64,11 @@ def git_info(workdir: Path) -> dict[str, str]:
 
     commit = git("rev-parse", "HEAD")
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    return {"git.commit": commit or "unknown", "git.dirty": str(dirty).lower()}
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    info = {"git.commit": commit or "unknown", "git.dirty": str(dirty).lower()}
+    if branch and branch != "HEAD":
+        info["git.branch"] = branch
+    return info
 
 
 def prefect_info() -> dict[str, str]:
@@ -81,12 +85,39 @@ def prefect_info() -> dict[str, str]:
 
 
 def start_run(params: Params, workdir: Path, run_name: str | None = None) -> str:
-    """Start a new pipeline run with lineage tags; returns its id (the run is left open)."""
+    """Start a new pipeline run with lineage tags; returns its id (the run is left open).
+
+    A new pipeline run supersedes any earlier one of this project that nothing closed (its process
+    was killed): those are ended FAILED first, so no run stays RUNNING forever.
+    """
+    from kontext_core.tracking.lineage import source_tags
+    from kontext_core.tracking.open_runs import fail_abandoned, remember
+
     experiment_id = configure(params, workdir)
     client = mlflow.MlflowClient()
-    tags = {**git_info(workdir), **prefect_info(), "kontext.orchestrator": "prefect" if prefect_info() else "cli"}
+    fail_abandoned(client, workdir)
+    orchestrator = "prefect" if prefect_info() else "cli"
+    entry_point = "flows/train_flow.py:kontext_train" if orchestrator == "prefect" else "kontext stage"
+    tags = {
+        **git_info(workdir),
+        **source_tags(workdir, entry_point),
+        **prefect_info(),
+        "kontext.orchestrator": orchestrator,
+    }
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    remember(workdir, run.info.run_id)
     return run.info.run_id
+
+
+def end_run(run_id: str, workdir: Path, status: str, reason: str | None = None) -> None:
+    """End a pipeline run (FINISHED or FAILED, with the reason as a tag) and forget it as open."""
+    from kontext_core.tracking.open_runs import forget
+
+    client = mlflow.MlflowClient()
+    if reason:
+        client.set_tag(run_id, "kontext.failure", reason[:5000])
+    client.set_terminated(run_id, status=status)
+    forget(workdir, run_id)
 
 
 def current_run_id(params: Params, workdir: Path, fallback_file: Path | None = None) -> str:
