@@ -141,7 +141,7 @@ def register_adapter(
     info = log_model()
     version = str(info.registered_model_version)
     challenger = float(metrics[metric])
-    became, reason = decide(params, challenger, champion, current.version if current else None)
+    became, reason = decide(params, challenger, champion, str(current.version) if current else None)
     if became:
         client.set_registered_model_alias(name, alias, version)
         log.info("version %s of %s is now @%s: %s", version, name, alias, reason)
@@ -156,7 +156,7 @@ def register_adapter(
         champion_metric=champion,
         metric=metric,
         challenger_score=challenger,
-        champion_version=current.version if current else None,
+        champion_version=str(current.version) if current else None,
         champion_rescored=rescored,
         decision="promoted" if became else "kept champion",
         reason=reason,

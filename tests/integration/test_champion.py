@@ -100,7 +100,7 @@ def test_trained_adapter_beats_the_base_by_eval_loss_and_is_promoted(scenario):
     assert {"psnr", "psnr_base", "ssim", "ssim_base"} <= metrics.keys()
     assert good["became_champion"] and good["metric"] == "eval_loss" and good["decision"] == "promoted"
     client = _client(scenario["project"])
-    assert client.get_model_version_by_alias(NAME, "champion").version == good["version"]
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == good["version"]
     history = client.get_metric_history(good["run_id"], "val/eval_loss_by_timestep")
     assert sorted(m.step for m in history) == [round((i + 0.5) / 8 * 1000) for i in range(8)]
 
@@ -111,7 +111,7 @@ def test_a_worse_challenger_is_scored_kept_out_and_says_why(scenario):
     assert worse["challenger_score"] > worse["champion_metric"] == pytest.approx(good["challenger_score"])
     assert not worse["champion_rescored"]  # same eval set: the stored score is reused
     client = _client(scenario["project"])
-    assert client.get_model_version_by_alias(NAME, "champion").version == good["version"]
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == good["version"]
     version = client.get_model_version(NAME, worse["version"])
     assert version.tags["kontext.decision"] == "kept champion"
     assert "does not beat @champion" in version.tags["kontext.decision_reason"]
