@@ -112,3 +112,20 @@ def test_a_run_left_running_is_failed_by_the_next_one(tmp_path, mlflow_db):
     assert fail_abandoned(client, tmp_path) == [killed]
     assert client.get_run(killed).info.status == "FAILED"
     assert listed(tmp_path) == []
+
+
+def test_a_stage_that_raises_under_kontext_stage_ends_its_run_failed(tmp_path, mlflow_db):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from tests.conftest import make_project
+
+    params = make_project(tmp_path / "p", mlflow_db=mlflow_db)
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlflow_db}")
+    open_run = client.create_run(client.create_experiment("y")).info.run_id
+    remember(tmp_path / "p", open_run)
+    # fetch needs init's sample data: it raises, as a crashing stage under DVC would.
+    result = CliRunner().invoke(app, ["stage", "fetch", "--params", str(params)])
+    assert result.exit_code != 0
+    run = client.get_run(open_run)
+    assert run.info.status == "FAILED" and "stage fetch" in run.data.tags["kontext.failure"]
