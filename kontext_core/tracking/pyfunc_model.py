@@ -83,7 +83,7 @@ class KontextEditModel(mlflow.pyfunc.PythonModel):
         self.defaults = {**DEFAULT_PARAMS, **config.get("defaults", {})}
 
     # No annotation on model_input: MLflow would read one as a schema; the signature is given explicitly.
-    def predict(self, context, model_input, params: dict[str, Any] | None = None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params: dict[str, Any] | None = None):
         import pandas as pd
         import torch
 
