@@ -76,6 +76,8 @@ def _log(params: Params, base: dict, artifacts: dict, example: Any, code: str) -
         artifacts=artifacts,
         model_config={
             "base_model": base,
+            # Declared (empty) so that `load_model(..., model_config={"base_model_root": DIR})` may set it.
+            "base_model_root": None,
             "defaults": {
                 "num_inference_steps": params.validation_num_inference_steps,
                 "guidance_scale": params.validation_guidance,
