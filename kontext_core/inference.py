@@ -37,6 +37,8 @@ def registered_adapter(model: str, workdir: Path) -> tuple[str, str | None]:
     """Download a registered version's adapter; its base resolved from the portable record."""
     import tempfile
 
+    from mlflow.models.model import MODEL_CONFIG
+
     from kontext_core.tracking.pyfunc_model import resolve_base_model
     from kontext_core.tracking.registry import download_adapter
 
@@ -45,7 +47,7 @@ def registered_adapter(model: str, workdir: Path) -> tuple[str, str | None]:
     root = adapter
     while not (root / "MLmodel").exists() and root != dest:
         root = root.parent
-    config = mlflow.models.Model.load(str(root)).flavors["python_function"].get("model_config") or {}
+    config = mlflow.models.Model.load(str(root)).flavors["python_function"].get(MODEL_CONFIG) or {}
     base = config.get("base_model")
     return str(adapter), resolve_base_model(base, str(workdir))[0] if base else None
 

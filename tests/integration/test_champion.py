@@ -172,7 +172,7 @@ def test_champion_pyfunc_predicts_an_edit_from_its_input_example(scenario, monke
     assert np.array_equal(np.asarray(edited.convert("RGB"), dtype=int), stock)
     assert np.abs(stock - base).sum() > 0
     # The base is recorded relative to the project (MLflow's own artifact_path is the store's URI).
-    config = model.metadata.flavors["python_function"]["model_config"]
+    config = model.model_config
     assert config["base_model"] == {"path": "models/tiny-kontext", "root": "project"}
 
 
