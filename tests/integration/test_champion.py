@@ -174,6 +174,10 @@ def test_champion_pyfunc_predicts_an_edit_from_its_input_example(scenario, monke
     # The base is recorded relative to the project (MLflow's own artifact_path is the store's URI).
     config = model.model_config
     assert config["base_model"] == {"path": "models/tiny-kontext", "root": "project"}
+    # `kontext edit` resolves the same record against the project it is given.
+    from kontext_core.inference import registered_adapter
+
+    assert registered_adapter(f"models:/{NAME}@champion", project)[1] == str(project / "models/tiny-kontext")
 
 
 def test_registered_version_records_lineage_and_carries_both_adapter_files(scenario):
