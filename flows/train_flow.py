@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from kontext_core.config import Params, load_params
-from kontext_core.stages import STAGE_ORDER, fingerprint, outputs_intact, read_manifest
+from kontext_core.stages import STAGE_ORDER, fingerprint, outputs_intact
 from kontext_core.tracking import runs
 from kontext_core.tracking.lineage import lineage_tags, log_params
 from tasks.stage_tasks import STAGE_TASKS
@@ -49,8 +50,8 @@ def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) 
     # All cached: no new MLflow run; the result names the run that produced the outputs.
     reused = _all_up_to_date(params, project)
     if reused:
-        register = read_manifest(project, "register") or {}
-        run_id = register.get("info", {}).get("run_id", "")
+        # registration.json names the run the registered outputs were logged to.
+        run_id = json.loads((project / "artifacts/register/registration.json").read_text())["run_id"]
         logger.info("every stage is up to date: no new MLflow run (the outputs come from run %s)", run_id)
     else:
         run_id = runs.start_run(params, project, run_name=flow_run.name)
