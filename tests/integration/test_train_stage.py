@@ -129,9 +129,11 @@ def test_training_learns_the_colour_inversion(pairs_project, tmp_path, mlflow_te
     )
     assert train["loss_last"] < 0.95 * train["loss_first"]
     assert after < 0.85 * before  # on held-out pairs, same noise and sigmas
-    # The random VAE caps PSNR: the adapter must close at least a quarter of the gap the untrained model leaves.
+    # The validate stage's own eval loss (its fixed timesteps and noise) sees the same improvement.
+    assert val["eval_loss"] < 0.85 * val["eval_loss_base"]
+    # Validation now edits at the pair's 64 px training bucket: there the random VAE caps PSNR at ~11.0 dB and
+    # 4-step edits move it by hundredths (10.895 -> 10.902); it is reported, no longer the judge (issue 13).
     assert val["psnr_base"] < ceiling
-    assert val["psnr"] > val["psnr_base"] + (ceiling - val["psnr_base"]) / 4
 
 
 @pytest.mark.slow
