@@ -171,7 +171,14 @@ def stage(
     if name not in STAGES:
         _fail(f"stage: unknown stage {name!r}; allowed: {', '.join(STAGES)}")
     with _one_line_failures():
-        manifest = run_stage(name, params, force=force)
+        try:
+            manifest = run_stage(name, params, force=force)
+        except BaseException as exc:
+            # The pipeline run this stage logged into must not stay RUNNING (DVC runs one process per stage).
+            from kontext_core.tracking.open_runs import fail_open
+
+            fail_open(params.resolve().parent, f"stage {name}: {type(exc).__name__}: {exc}", params)
+            raise
     typer.echo(f"{name}: {'up to date' if manifest['skipped'] else 'done'} ({manifest['fingerprint'][:12]})")
 
 
@@ -197,6 +204,8 @@ def run(
     typer.echo(f"stages run: {', '.join(ran) or 'none (all up to date)'}")
     typer.echo(f"MLflow run: {result['mlflow_run_id']}")
     typer.echo(f"registered model: {result['model_uri']}")
+    if result.get("reason"):
+        typer.echo(f"decision: {result['decision']}: {result['reason']}")
     if result["alias_uri"]:
         typer.echo(f"champion: {result['alias_uri']}")
     from flows.summary import run_summary
@@ -269,6 +278,40 @@ def reproduce_cmd(
         typer.echo(line)
     # Scripts and CI can branch on it: 0 identical, 1 different or cannot reproduce.
     raise typer.Exit(0 if verdict.answer == IDENTICAL else 1)
+
+
+@app.command("export")
+def export(
+    model: str = typer.Option(..., "--model", help="adapter folder or file, or a models:/ or runs:/ URI"),
+    fmt: str = typer.Option("kohya", "--format", help="kohya: the layout ComfyUI and most UIs read (alpha included)"),
+    out: Path = typer.Option(Path("kontext_lora_kohya.safetensors"), "--out"),
+    params: Path = ParamsOption,
+) -> None:
+    """Write an adapter in another tool's layout."""
+    _setup_logging()
+    import tempfile
+
+    from kontext_core.model.export import export_kohya
+
+    if fmt != "kohya":
+        _fail(f"export: unknown format {fmt!r}; allowed: kohya")
+    try:
+        if model.startswith(("models:/", "runs:/")):
+            from kontext_core.config import load_params
+            from kontext_core.tracking.registry import download_adapter
+            from kontext_core.tracking.runs import tracking_uri, use_store
+
+            if params.exists():
+                use_store(tracking_uri(load_params(params), params.resolve().parent))
+            with tempfile.TemporaryDirectory(prefix="kontext-export-") as tmp:
+                path = export_kohya(download_adapter(model, Path(tmp)), out)
+        else:
+            if not Path(model).exists():
+                _fail(f"--model {model}: no such adapter file or folder (or use a models:/ URI)")
+            path = export_kohya(Path(model), out)
+    except (ConfigError, FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+    typer.echo(str(path))
 
 
 @app.command("dvc-yaml")

@@ -17,7 +17,9 @@ def run_summary(params: Params, workdir: Path) -> list[str]:
     metric = params.registry.metric
     lines = [f"val/psnr base {metrics['psnr_base']:.2f}, lora {metrics['psnr']:.2f} (dB against the targets)"]
     if metric != "psnr" and metric in metrics:
-        lines.append(f"val/{metric} {metrics[metric]:.4f}")
+        base = metrics.get(f"{metric}_base")
+        both = f"base {base:.4f}, lora {metrics[metric]:.4f}" if base is not None else f"{metrics[metric]:.4f}"
+        lines.append(f"val/{metric} {both}")
     alias = params.registry.champion_alias
     score = f"val/{metric} {metrics[metric]:.4f}" if metric in metrics else f"val/{metric}"
     previous = registration.get("champion_metric")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -10,11 +11,19 @@ import mlflow
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from kontext_core.config import load_params
+from kontext_core.config import Params, load_params
 from kontext_core.stages import STAGE_ORDER, fingerprint, outputs_intact
 from kontext_core.tracking import runs
 from kontext_core.tracking.lineage import lineage_tags, log_params
 from tasks.stage_tasks import STAGE_TASKS
+
+
+def _all_up_to_date(params: Params, project: Path) -> bool:
+    """Whether every stage would be a no-op (then the flow opens no MLflow run: nothing would go in it)."""
+    try:
+        return all(outputs_intact(n, project, fingerprint(n, params, project)[0]) for n in STAGE_ORDER)
+    except Exception:  # a config or missing-input error: the stage loop reports it properly
+        return False
 
 
 # No log_prints: the stages log through `logging`, and Prefect's print hook defeats libraries that
@@ -38,13 +47,22 @@ def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) 
     os.environ["KONTEXT_PREFECT_FLOW_RUN_NAME"] = str(flow_run.name)
     if flow_run.ui_url:
         os.environ["KONTEXT_PREFECT_FLOW_RUN_URL"] = str(flow_run.ui_url)
-    run_id = runs.start_run(params, project, run_name=flow_run.name)
-    os.environ[runs.RUN_ID_ENV] = run_id
+    # All cached: no new MLflow run; the result names the run that produced the outputs.
+    reused = _all_up_to_date(params, project)
+    if reused:
+        # registration.json names the run the registered outputs were logged to.
+        run_id = json.loads((project / "artifacts/register/registration.json").read_text())["run_id"]
+        logger.info("every stage is up to date: no new MLflow run (the outputs come from run %s)", run_id)
+    else:
+        run_id = runs.start_run(params, project, run_name=flow_run.name)
+        os.environ[runs.RUN_ID_ENV] = run_id
     client = mlflow.MlflowClient()
     status = "FAILED"
+    failure: str | None = None
     manifests: dict[str, dict[str, Any]] = {}
     try:
-        log_params(client, run_id, params)
+        if not reused:
+            log_params(client, run_id, params)
         for name in STAGE_ORDER:
             # Taken once: the task's cache key and the stage's up-to-date check both use it.
             fp = fingerprint(name, params, project)
@@ -61,22 +79,31 @@ def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) 
             manifests[name] = manifest
             logger.info("stage %s: %s", name, "skipped (up to date)" if manifest["skipped"] else "ran")
         skipped = [n for n, m in manifests.items() if m.get("skipped")]
-        tags = lineage_tags(project)
-        tags["kontext.stages_run"] = ",".join(n for n in STAGE_ORDER if n not in skipped) or "none"
-        tags["kontext.adapter_run_id"] = manifests["train"]["info"].get("run_id", "")
-        runs.set_tags(run_id, tags)
+        if not reused:
+            tags = lineage_tags(project)
+            tags["kontext.stages_run"] = ",".join(n for n in STAGE_ORDER if n not in skipped) or "none"
+            tags["kontext.adapter_run_id"] = manifests["train"]["info"].get("run_id", "")
+            runs.set_tags(run_id, tags)
         status = "FINISHED"
+    except BaseException as exc:
+        failure = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
-        client.set_terminated(run_id, status=status)
+        if not reused:
+            runs.end_run(run_id, project, status, failure)
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
     registration = manifests["register"]["info"]
-    logger.info("registered %s (champion: %s)", registration["model_uri"], registration["alias_uri"])
+    if not manifests["register"].get("skipped"):
+        logger.info("registered %s: %s", registration["model_uri"], registration.get("reason", ""))
     return {
         "mlflow_run_id": run_id,
+        "mlflow_run_reused": reused,
+        "decision": registration.get("decision"),
+        "reason": registration.get("reason"),
         "model_uri": registration["model_uri"],
         "alias_uri": registration["alias_uri"],
         "stages": {n: ("skipped" if m.get("skipped") else "ran") for n, m in manifests.items()},

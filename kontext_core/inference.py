@@ -3,51 +3,52 @@
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 
+import mlflow
 import torch
 from diffusers import FluxKontextPipeline
 
 from kontext_core.config import Params
 from kontext_core.data.images import open_rgb
 from kontext_core.fsutil import atomic_path
+from kontext_core.model.edit import MAX_AREA, load_adapter, output_size  # noqa: F401  (the edit API)
 
 log = logging.getLogger(__name__)
 
-MAX_AREA = 1024 * 1024
 
 
 def resolve_adapter(model: str, params: Params | None, workdir: Path) -> tuple[str, str | None]:
     """(adapter path, base model recorded with it) for a models:/ or runs:/ URI or a local path."""
     if model.startswith(("models:/", "runs:/")):
-        import mlflow
-
         if params is not None:
             from kontext_core.tracking.runs import tracking_uri, use_store
 
             use_store(tracking_uri(params, workdir))
-        loaded = mlflow.diffusers.load_model(model)
-        return loaded.adapter_path, loaded.base_model
+        return registered_adapter(model, workdir)
     path = Path(model)
     if not path.exists():
         raise FileNotFoundError(f"--model {model}: no such adapter file or folder (or use a models:/ URI)")
     return str(path), None
 
 
-def load_adapter(pipe: FluxKontextPipeline, adapter: Path) -> str:
-    """Apply a saved adapter (a folder or a file) to a pipeline; returns its kind's `lora_type`."""
-    from kontext_core.model.adapter_kinds import detect
+def registered_adapter(model: str, workdir: Path) -> tuple[str, str | None]:
+    """Download a registered version's adapter; its base resolved from the portable record."""
+    import tempfile
 
-    kind, weights = detect(Path(adapter))
-    kind.load_for_inference(pipe, weights)
-    return kind.lora_type
+    from mlflow.models.model import MODEL_CONFIG
 
+    from kontext_core.tracking.pyfunc_model import resolve_base_model
+    from kontext_core.tracking.registry import download_adapter
 
-def output_size(width: int, height: int, max_area: int = MAX_AREA) -> tuple[int, int]:
-    """The input's size, scaled down to `max_area` if larger, edges floored to multiples of 16."""
-    scale = min(1.0, math.sqrt(max_area / (width * height)))
-    return max(16, int(width * scale) // 16 * 16), max(16, int(height * scale) // 16 * 16)
+    dest = Path(tempfile.mkdtemp(prefix="kontext-adapter-"))
+    adapter = download_adapter(model, dest)
+    root = adapter
+    while not (root / "MLmodel").exists() and root != dest:
+        root = root.parent
+    config = mlflow.models.Model.load(str(root)).flavors["python_function"].get(MODEL_CONFIG) or {}
+    base = config.get("base_model")
+    return str(adapter), resolve_base_model(base, str(workdir))[0] if base else None
 
 
 def run_edit(

@@ -39,12 +39,27 @@ def publish_artifacts(name: str, workdir: Path, manifest: dict[str, Any]) -> Non
         )
     elif name == "validate":
         per_pair = json.loads(_product(workdir, "validate.per_pair").read_text())
-        create_table_artifact(per_pair, key="kontext-validation", description="PSNR against the edit targets")
+        create_table_artifact(
+            per_pair,
+            key="kontext-validation",
+            description="eval loss (adapter and base), PSNR and SSIM against the edit targets",
+        )
     elif name == "register":
         info = manifest["info"]
+        champion = info.get("champion_version")
         create_markdown_artifact(
             f"# Registered\n\n`{info['model_uri']}`"
             + (f" is now `{info['alias_uri']}`" if info["became_champion"] else " (champion kept)")
-            + "\n",
+            + f"\n\n**Decision:** {info.get('decision', '')}: {info.get('reason', '')}\n\n"
+            + f"| | version | {info.get('metric', '')} |\n|---|---|---|\n"
+            + f"| challenger | {info['version']} | {info.get('challenger_score')} |\n"
+            + (
+                f"| champion | {champion} | {info.get('champion_metric')}"
+                + (" (re-scored on this eval set)" if info.get("champion_rescored") else "")
+                + " |\n"
+                if champion
+                else ""
+            )
+            + f"\neval set fingerprint: `{info.get('eval_fingerprint', '')}`\n",
             key="kontext-registered-model",
         )

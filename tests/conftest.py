@@ -23,6 +23,7 @@ os.environ.pop("MLFLOW_TRACKING_URI", None)
 # Small enough for CI's two cores; the stages and geometry are the same as the demo's.
 FAST = {
     "max_train_steps": 6,
+    "eval_timesteps": 4,
     "validation_num_inference_steps": 2,
     "sample_data": {"seed": 0, "count": 4, "size": 64},
     # A few pretraining steps run the init stage's training code; the demo's counts take a minute.

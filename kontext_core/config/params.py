@@ -26,9 +26,25 @@ class MlflowSection(Strict):
 class RegistrySection(Strict):
     model_name: str = "kontext-lora"
     champion_alias: str = "champion"
-    # The validation metric that decides whether a new version takes the champion alias.
-    metric: str = "psnr"
-    greater_is_better: bool = True
+    # The validation metric that decides whether a new version takes the champion alias:
+    # eval_loss (lower is better), psnr or ssim (higher is better).
+    metric: Literal["eval_loss", "psnr", "ssim"] = "eval_loss"
+    # null: the metric's own direction (kontext_core.validate.metrics); a value that contradicts it is an error.
+    greater_is_better: bool | None = None
+
+    @property
+    def higher_is_better(self) -> bool:
+        """The direction that decides promotion: explicit, else the metric's own."""
+        return self.greater_is_better if self.greater_is_better is not None else self.metric != "eval_loss"
+
+    def rule_problems(self) -> list[str]:
+        natural = self.metric != "eval_loss"
+        if self.greater_is_better is not None and self.greater_is_better != natural:
+            return [
+                f"registry.greater_is_better = {self.greater_is_better} contradicts metric {self.metric!r} "
+                f"({'higher' if natural else 'lower'} is better); leave it null"
+            ]
+        return []
 
 
 class PrefectSection(Strict):
@@ -161,6 +177,8 @@ class Params(Strict):
     validation_resolution: str = "1024x1024"
     validation_num_inference_steps: int = Field(28, ge=1)
     validation_seed: int = 0
+    # SimpleTuner's eval loss: how many fixed timesteps (evenly spread) each eval pair is scored at.
+    eval_timesteps: int = Field(28, ge=1)
     # Validation during training every this many steps (SimpleTuner's validation_steps), on at most
     # num_eval_images eval pairs; the validate stage after training scores every eval pair.
     validation_step_interval: int | None = Field(None, ge=1)

@@ -1,10 +1,9 @@
-"""register: the adapter logged with the mlflow.diffusers flavour, registered, the alias moved."""
+"""register: the adapter logged as a pyfunc edit model, registered, the alias moved on a fair win."""
 
 from __future__ import annotations
 
 import os
 
-from kontext_core.config import ConfigError
 from kontext_core.fsutil import write_json
 from kontext_core.stages.engine import StageContext, StageSpec
 
@@ -12,37 +11,50 @@ REGISTER_DIR = "artifacts/register"
 
 
 def stage_register(ctx: StageContext) -> None:
-    """Log the adapter with the mlflow.diffusers flavour, register it, move the champion alias."""
-    from kontext_core.model.source import resolve_model_source
+    """Log the adapter as a pyfunc edit model, register it, and move the champion alias only when it
+    beats the champion scored on the same eval set (kontext_core.validate.promotion)."""
+    from kontext_core.data.sources import open_ref
+    from kontext_core.model.base import frozen_base_transformer
     from kontext_core.tracking import runs
     from kontext_core.tracking.lineage import tag_stage_run
-    from kontext_core.tracking.registry import register_adapter
+    from kontext_core.validate.promotion import register_version
 
     p = ctx.params
     metrics = ctx.read_json("validate.metrics")
-    if p.registry.metric not in metrics:
-        raise ConfigError(
-            f"registry.metric = {p.registry.metric!r}: not a validation metric; allowed: {', '.join(sorted(metrics))}"
-        )
     run_id = runs.current_run_id(p, ctx.workdir, ctx.input("train.run"))
-    registration = register_adapter(
-        p, run_id, ctx.input("train.adapter"), resolve_model_source(p, ctx.workdir), metrics[p.registry.metric]
+    registration = register_version(
+        p,
+        ctx.workdir,
+        run_id,
+        ctx.input("train.adapter"),
+        ctx.input("validate.eval_set").parent,
+        metrics,
+        lambda: frozen_base_transformer(p, ctx.workdir, ctx.input("quantize.model")),
+        lambda ref: open_ref(ref, ctx.workdir),
     )
-    write_json(ctx.out(REGISTER_DIR) / "registration.json", registration.__dict__ | {"run_id": run_id})
+    write_json(ctx.out(REGISTER_DIR) / "registration.json", registration.to_dict() | {"run_id": run_id})
     tag_stage_run(run_id, ctx.workdir, ctx.name, ctx.fingerprint)
     if not os.environ.get(runs.RUN_ID_ENV):
         # Run stage by stage (DVC): nothing else closes the run that train opened.
-        import mlflow
-
-        mlflow.MlflowClient().set_terminated(run_id, status="FINISHED")
-    ctx.info.update(registration.__dict__)
+        runs.end_run(run_id, ctx.workdir, "FINISHED")
+    ctx.info.update(registration.to_dict())
 
 
 SPEC = StageSpec(
     "register",
     stage_register,
     params_keys=["registry", "mlflow.experiment_name"],
-    reads=["train.adapter", "train.run", "validate.metrics"],
+    # Re-scoring a champion on this eval set needs the base, the pairs and the caches validate read.
+    reads=[
+        "train.adapter",
+        "train.run",
+        "validate.metrics",
+        "validate.eval_set",
+        "quantize.model",
+        "pair.pairs",
+        "cache_vae.index",
+        "cache_text.index",
+    ],
     outs=[REGISTER_DIR],
     products={"registration": f"{REGISTER_DIR}/registration.json"},
 )

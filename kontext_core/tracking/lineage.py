@@ -63,3 +63,80 @@ def tag_stage_run(run_id: str, workdir: Path, stage: str, fingerprint: str) -> N
     from kontext_core.tracking.runs import set_tags
 
     set_tags(run_id, {**lineage_tags(workdir), f"kontext.fingerprint.{stage}": fingerprint})
+
+
+def dataset_digests(workdir: Path) -> dict[str, tuple[str, str]]:
+    """dataset id -> (digest, source) from fetch's manifest: the hashes its fingerprint used."""
+    path = Path(workdir) / MANIFEST_DIR / "fetch.json"
+    if not path.exists():
+        return {}
+    out = {}
+    for key, value in json.loads(path.read_text())["inputs"].items():
+        if not key.startswith("dataset:"):
+            continue
+        if isinstance(value, str):
+            out[key.removeprefix("dataset:")] = (value, "local")
+        else:
+            # A hub id: its digest is that of what it names (id, split, revision).
+            from kontext_core.fsutil import sha256_json
+
+            out[key.removeprefix("dataset:")] = (sha256_json(value), json.dumps(value, sort_keys=True))
+    return out
+
+
+def log_dataset_inputs(client: mlflow.MlflowClient, run_id: str, workdir: Path, eval_dataset_id: str | None) -> None:
+    """Each dataset as an MLflow dataset input (context train or eval) with its content digest.
+
+    MLflow's digest column holds 36 characters: it gets the digest's head, the full SHA-256 is in
+    the dataset's profile and in the `kontext.data.*` run tags.
+    """
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    existing = {d.dataset.name for d in client.get_run(run_id).inputs.dataset_inputs}
+    inputs = []
+    for dataset_id, (digest, source) in sorted(dataset_digests(workdir).items()):
+        if dataset_id in existing:
+            continue
+        dataset = Dataset(
+            name=dataset_id,
+            digest=digest[:36],
+            source_type="local" if source == "local" else "hugging_face",
+            source=json.dumps({"dataset_id": dataset_id, "source": source}),
+            profile=json.dumps({"sha256": digest}),
+        )
+        context = "eval" if dataset_id == eval_dataset_id else "train"
+        inputs.append(DatasetInput(dataset, tags=[InputTag("mlflow.data.context", context)]))
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
+
+
+def log_run_files(client: mlflow.MlflowClient, run_id: str, workdir: Path, params: Params) -> None:
+    """The resolved params, the pre-flight report and the loss plot (CSV and PNG) as run artifacts."""
+    import tempfile
+
+    import yaml
+
+    from kontext_core.tracking.loss_plot import render_loss_plot
+
+    workdir = Path(workdir)
+    with tempfile.TemporaryDirectory(prefix="kontext-run-files-") as tmp:
+        resolved = Path(tmp) / "params.resolved.yaml"
+        resolved.write_text(yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False))
+        client.log_artifact(run_id, str(resolved), artifact_path="config")
+        for name in ("report.md", "report.json"):
+            if (workdir / "data/pair" / name).exists():
+                client.log_artifact(run_id, str(workdir / "data/pair" / name), artifact_path="preflight")
+        csv = workdir / "artifacts/plots/train_loss.csv"
+        if csv.exists():
+            client.log_artifact(run_id, str(csv), artifact_path="plots")
+            png = Path(tmp) / "train_loss.png"
+            render_loss_plot(csv, png)
+            client.log_artifact(run_id, str(png), artifact_path="plots")
+
+
+def dvc_tags(workdir: Path) -> dict[str, str]:
+    """The DVC lock's hash when the project is a DVC pipeline (what `dvc repro` had recorded so far)."""
+    from kontext_core.fsutil import sha256_file
+
+    lock = Path(workdir) / "dvc.lock"
+    return {"kontext.dvc.lock_sha256": sha256_file(lock)} if lock.exists() else {}

@@ -11,35 +11,11 @@ import mlflow
 
 from kontext_core.config import Params
 from kontext_core.tracking.environment import environment_tags
+from kontext_core.tracking.store import tracking_uri, use_store
 
 log = logging.getLogger(__name__)
 
 RUN_ID_ENV = "KONTEXT_MLFLOW_RUN_ID"
-
-
-def tracking_uri(params: Params, workdir: Path) -> str:
-    """MLFLOW_TRACKING_URI wins; a relative SQLite path is made relative to the project."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or params.mlflow.tracking_uri
-    prefix = "sqlite:///"
-    if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
-        uri = prefix + str((workdir / uri[len(prefix) :]).resolve())
-    return uri
-
-
-def use_store(uri: str) -> None:
-    """Point this process's mlflow client at `uri` without exporting it.
-
-    `mlflow.set_tracking_uri` also writes MLFLOW_TRACKING_URI into the environment, which would
-    then override the next project's params.yaml in the same process; the variable is restored.
-    """
-    saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 def configure(params: Params, workdir: Path) -> str:
@@ -65,7 +41,11 @@ def git_info(workdir: Path) -> dict[str, str]:
 
     commit = git("rev-parse", "HEAD")
     dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
-    return {"git.commit": commit or "unknown", "git.dirty": str(dirty).lower()}
+    branch = git("rev-parse", "--abbrev-ref", "HEAD")
+    info = {"git.commit": commit or "unknown", "git.dirty": str(dirty).lower()}
+    if branch and branch != "HEAD":
+        info["git.branch"] = branch
+    return info
 
 
 def prefect_info() -> dict[str, str]:
@@ -82,14 +62,40 @@ def prefect_info() -> dict[str, str]:
 
 
 def start_run(params: Params, workdir: Path, run_name: str | None = None) -> str:
-    """Start a new pipeline run with lineage tags; returns its id (the run is left open)."""
+    """Start a new pipeline run with lineage tags; returns its id (the run is left open).
+
+    A new pipeline run supersedes any earlier one of this project that nothing closed (its process
+    was killed): those are ended FAILED first, so no run stays RUNNING forever.
+    """
+    from kontext_core.tracking.open_runs import fail_abandoned, remember
+
     experiment_id = configure(params, workdir)
     client = mlflow.MlflowClient()
-    tags = {**git_info(workdir), **prefect_info(), "kontext.orchestrator": "prefect" if prefect_info() else "cli"}
+    fail_abandoned(client, workdir)
+    orchestrator = "prefect" if prefect_info() else "cli"
+    entry_point = "flows/train_flow.py:kontext_train" if orchestrator == "prefect" else "kontext stage"
+    tags = {
+        **git_info(workdir),
+        **source_tags(workdir, entry_point),
+        **prefect_info(),
+        "kontext.orchestrator": orchestrator,
+    }
     # Library versions, device and changed files: what `kontext reproduce` checks against.
     tags.update(environment_tags(workdir))
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    remember(workdir, run.info.run_id)
     return run.info.run_id
+
+
+def end_run(run_id: str, workdir: Path, status: str, reason: str | None = None) -> None:
+    """End a pipeline run (FINISHED or FAILED, with the reason as a tag) and forget it as open."""
+    from kontext_core.tracking.open_runs import forget
+
+    client = mlflow.MlflowClient()
+    if reason:
+        client.set_tag(run_id, "kontext.failure", reason[:5000])
+    client.set_terminated(run_id, status=status)
+    forget(workdir, run_id)
 
 
 def current_run_id(params: Params, workdir: Path, fallback_file: Path | None = None) -> str:
@@ -108,3 +114,20 @@ def set_tags(run_id: str, tags: dict[str, str]) -> None:
     client = mlflow.MlflowClient()
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
+
+
+def source_tags(workdir: Path, entry_point: str) -> dict[str, str]:
+    """MLflow's own lineage tags (`mlflow.source.*`, `mlflow.user`), which its UI shows on every run."""
+    import getpass
+
+    git = git_info(workdir)
+    tags = {"mlflow.source.name": entry_point, "mlflow.source.type": "LOCAL"}
+    if git["git.commit"] != "unknown":
+        tags["mlflow.source.git.commit"] = git["git.commit"]
+    if git.get("git.branch"):
+        tags["mlflow.source.git.branch"] = git["git.branch"]
+    try:
+        tags["mlflow.user"] = getpass.getuser()
+    except (KeyError, OSError):
+        pass
+    return tags

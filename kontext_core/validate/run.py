@@ -1,4 +1,10 @@
-"""Run `FluxKontextPipeline` on the eval pairs and score the outputs against the targets."""
+"""Run `FluxKontextPipeline` on the eval pairs and score the outputs against the targets.
+
+Each eval pair is shown to the pipeline the way training shows it to the transformer: the target's
+own crop plan and bucket set the output size, a strict reference is cropped with that plan, a
+loose one with its own plan at its own size, and under `combined` sampling every reference is shown
+(placed side by side in one image, which is how training lays several references out in latent space).
+"""
 
 from __future__ import annotations
 
@@ -11,8 +17,8 @@ from diffusers import FluxKontextPipeline
 from PIL import Image
 
 from kontext_core.config import Params
-from kontext_core.data.buckets import resize_and_crop
-from kontext_core.validate.metrics import psnr
+from kontext_core.data.buckets import RESAMPLE, apply_crop, resize_and_crop
+from kontext_core.validate.metrics import psnr, ssim
 
 
 @dataclass
@@ -23,6 +29,7 @@ class EvalResult:
     output: Image.Image
     target: Image.Image
     psnr: float
+    ssim: float
 
 
 def edit_image(
@@ -53,26 +60,63 @@ def edit_image(
     return result.images[0]
 
 
+def _cropped(load: Callable[[str], Image.Image], item: dict) -> Image.Image:
+    plan = item.get("crop")
+    image = load(item["image"] if "image" in item else item["target"])
+    return apply_crop(image, plan) if plan else resize_and_crop(image, tuple(item["size"]))
+
+
+def side_by_side(images: list[Image.Image]) -> Image.Image:
+    """References in one image, left to right (taller ones scaled to the first one's height)."""
+    if len(images) == 1:
+        return images[0]
+    height = images[0].height
+    scaled = [
+        im if im.height == height else im.resize((round(im.width * height / im.height), height), RESAMPLE)
+        for im in images
+    ]
+    # Edges stay multiples of 16 (VAE 8 x 2x2 packing): references on the bucket grid already are.
+    canvas = Image.new("RGB", (sum(im.width for im in scaled), height))
+    x = 0
+    for im in scaled:
+        canvas.paste(im.convert("RGB"), (x, 0))
+        x += im.width
+    return canvas
+
+
+def conditioned_inputs(
+    pair: dict, load: Callable[[str], Image.Image], sampling: str
+) -> tuple[Image.Image, Image.Image, str]:
+    """(reference image, target image, caption) of an eval pair, cropped by the pair table's plans."""
+    target = _cropped(load, {"target": pair["target"], "crop": pair.get("crop"), "size": pair["size"]})
+    refs = pair["references"] if sampling == "combined" else pair["references"][:1]
+    reference = side_by_side([_cropped(load, ref) for ref in refs])
+    caption = pair["caption"]
+    if sampling == "random" and len(pair["references"]) > 1 and refs[0].get("caption"):
+        caption = refs[0]["caption"]
+    return reference, target, caption
+
+
 def evaluate(
     pipe: FluxKontextPipeline,
     pairs: list[dict],
     load: Callable[[str], Image.Image],
     params: Params,
 ) -> list[EvalResult]:
-    width, height = params.validation_size
     results = []
     for index, pair in enumerate(pairs):
-        reference = resize_and_crop(load(pair["references"][0]["image"]), (width, height))
-        target = resize_and_crop(load(pair["target"]), (width, height))
-        output = edit_image(pipe, reference, pair["caption"], width, height, params, params.validation_seed + index)
+        reference, target, caption = conditioned_inputs(pair, load, params.conditioning_multidataset_sampling)
+        width, height = target.size
+        output = edit_image(pipe, reference, caption, width, height, params, params.validation_seed + index)
         results.append(
             EvalResult(
                 pair_id=pair["pair_id"],
-                caption=pair["caption"],
+                caption=caption,
                 reference=reference,
                 output=output,
                 target=target,
                 psnr=psnr(output, target),
+                ssim=ssim(output, target),
             )
         )
     return results

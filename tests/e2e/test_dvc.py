@@ -9,7 +9,14 @@ and a failed one.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import psutil
 import pytest
 
 from kontext_core.fsutil import sha256_tree
@@ -137,3 +144,52 @@ def test_a_failed_experiment_leaves_the_workspace_as_it_was(repo):
     assert porcelain(project) == ""
     assert sha256_tree(project / "models/adapter") == adapter
     assert "up to date" in ok(dvc(project, "status")).stdout.lower()
+
+
+def _stage_process(project: Path, stage: str) -> psutil.Process | None:
+    """The `kontext stage NAME` process that DVC started in `project`."""
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        cmdline = proc.info["cmdline"] or []
+        if "stage" in cmdline and stage in cmdline and proc.info["cwd"] == str(project):
+            return proc
+    return None
+
+
+# Last in the module: it leaves the shared repository with changed params.
+def test_a_killed_train_stage_leaves_no_running_mlflow_run_after_the_next_repro(repo):
+    import mlflow
+
+    project, _ = repo
+    write_params(project / "params.yaml", learning_rate=0.002, max_train_steps=400)
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    repro = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dvc"), "repro"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    open_runs = project / "artifacts/mlflow/open_runs.json"
+    deadline = time.monotonic() + 300
+    train = None
+    # Kill once the stage has opened its MLflow run (the run that would otherwise stay RUNNING).
+    while repro.poll() is None and time.monotonic() < deadline:
+        train = train or _stage_process(project, "train")
+        if train is not None and open_runs.exists() and json.loads(open_runs.read_text()):
+            break
+        time.sleep(0.05)
+    assert train is not None, "dvc repro did not start the train stage"
+    killed_run = json.loads(open_runs.read_text())[-1]
+    train.send_signal(signal.SIGKILL)
+    assert repro.wait(timeout=120) != 0
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    assert client.get_run(killed_run).info.status == "RUNNING"
+
+    write_params(project / "params.yaml", max_train_steps=6)
+    ok(dvc(project, "repro"))
+    killed = client.get_run(killed_run)
+    assert killed.info.status == "FAILED"
+    assert "abandoned" in killed.data.tags["kontext.failure"]
+    runs = client.search_runs([r.experiment_id for r in client.search_experiments()])
+    assert runs and not [r.info.run_id for r in runs if r.info.status == "RUNNING"]

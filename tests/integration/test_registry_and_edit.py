@@ -29,14 +29,26 @@ def _edit(pipe, image):
     )
 
 
-def test_champion_loads_with_stock_mlflow_and_changes_the_output(built_project, store):
-    loaded = mlflow.diffusers.load_model("models:/kontext-lora@champion")
-    pipe = loaded.load_pipeline(device="cpu")
+def test_champion_loads_with_stock_mlflow_and_changes_the_output(built_project, store, monkeypatch):
+    monkeypatch.chdir(built_project)  # the version names its base relative to the project
+    loaded = mlflow.pyfunc.load_model("models:/kontext-lora@champion")
+    pipe = loaded.unwrap_python_model().pipe
     assert isinstance(pipe, FluxKontextPipeline)
     base = FluxKontextPipeline.from_pretrained(built_project / "models/tiny-kontext")
     image = Image.open(next((built_project / "data/samples/pairs-eval/reference").glob("*.png"))).resize((64, 64))
     with_adapter, without = _edit(pipe, image), _edit(base, image)
     assert np.abs(with_adapter - without).sum() > 0
+
+
+def test_loading_without_the_base_model_says_what_to_do(built_project, store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("KONTEXT_BASE_MODEL_ROOT", raising=False)
+    with pytest.raises(FileNotFoundError, match="KONTEXT_BASE_MODEL_ROOT"):
+        mlflow.pyfunc.load_model("models:/kontext-lora@champion")
+    loaded = mlflow.pyfunc.load_model(
+        "models:/kontext-lora@champion", model_config={"base_model_root": str(built_project)}
+    )
+    assert isinstance(loaded.unwrap_python_model().pipe, FluxKontextPipeline)
 
 
 def test_stock_load_lora_weights_accepts_the_adapter_file(built_project):

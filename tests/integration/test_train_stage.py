@@ -58,13 +58,13 @@ def _losses(project: Path) -> list[float]:
     return [float(line.split(",")[1]) for line in lines]
 
 
-def _vae_ceiling(project: Path, size: int) -> float:
+def _vae_ceiling(project: Path) -> float:
     """PSNR of the tiny random VAE's own reconstruction of the eval targets: the best any edit can score."""
     from diffusers import AutoencoderKL
     from PIL import Image
 
     from kontext_core.cache.vae_cache import encode_image
-    from kontext_core.data.buckets import resize_and_crop
+    from kontext_core.data.buckets import apply_crop
     from kontext_core.data.images import open_rgb
     from kontext_core.validate.metrics import psnr
 
@@ -73,7 +73,8 @@ def _vae_ceiling(project: Path, size: int) -> float:
     for pair in json.loads((project / "data/pair/pairs.json").read_text()):
         if pair["split"] != "eval":
             continue
-        target = resize_and_crop(open_rgb(project / pair["target"]), (size, size))
+        # Validation scores each target cropped by its own plan, at its bucket size.
+        target = apply_crop(open_rgb(project / pair["target"]), pair["crop"])
         latents = encode_image(vae, target)[None] / vae.config.scaling_factor + vae.config.shift_factor
         with torch.no_grad():
             pixels = vae.decode(latents).sample[0].clamp(-1, 1)
@@ -120,7 +121,7 @@ def test_training_learns_the_colour_inversion(pairs_project, tmp_path, mlflow_te
     run_stage("validate", params)
     train = json.loads((project / "artifacts/metrics/train.json").read_text())
     val = json.loads((project / "artifacts/metrics/validate.json").read_text())
-    ceiling = _vae_ceiling(project, 32)
+    ceiling = _vae_ceiling(project)
     before, after = _fixed_noise_loss(project, trained=False), _fixed_noise_loss(project, trained=True)
     print(
         f"train loss {train['loss_first']:.4f} -> {train['loss_last']:.4f}; eval loss {before:.4f} -> {after:.4f}; "
@@ -128,9 +129,11 @@ def test_training_learns_the_colour_inversion(pairs_project, tmp_path, mlflow_te
     )
     assert train["loss_last"] < 0.95 * train["loss_first"]
     assert after < 0.85 * before  # on held-out pairs, same noise and sigmas
-    # The random VAE caps PSNR: the adapter must close at least a quarter of the gap the untrained model leaves.
+    # The validate stage's own eval loss (its fixed timesteps and noise) sees the same improvement.
+    assert val["eval_loss"] < 0.85 * val["eval_loss_base"]
+    # Validation now edits at the pair's 64 px training bucket: there the random VAE caps PSNR at ~11.0 dB and
+    # 4-step edits move it by hundredths (10.895 -> 10.902); it is reported, no longer the judge (issue 13).
     assert val["psnr_base"] < ceiling
-    assert val["psnr"] > val["psnr_base"] + (ceiling - val["psnr_base"]) / 4
 
 
 @pytest.mark.slow

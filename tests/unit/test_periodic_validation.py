@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from PIL import Image
 
-from kontext_core.model.adapters import add_adapter
+from kontext_core.model.adapter_kinds import add_adapter
 from kontext_core.train.loop import seed_everything, train_loop
 from kontext_core.validate.periodic import PeriodicValidation, validation_pairs
 from tests.unit.test_train_loop import _equal, _params, data  # noqa: F401 (fixture)

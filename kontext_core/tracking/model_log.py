@@ -1,0 +1,93 @@
+"""Log the adapter as the pyfunc edit model: signature, an input example from the eval set, files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from PIL import Image
+
+from kontext_core.config import Params
+from kontext_core.tracking.pyfunc_model import KontextEditModel, image_to_b64, portable_base_model, signature
+
+# Sizes of the input example: small, so the registry stays light and the example edits quickly.
+EXAMPLE_EDGE = 64
+
+
+def input_example(reference: Image.Image, caption: str) -> Any:
+    import pandas as pd
+
+    image = reference.convert("RGB")
+    if max(image.size) > EXAMPLE_EDGE:
+        scale = EXAMPLE_EDGE / max(image.size)
+        edge = lambda n: max(16, round(n * scale) // 16 * 16)  # noqa: E731
+        image = image.resize((edge(image.width), edge(image.height)))
+    return pd.DataFrame({"image": [image_to_b64(image)], "prompt": [caption]})
+
+
+def log_edit_model(
+    params: Params,
+    run_id: str,
+    adapter_dir: Path,
+    project: Path,
+    example: Any,
+    extra_files: dict[str, Path] | None = None,
+) -> Any:
+    """mlflow.pyfunc.log_model into `run_id`, registered under `registry.model_name`; returns ModelInfo."""
+    import os
+
+    import kontext_core
+    from kontext_core.tracking.pyfunc_model import ROOT_ENV
+
+    base = portable_base_model(params.pretrained_model_name_or_path, params.revision, project)
+    artifacts = {"adapter": str(adapter_dir), **{k: str(v) for k, v in (extra_files or {}).items()}}
+    # MLflow checks the input example by loading the model and predicting: it finds the base under
+    # the project through the variable (never written into the model).
+    saved = os.environ.get(ROOT_ENV)
+    os.environ[ROOT_ENV] = str(project)
+    try:
+        with mlflow.start_run(run_id=run_id):
+            return _log(params, base, artifacts, example, str(Path(kontext_core.__file__).parent))
+    finally:
+        if saved is None:
+            os.environ.pop(ROOT_ENV, None)
+        else:
+            os.environ[ROOT_ENV] = saved
+
+
+def requirements() -> list[str]:
+    """Pinned to what trained the adapter; given explicitly, since inferring them loads the model again."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in ("torch", "diffusers", "transformers", "peft", "safetensors", "pillow", "pandas", "lycoris-lora"):
+        try:
+            pins.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def _log(params: Params, base: dict, artifacts: dict, example: Any, code: str) -> Any:
+    return mlflow.pyfunc.log_model(
+        name="adapter",
+        python_model=KontextEditModel(),
+        artifacts=artifacts,
+        model_config={
+            "base_model": base,
+            # Declared (empty) so that `load_model(..., model_config={"base_model_root": DIR})` may set it.
+            "base_model_root": None,
+            "defaults": {
+                "num_inference_steps": params.validation_num_inference_steps,
+                "guidance_scale": params.validation_guidance,
+            },
+        },
+        signature=signature(),
+        input_example=(example, {"num_inference_steps": params.validation_num_inference_steps}),
+        registered_model_name=params.registry.model_name,
+        await_registration_for=60,
+        # kontext_core travels with the model: it loads where the package is not installed.
+        code_paths=[code],
+        pip_requirements=requirements(),
+    )

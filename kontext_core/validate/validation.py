@@ -1,0 +1,122 @@
+"""The validate stage's work: score the base and the adapter on the eval set, write grids and metrics.
+
+Outputs: `metrics_file` (flat numbers, also DVC metrics), `out_dir/per_pair.json`, `out_dir/grids/`,
+and `out_dir/eval_set.json`: the eval set's description and fingerprint, which registration uses
+to decide whether the champion's stored score came from the same exam.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from kontext_core.config import Params
+from kontext_core.fsutil import write_json
+from kontext_core.validate.eval_loss import EvalSet, load_eval_set
+from kontext_core.validate.grids import make_grid
+from kontext_core.validate.run import grid_name
+from kontext_core.validate.score import Scores, attach, score
+
+EVAL_SET_FILE = "eval_set.json"
+
+
+def eval_pairs(workdir: Path) -> list[dict]:
+    """The held-out pairs (`eval_dataset_id`), or the first two train pairs when none is held out."""
+    pairs = json.loads((Path(workdir) / "data/pair/pairs.json").read_text())
+    return [x for x in pairs if x["split"] == "eval"] or [x for x in pairs if x["split"] == "train"][:2]
+
+
+def eval_fingerprint(params: Params, eval_set: EvalSet) -> str:
+    """The exam: eval items and loss settings, plus what the image metrics depend on."""
+    return eval_set.fingerprint(
+        {
+            "base_model_precision": params.base_model_precision,
+            "validation_guidance": params.validation_guidance,
+            "validation_guidance_real": params.validation_guidance_real,
+            "validation_num_inference_steps": params.validation_num_inference_steps,
+            "conditioning_multidataset_sampling": params.conditioning_multidataset_sampling,
+        }
+    )
+
+
+def build_pipeline(params: Params, workdir: Path, transformer: torch.nn.Module):
+    from kontext_core.model.load import load_pipeline, place_pipeline, training_device
+
+    return place_pipeline(load_pipeline(params, workdir, transformer=transformer), params, training_device())
+
+
+def run_validation(
+    params: Params,
+    workdir: Path,
+    transformer: torch.nn.Module,
+    adapter_dir: Path,
+    out_dir: Path,
+    metrics_file: Path,
+    load: Callable[[str], Image.Image],
+) -> dict[str, Any]:
+    """Score base and adapter; returns the metrics written to `metrics_file`."""
+    from kontext_core.model.load import training_device
+
+    pairs = eval_pairs(workdir)
+    eval_set = load_eval_set(workdir, params, pairs)
+    pipe = build_pipeline(params, workdir, transformer)
+    device = training_device()
+    base = score(pipe, eval_set, pairs, load, params, device)
+    attach(pipe, adapter_dir, params)
+    adapter = score(pipe, eval_set, pairs, load, params, device)
+    write_grids(out_dir / "grids", base, adapter)
+    fingerprint = eval_fingerprint(params, eval_set)
+    metrics: dict[str, Any] = {**adapter.metrics(), **base.metrics("_base"), "eval_pairs": len(pairs)}
+    write_json(metrics_file, metrics)
+    write_json(out_dir / EVAL_SET_FILE, {"fingerprint": fingerprint, **eval_set.describe()})
+    write_json(
+        out_dir / "per_pair.json",
+        [
+            {
+                "pair_id": r.pair_id,
+                "caption": r.caption,
+                "eval_loss": adapter.eval_loss.per_pair.get(r.pair_id),
+                "eval_loss_base": base.eval_loss.per_pair.get(r.pair_id),
+                "psnr": r.psnr,
+                "ssim": r.ssim,
+            }
+            for r in adapter.images
+        ],
+    )
+    return {**metrics, "eval_fingerprint": fingerprint}
+
+
+def write_grids(grids: Path, base: Scores, adapter: Scores) -> None:
+    grids.mkdir(parents=True, exist_ok=True)
+    for b, res in zip(base.images, adapter.images, strict=True):
+        grid = make_grid(
+            [("reference", res.reference), ("base", b.output), ("lora", res.output), ("target", res.target)]
+        )
+        grid.save(grids / grid_name(res.pair_id))
+
+
+def log_validation(run_id: str, metrics: dict[str, Any], grids: Path) -> None:
+    """Metrics under `val/`, the loss by timestep as a curve (step = sigma x 1000), the grids."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    client = mlflow.MlflowClient()
+    now = int(time.time() * 1000)
+    batch = []
+    for key, value in metrics.items():
+        if not isinstance(value, int | float):
+            continue
+        head, _, tail = key.rpartition("_t")
+        if head.startswith("eval_loss") and tail.isdigit():
+            batch.append(Metric(f"val/{head}_by_timestep", float(value), now, int(tail)))
+        else:
+            batch.append(Metric(f"val/{key}", float(value), now, 0))
+    client.log_batch(run_id, metrics=batch)
+    client.set_tag(run_id, "kontext.eval_fingerprint", metrics["eval_fingerprint"])
+    client.log_artifacts(run_id, str(grids), artifact_path="validation/grids")
