@@ -9,7 +9,8 @@ from PIL import Image
 
 from kontext_core.config import DatasetEntry
 from kontext_core.data.backend import DatasetBackend
-from kontext_core.data.huggingface import REF_PREFIX, hf_ref_digest, hf_ref_size, huggingface_records, open_hf_ref
+from kontext_core.data.hf_refs import hf_ref_digest, hf_ref_size, open_hf_ref
+from kontext_core.data.huggingface import REF_PREFIX, huggingface_records
 from kontext_core.data.local import resolve
 from kontext_core.data.records import Problem, Record
 from kontext_core.data.scan import folder_digest

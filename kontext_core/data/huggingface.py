@@ -14,18 +14,15 @@ bytes decoded, and for a composite the panel `panel=i/n` cropped (panels of widt
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
-from PIL import Image
-
 from kontext_core.config import ConfigError, DatasetEntry, HuggingfaceOptions
 from kontext_core.data.captions import uses_only_instance_prompt, with_instance_prompt
-from kontext_core.data.images import ImageReadError, open_rgb, probe_header, probe_stream
+from kontext_core.data.images import ImageReadError, probe_header, probe_stream
 from kontext_core.data.records import COMPOSITE, MISSING_CAPTION, UNREADABLE, Problem, Record
 
 log = logging.getLogger(__name__)
@@ -156,47 +153,6 @@ def row_image(ref: HfRef, workdir: Path) -> bytes | Path:
     if not 0 <= ref.row < view.num_rows:
         raise ImageReadError(f"{ref}: row {ref.row} is out of range ({view.num_rows} rows)")
     return _encoded(view[ref.row].column(ref.column)[0].as_py(), str(ref))
-
-
-def _panel_box(width: int, height: int, panel: int, panels: int) -> tuple[int, int, int, int]:
-    panel_w = width // panels
-    return panel_w * panel, 0, panel_w * (panel + 1), height
-
-
-def open_hf_ref(ref: str, workdir: Path) -> Image.Image:
-    parsed = HfRef.parse(ref)
-    img = open_rgb(row_image(parsed, workdir), name=ref)
-    if parsed.panels > 1:
-        if img.width < parsed.panels:
-            raise ImageReadError(f"{ref}: composite width {img.width} is narrower than {parsed.panels}", COMPOSITE)
-        img = img.crop(_panel_box(img.width, img.height, parsed.panel, parsed.panels))
-    return img
-
-
-def hf_ref_digest(ref: str, workdir: Path) -> str:
-    """Hash of the row's encoded image and the panel: content-based, so equal across processes and copies."""
-    return _digest_cached(ref, str(Path(workdir).resolve()))
-
-
-# A stage asks for the same row's digest once per use (target, then reference of another pair...);
-# the dataset is immutable while a stage runs, so remember the answer for the process.
-@functools.lru_cache(maxsize=1 << 16)
-def _digest_cached(ref: str, workdir: str) -> str:
-    from kontext_core.fsutil import sha256_file
-
-    parsed = HfRef.parse(ref)
-    data = row_image(parsed, Path(workdir))
-    content = sha256_file(data) if isinstance(data, Path) else hashlib.sha256(data).hexdigest()
-    return hashlib.sha256(f"{content}|panel={parsed.panel}/{parsed.panels}".encode()).hexdigest()
-
-
-def hf_ref_size(ref: str, workdir: Path) -> tuple[int, int]:
-    parsed = HfRef.parse(ref)
-    try:
-        width, height = probe_header(row_image(parsed, workdir))
-    except ImageReadError as exc:
-        raise ImageReadError(f"{ref}: {exc}", exc.kind) from exc
-    return width // parsed.panels, height
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,8 +7,7 @@ from typing import Any
 
 from kontext_core.config import EMA_KEYS, TRAIN_VALIDATION_KEYS, Params
 from kontext_core.fsutil import write_json, write_text
-from kontext_core.model.adapter_kinds import kind_for
-from kontext_core.model.adapter_kinds import params_keys as adapter_params_keys
+from kontext_core.model.adapter_kinds import kind_for, params_keys
 from kontext_core.stages.engine import StageContext, StageSpec
 
 ADAPTER_DIR = "models/adapter"
@@ -22,7 +21,7 @@ LOSS_PLOT = "artifacts/plots/train_loss.csv"
 # a run is carried out, not its result), so resuming or checkpointing more often never retrains.
 TRAIN_KEYS = [
     "lora_type",
-    *adapter_params_keys(),
+    *params_keys(),
     "fuse_qkv_projections",
     "learning_rate",
     "optimizer",
@@ -64,11 +63,8 @@ def adapter_inputs(params: Params, workdir: Path) -> dict[str, Any]:
 
 
 def stage_train(ctx: StageContext) -> None:
-    """Train the adapter on the cached latents and embeddings; save it in its release format.
-
-    In process, or under `accelerate launch` when `accelerate.num_processes` > 1. Checkpoints go to
-    models/checkpoints/<fingerprint>/ (outside the staged outputs) so a crashed run can resume.
-    """
+    """Train the adapter on the cached latents and embeddings; save it in its release format. In process,
+    or under `accelerate launch` (`accelerate.num_processes` > 1); checkpoints (models/checkpoints/) resume."""
     import tempfile
 
     import mlflow

@@ -112,7 +112,9 @@ def test_digest_is_content_based_and_stable(stored):
     from_disk, _ = huggingface_records(_entry("saved"), stored)
     left, _ = huggingface_records(_entry("saved", select=0), stored)
     digest = ref_digest(from_parquet[0].image, stored)
-    for cached in (hf._open_cached, hf._image_view, hf._digest_cached):
+    from kontext_core.data import hf_refs
+
+    for cached in (hf._open_cached, hf._image_view, hf_refs._digest_cached):
         cached.cache_clear()
     assert ref_digest(from_parquet[0].image, stored) == digest  # reopened: same answer
     assert ref_digest(from_disk[0].image, stored) == digest  # same bytes stored another way
