@@ -12,18 +12,27 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from kontext_core.config import Params, load_params
-from kontext_core.stages import STAGE_ORDER, fingerprint, outputs_intact
+from kontext_core.stages import STAGE_ORDER, Fingerprint, fingerprint, outputs_intact
 from kontext_core.tracking import runs
 from kontext_core.tracking.lineage import lineage_tags, log_params
 from tasks.stage_tasks import STAGE_TASKS
 
 
-def _all_up_to_date(params: Params, project: Path) -> bool:
-    """Whether every stage would be a no-op (then the flow opens no MLflow run: nothing would go in it)."""
+def _leading_fingerprints(params: Params, project: Path) -> dict[str, Fingerprint]:
+    """Fingerprints of the stages in order, up to and including the first that is not up to date.
+
+    They stay valid until a stage runs (nothing upstream of them changes before), so the loop uses
+    them instead of taking them again; all of them up to date means the flow opens no MLflow run.
+    """
+    taken: dict[str, Fingerprint] = {}
     try:
-        return all(outputs_intact(n, project, fingerprint(n, params, project)[0]) for n in STAGE_ORDER)
+        for name in STAGE_ORDER:
+            taken[name] = fingerprint(name, params, project)
+            if not outputs_intact(name, project, taken[name].value):
+                break
     except Exception:  # a config or missing-input error: the stage loop reports it properly
-        return False
+        pass
+    return taken
 
 
 # No log_prints: the stages log through `logging`, and Prefect's print hook defeats libraries that
@@ -48,7 +57,10 @@ def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) 
     if flow_run.ui_url:
         os.environ["KONTEXT_PREFECT_FLOW_RUN_URL"] = str(flow_run.ui_url)
     # All cached: no new MLflow run; the result names the run that produced the outputs.
-    reused = _all_up_to_date(params, project)
+    leading = _leading_fingerprints(params, project)
+    reused = len(leading) == len(STAGE_ORDER) and outputs_intact(
+        STAGE_ORDER[-1], project, leading[STAGE_ORDER[-1]].value
+    )
     if reused:
         # registration.json names the run the registered outputs were logged to.
         run_id = json.loads((project / "artifacts/register/registration.json").read_text())["run_id"]
@@ -63,9 +75,10 @@ def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) 
     try:
         if not reused:
             log_params(client, run_id, params)
+        ran_any = False
         for name in STAGE_ORDER:
             # Taken once: the task's cache key and the stage's up-to-date check both use it.
-            fp = fingerprint(name, params, project)
+            fp = leading[name] if name in leading and not ran_any else fingerprint(name, params, project)
             # Prefect's cache only answers for outputs that still exist on disk.
             stage_task = STAGE_TASKS[name].with_options(
                 refresh_cache=not outputs_intact(name, project, fp.value),
@@ -77,6 +90,7 @@ def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) 
             manifest["skipped"] = bool(manifest.get("skipped")) or state.name == "Cached"
             manifest["prefect_state"] = state.name
             manifests[name] = manifest
+            ran_any = ran_any or not manifest["skipped"]
             logger.info("stage %s: %s", name, "skipped (up to date)" if manifest["skipped"] else "ran")
         skipped = [n for n, m in manifests.items() if m.get("skipped")]
         if not reused:

@@ -50,3 +50,10 @@ def restore(file_params: dict[str, Any], logged: dict[str, str]) -> tuple[dict[s
             overrides.append(Override(key, str(hint), logged[key]))
         node[leaf] = value
     return restored, overrides
+
+
+def pipeline_params(logged: dict[str, str]) -> dict[str, str]:
+    """The run's params that are pipeline settings; it also holds others (the logged model's config)."""
+    from kontext_core.config import Params
+
+    return {k: v for k, v in logged.items() if k.split(".")[0] in Params.model_fields}

@@ -57,7 +57,9 @@ def read_lineage(uri: str, client: mlflow.MlflowClient) -> Recorded:
         run = client.get_run(run_id)
     except MlflowException as exc:
         raise CannotReproduce(f"{uri}: not found in the registry ({exc.message})") from exc
-    return Recorded(uri, run_id, dict(run.data.tags), dict(run.data.params), name, version)
+    from kontext_core.reproduce.params import pipeline_params
+
+    return Recorded(uri, run_id, dict(run.data.tags), pipeline_params(dict(run.data.params)), name, version)
 
 
 def registered_adapter(recorded: Recorded) -> Path:
@@ -65,7 +67,11 @@ def registered_adapter(recorded: Recorded) -> Path:
     uri = recorded.uri
     if uri.startswith("runs:/") and uri.rstrip("/").count("/") == 1:
         uri = f"runs:/{recorded.run_id}/adapter"  # the name register_adapter logs under
+    import tempfile
+
+    from kontext_core.tracking.registry import download_adapter
+
     try:
-        return Path(mlflow.diffusers.load_model(uri).adapter_path)
+        return download_adapter(uri, Path(tempfile.mkdtemp(prefix="kontext-reproduce-adapter-")))
     except (MlflowException, OSError) as exc:
         raise CannotReproduce(f"the registered adapter of {recorded.uri} cannot be read: {exc}") from exc

@@ -73,7 +73,18 @@ def champion_version(client: mlflow.MlflowClient, params: Params) -> Any | None:
 
 def download_adapter(model_uri: str, dest: Path) -> Path:
     """The adapter folder inside a registered version's files (any layout this project has logged)."""
-    root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
+    import os
+
+    # MLflow's per-file progress bar would land in the command's own output (a verdict, an edit).
+    saved = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dest)))
+    finally:
+        if saved is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
     for name in ADAPTER_FILES:
         found = sorted(root.rglob(name))
         if found:

@@ -19,7 +19,8 @@ PAIRS = [
         "caption": "invert",
         "split": "eval",
         "target": f"t{i}",
-        "references": [{"image": f"r{i}"}],
+        "size": [32, 32],  # a pair table's bucket (no crop plan: centre crop to it)
+        "references": [{"image": f"r{i}", "size": [32, 32]}],
     }
     for i in range(3)
 ]
