@@ -39,9 +39,11 @@ def stage_validate(ctx: StageContext) -> None:
     def load(ref: str):
         return open_ref(ref, ctx.workdir)
 
-    base_results = evaluate(pipe, eval_pairs, load, p)
+    # One bar per pass over the eval pairs instead of the pipeline's own bar for every edit.
+    pipe.set_progress_bar_config(disable=True)
+    base_results = evaluate(pipe, eval_pairs, load, p, desc="validate base")
     attach_saved_adapter(pipe.transformer, ctx.input("train.adapter"), p)
-    results = evaluate(pipe, eval_pairs, load, p)
+    results = evaluate(pipe, eval_pairs, load, p, desc="validate lora")
     out = ctx.out(VALIDATE_DIR)
     grids = out / "grids"
     grids.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from PIL import Image
 
 from kontext_core.config import Params
 from kontext_core.data.buckets import resize_and_crop
+from kontext_core.progress import track
 from kontext_core.validate.metrics import psnr
 
 
@@ -58,10 +59,11 @@ def evaluate(
     pairs: list[dict],
     load: Callable[[str], Image.Image],
     params: Params,
+    desc: str = "validate",
 ) -> list[EvalResult]:
     width, height = params.validation_size
     results = []
-    for index, pair in enumerate(pairs):
+    for index, pair in track(enumerate(pairs), desc, total=len(pairs), unit="pair"):
         reference = resize_and_crop(load(pair["references"][0]["image"]), (width, height))
         target = resize_and_crop(load(pair["target"]), (width, height))
         output = edit_image(pipe, reference, pair["caption"], width, height, params, params.validation_seed + index)
