@@ -132,6 +132,10 @@ def run(params: Path = ParamsOption) -> None:
         result = kontext_train(params_file=str(params))
     except ConfigError as exc:
         _fail(str(exc))
+    from flows.summary import summary_lines
+
+    for line in summary_lines(result):
+        typer.echo(line)
     ran = [n for n, s in result["stages"].items() if s == "ran"]
     typer.echo(f"stages run: {', '.join(ran) or 'none (all up to date)'}")
     typer.echo(f"MLflow run: {result['mlflow_run_id']}")
