@@ -23,6 +23,9 @@ def _setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("KONTEXT_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from kontext_core.progress import quiet_library_bars
+
+    quiet_library_bars()
     # A fresh ephemeral Prefect server migrates its database first: slow on a 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 

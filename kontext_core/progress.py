@@ -43,6 +43,31 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+# Libraries whose own bars (model loading, shard writing) would otherwise redraw into a log.
+_LIBRARY_BARS = {
+    "huggingface_hub.utils": "disable_progress_bars",
+    "transformers.utils.logging": "disable_progress_bar",
+    "diffusers.utils.logging": "disable_progress_bar",
+    "datasets.utils": "disable_progress_bars",
+}
+
+
+def quiet_library_bars(stream: TextIO | None = None) -> None:
+    """Outside a terminal, turn off the tqdm bars of huggingface_hub, transformers, diffusers and datasets.
+
+    Their bars redraw with carriage returns, which a log keeps as one long line per redraw. The
+    environment variable covers libraries imported later; the calls cover those already imported.
+    """
+    if _mode(stream if stream is not None else sys.stderr) == "bar":
+        return
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    for module_name, function in _LIBRARY_BARS.items():
+        module = sys.modules.get(module_name)
+        if module is not None and hasattr(module, function):
+            getattr(module, function)()
+
+
 class Progress:
     """One progress display: `update(n)`, `set_postfix(**values)`, `close()` (or use it as a context)."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 
@@ -76,3 +77,30 @@ def test_the_environment_overrides_the_choice(monkeypatch):
     for _ in track(range(10), "x", stream=out):
         pass
     assert "\r" not in out.getvalue() and out.getvalue().count("\n") == 10
+
+
+def test_outside_a_terminal_the_libraries_bars_are_turned_off(monkeypatch):
+    import diffusers.utils.logging as diffusers_logging
+    import huggingface_hub.utils as hub_utils
+    import transformers.utils.logging as transformers_logging
+
+    from kontext_core.progress import quiet_library_bars
+
+    import datasets.utils as datasets_utils
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.delenv("HF_DATASETS_DISABLE_PROGRESS_BARS", raising=False)
+    quiet_library_bars(Terminal())
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
+    try:
+        quiet_library_bars(io.StringIO())
+        assert os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
+        assert not diffusers_logging.is_progress_bar_enabled()
+        assert not transformers_logging.is_progress_bar_enabled()
+        assert hub_utils.are_progress_bars_disabled()
+        assert datasets_utils.are_progress_bars_disabled()
+    finally:
+        datasets_utils.enable_progress_bars()
+        diffusers_logging.enable_progress_bar()
+        transformers_logging.enable_progress_bar()
+        hub_utils.enable_progress_bars()
