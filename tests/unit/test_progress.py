@@ -80,13 +80,12 @@ def test_the_environment_overrides_the_choice(monkeypatch):
 
 
 def test_outside_a_terminal_the_libraries_bars_are_turned_off(monkeypatch):
+    import datasets.utils as datasets_utils
     import diffusers.utils.logging as diffusers_logging
     import huggingface_hub.utils as hub_utils
     import transformers.utils.logging as transformers_logging
 
     from kontext_core.progress import quiet_library_bars
-
-    import datasets.utils as datasets_utils
 
     monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
     monkeypatch.delenv("HF_DATASETS_DISABLE_PROGRESS_BARS", raising=False)
