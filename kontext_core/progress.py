@@ -55,17 +55,22 @@ _LIBRARY_BARS = {
 def quiet_library_bars(stream: TextIO | None = None) -> None:
     """Outside a terminal, turn off the tqdm bars of huggingface_hub, transformers, diffusers and datasets.
 
-    Their bars redraw with carriage returns, which a log keeps as one long line per redraw. The
-    environment variable covers libraries imported later; the calls cover those already imported.
+    Their bars redraw with carriage returns, which a log keeps as one long line per redraw. Each
+    library keeps its own switch (diffusers' is on at import whatever the environment says), so each
+    is imported and switched off here; a run imports all of them anyway.
     """
+    import importlib
+
     if _mode(stream if stream is not None else sys.stderr) == "bar":
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     for module_name, function in _LIBRARY_BARS.items():
-        module = sys.modules.get(module_name)
-        if module is not None and hasattr(module, function):
-            getattr(module, function)()
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        getattr(module, function, lambda: None)()
 
 
 class Progress:
