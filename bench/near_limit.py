@@ -159,7 +159,7 @@ def bench_scan(tmp: Path, count: int, size: int, repeats: int) -> float:
     from scan import generate
 
     from kontext_core.data.local import find_images
-    from kontext_core.data.scan import cpu_count, pool_context, scan_headers
+    from kontext_core.data.scan import SERIAL_BELOW, cpu_count, pool_context, scan_headers
 
     root = tmp / "scan"
     generate(root, count, size)
@@ -176,7 +176,7 @@ def bench_scan(tmp: Path, count: int, size: int, repeats: int) -> float:
         started = time.perf_counter()
         chunk = -(-len(paths) // (workers * 8))
         chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
-        if workers > 1:
+        if workers > 1 and len(paths) >= SERIAL_BELOW:  # the scan's own rule for using a pool
             with ProcessPoolExecutor(max_workers=workers, mp_context=pool_context()) as pool:
                 list(pool.map(_read_heads, chunks))
         else:
