@@ -10,7 +10,10 @@ Kontext step (`kontext_core.model.kontext_step`): one target and one same-size r
     python bench/gpu_step.py                          # 512 and 1024 px, int8-quanto, LoRA rank 16
     python bench/gpu_step.py --device cpu --tiny      # smoke run of the same code on the tiny geometry
 
-Prints one line per resolution: it/s, seconds per step and peak GPU memory (torch.cuda.max_memory_allocated).
+Prints one line per resolution: it/s, seconds per step, peak GPU memory (torch.cuda.max_memory_allocated),
+model FLOPs per step (FlopCounterMode on the meta device) and MFU (those FLOPs per second over the card's
+dense bf16 peak). With --peer, the same step written the diffusers training example's way, on the same
+model, for comparison. `bench/gpu_all.sh` runs the whole set.
 """
 
 from __future__ import annotations
@@ -39,6 +42,19 @@ FULL_CONFIG = dict(
 T5_TOKENS = 512
 
 
+# Dense bf16 peak (no sparsity) of cards by a substring of their name, in FLOP/s; --peak-tflops overrides.
+CARD_PEAK_BF16 = {
+    "H200": 989e12,
+    "H100 PCIe": 756e12,
+    "H100": 989e12,
+    "A100": 312e12,
+    "L40S": 362e12,
+    "RTX 4090": 165e12,
+    "L4": 121e12,
+    "A10G": 70e12,
+}
+
+
 @dataclass
 class Result:
     resolution: int
@@ -47,6 +63,92 @@ class Result:
     s_per_step: float
     peak_gpu_gib: float | None
     loss: float
+    step: str = "project"  # "project" (kontext_core's step) or "peer" (the diffusers example's)
+    model_tflop_per_step: float | None = None
+    mfu: float | None = None
+
+
+def card_peak(device: torch.device, override_tflops: float | None) -> float | None:
+    if override_tflops:
+        return override_tflops * 1e12
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in CARD_PEAK_BF16.items() if key in name), None)
+
+
+def model_flops(config: dict, resolution: int, rank: int, precision: str) -> float:
+    """FLOPs of one training step (forward + backward, no recomputation), counted by torch's
+    FlopCounterMode on the meta device: the model as trained (frozen base, LoRA), nothing allocated.
+    Quantized layers count as the bf16 matmuls they stand for."""
+    from diffusers import FluxTransformer2DModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from kontext_core.config import Params
+    from kontext_core.model.adapter_kinds import add_adapter
+    from kontext_core.model.kontext_step import kontext_step
+
+    meta = torch.device("meta")
+    with meta:
+        model = FluxTransformer2DModel(**config).requires_grad_(False)
+    add_adapter(model, Params(lora_rank=rank, base_model_precision="no_change"))
+    model.train()
+    from kontext_core.model.kontext_step import StepInputs
+
+    cpu_inputs, cpu_noise = step_inputs(resolution, config, torch.device("cpu"), torch.float32, 0)
+    inputs = StepInputs(
+        target_latents=cpu_inputs.target_latents.to(meta),
+        reference_latents=[r.to(meta) for r in cpu_inputs.reference_latents],
+        prompt_embeds=cpu_inputs.prompt_embeds.to(meta),
+        pooled_prompt_embeds=cpu_inputs.pooled_prompt_embeds.to(meta),
+    )
+    noise = cpu_noise.to(meta)
+    with FlopCounterMode(display=False) as counter:
+        out = kontext_step(model, inputs, noise, torch.full((1,), 0.5, device=meta), 1.0)
+        out.loss.backward()
+    return float(counter.get_total_flops())
+
+
+def peer_step_fn(transformer, optimizer, inputs, noise, sigmas, device: torch.device):
+    """The same step written the way diffusers' train_dreambooth_lora_flux_kontext.py writes it:
+    pack, concatenate the reference tokens, call the transformer, slice, unpack, MSE in float32."""
+    from diffusers import FluxKontextPipeline
+
+    target_latents, reference = inputs.target_latents, inputs.reference_latents[0]
+    b, c, h, w = target_latents.shape
+    dtype = target_latents.dtype
+    latent_ids = FluxKontextPipeline._prepare_latent_image_ids(b, h // 2, w // 2, device, dtype)
+    cond_ids = latent_ids.clone()
+    cond_ids[..., 0] = 1
+    img_ids = torch.cat([latent_ids, cond_ids], dim=0)
+    text_ids = torch.zeros(inputs.prompt_embeds.shape[1], 3, device=device, dtype=dtype)
+    guidance = torch.full((b,), 1.0, device=device)
+    packed_cond = FluxKontextPipeline._pack_latents(reference, b, c, h, w)
+
+    def step() -> float:
+        s = sigmas.view(-1, 1, 1, 1).to(dtype)
+        noisy = (1.0 - s) * target_latents + s * noise
+        packed = FluxKontextPipeline._pack_latents(noisy, b, c, h, w)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            pred = transformer(
+                hidden_states=torch.cat([packed, packed_cond], dim=1),
+                timestep=sigmas,
+                guidance=guidance,
+                pooled_projections=inputs.pooled_prompt_embeds,
+                encoder_hidden_states=inputs.prompt_embeds,
+                txt_ids=text_ids,
+                img_ids=img_ids,
+                return_dict=False,
+            )[0]
+        pred = FluxKontextPipeline._unpack_latents(pred[:, : packed.shape[1]], h * 8, w * 8, 8)
+        target = noise - target_latents
+        loss = torch.mean(((pred.float() - target.float()) ** 2).reshape(b, -1), 1).mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
 
 
 def build_transformer(config: dict, device: torch.device, dtype: torch.dtype, seed: int):
@@ -112,11 +214,14 @@ def run(args: argparse.Namespace) -> list[Result]:
         flush=True,
     )
     results = []
-    for resolution in args.resolutions:
+    peak_flops = card_peak(device, args.peak_tflops)
+    flops_by_resolution: dict[int, float] = {}
+    kinds = ["project", "peer"] if args.peer else ["project"]
+    for resolution, kind in [(r, k) for r in args.resolutions for k in kinds]:
         inputs, noise = step_inputs(resolution, config, device, dtype, args.seed)
         sigmas = torch.full((1,), 0.5, device=device)
 
-        def one_step(inputs=inputs, noise=noise, sigmas=sigmas) -> float:
+        def project_step(inputs=inputs, noise=noise, sigmas=sigmas) -> float:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 out = kontext_step(transformer, inputs, noise, sigmas, 1.0)
             out.loss.backward()
@@ -124,6 +229,9 @@ def run(args: argparse.Namespace) -> list[Result]:
             optimizer.zero_grad(set_to_none=True)
             return float(out.loss.detach())
 
+        one_step = project_step
+        if kind == "peer":
+            one_step = peer_step_fn(transformer, optimizer, inputs, noise, sigmas, device)
         for _ in range(args.warmup):
             one_step()
         if device.type == "cuda":
@@ -137,12 +245,20 @@ def run(args: argparse.Namespace) -> list[Result]:
             torch.cuda.synchronize()
         elapsed = time.perf_counter() - t0
         peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
-        result = Result(resolution, args.steps, args.steps / elapsed, elapsed / args.steps, peak, loss)
+        if resolution not in flops_by_resolution:  # the peer's step is the same model work
+            flops_by_resolution[resolution] = model_flops(config, resolution, args.rank, args.precision)
+        flops = flops_by_resolution[resolution]
+        mfu = flops / (elapsed / args.steps) / peak_flops if peak_flops else None
+        result = Result(
+            resolution, args.steps, args.steps / elapsed, elapsed / args.steps, peak, loss, kind, flops / 1e12, mfu
+        )
         results.append(result)
         peak_text = f"{peak:.2f} GiB" if peak is not None else "n/a (cpu)"
+        mfu_text = f"{100 * mfu:.1f}%" if mfu is not None else "n/a (no card peak; --peak-tflops)"
+        label = "" if kind == "project" else "peer (diffusers example step) "
         print(
-            f"{resolution} px: {result.it_per_s:.3f} it/s ({result.s_per_step:.3f} s/step), "
-            f"peak GPU memory {peak_text}, loss {loss:.4f}",
+            f"{label}{resolution} px: {result.it_per_s:.3f} it/s ({result.s_per_step:.3f} s/step), "
+            f"peak GPU memory {peak_text}, {flops / 1e12:.1f} TFLOP/step, MFU {mfu_text}, loss {loss:.4f}",
             flush=True,
         )
     return results
@@ -160,6 +276,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-checkpointing", dest="checkpointing", action="store_false")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
+    parser.add_argument("--peer", action="store_true", help="also time the diffusers example's way of the same step")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="card's dense bf16 peak (default: known cards)")
     args = parser.parse_args(argv)
     if args.resolutions is None:
         args.resolutions = [64] if args.tiny else [512, 1024]

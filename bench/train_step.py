@@ -6,6 +6,7 @@ text stores, the schedule, clipping, bookkeeping, the progress bar. The model ha
 geometry with configurable width and depth (random weights, nothing downloaded).
 
     python bench/train_step.py [--size small] [--steps 60] [--latent 16] [--device cuda] [--bf16]
+                               [--mlflow batched|sync|none]
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import argparse
 import copy
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,18 +72,50 @@ def build_data(samples: int, latent: int, text: int, text_len: int) -> TrainData
     return TrainData(items, latents.__getitem__, texts.__getitem__, set(texts))
 
 
-def time_loop(params: Params, base, data: TrainData, device: torch.device, warmup: int) -> list[float]:
+def metric_logger(kind: str, store: Path):
+    """The loop's MLflow logger as the train stage builds it (`batched`), the synchronous one-call-per-step
+    logger it replaced (`sync`), or none; each on a fresh SQLite store in `store`."""
+    if kind == "none":
+        return None
+    import mlflow
+    from mlflow.entities import Metric
+
+    from kontext_core.train.run import BatchedMetricLogger
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{store / 'mlflow.db'}")
+    run_id = client.create_run(client.create_experiment(f"bench-{time.time_ns()}")).info.run_id
+    if kind == "batched":
+        return BatchedMetricLogger(client, run_id)
+
+    class Sync:
+        def __call__(self, step: int, metrics: dict) -> None:
+            stamp = int(time.time() * 1000)
+            client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
+
+        def close(self) -> None:
+            pass
+
+    return Sync()
+
+
+def time_loop(
+    params: Params, base, data: TrainData, device: torch.device, warmup: int, logger=None
+) -> list[float]:
     seed_everything(params.seed)
     transformer = copy.deepcopy(base).to(device)
     adapter = add_adapter(transformer, params)
     stamps: list[float] = []
 
     def on_step(step: int, metrics: dict) -> None:
+        if logger is not None:
+            logger(step, metrics)
         if device.type == "cuda":
             torch.cuda.synchronize()
         stamps.append(time.perf_counter())
 
     train_loop(params, transformer, adapter, data, dist=DistContext(device=device), on_step=on_step)
+    if logger is not None:
+        logger.close()  # what is still queued is written after the last step, as in the stage
     return [b - a for a, b in zip(stamps[warmup:], stamps[warmup + 1 :], strict=False)]
 
 
@@ -120,6 +154,12 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast (accelerators only)")
     parser.add_argument("--repeats", type=int, default=2, help="alternate the two loops this many times")
+    parser.add_argument(
+        "--mlflow",
+        choices=["none", "sync", "batched"],
+        default="batched",
+        help="the loop's MLflow logger: batched (the train stage's), sync (one log_batch per step), none",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     warmup = min(5, args.steps // 4)
@@ -135,9 +175,11 @@ def main() -> None:
     base = build_transformer(args.size)
     data = build_data(16, args.latent, SIZES[args.size][4], args.text_len)
     loop_times, bare_times = [], []
-    for _ in range(args.repeats):
-        loop_times += time_loop(params, base, data, device, warmup)
-        bare_times += time_bare(params, base, data, device, warmup)
+    with tempfile.TemporaryDirectory() as store:
+        for _ in range(args.repeats):
+            logger = metric_logger(args.mlflow, Path(store))
+            loop_times += time_loop(params, base, data, device, warmup, logger)
+            bare_times += time_bare(params, base, data, device, warmup)
     loop_sps = 1 / statistics.median(loop_times)
     bare_sps = 1 / statistics.median(bare_times)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
@@ -150,7 +192,11 @@ def main() -> None:
     print(f"{'loop':<28}{'steps/s':>10}")
     print(f"{'training loop (train_loop)':<28}{loop_sps:>10.2f}")
     print(f"{'bare fwd+bwd+optimizer':<28}{bare_sps:>10.2f}")
-    print(f"loop overhead: {100 * (bare_sps / loop_sps - 1):.1f}% (median step time, {len(loop_times)} steps each)")
+    print(
+        f"loop overhead: {100 * (bare_sps / loop_sps - 1):.1f}% (median step time, {len(loop_times)} steps each; "
+        f"MLflow logging: {args.mlflow})"
+    )
+    print(f"train loop vs bare: {loop_sps / bare_sps:.3f}")
 
 
 if __name__ == "__main__":

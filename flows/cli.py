@@ -25,6 +25,9 @@ def _setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("KONTEXT_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    from kontext_core.progress import quiet_library_bars
+
+    quiet_library_bars()
     # A fresh ephemeral Prefect server migrates its database first: slow on a 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
@@ -200,6 +203,10 @@ def run(
 
     with _one_line_failures():
         result = kontext_train(params_file=str(params))
+    from flows.summary import summary_lines
+
+    for line in summary_lines(result):
+        typer.echo(line)
     ran = [n for n, s in result["stages"].items() if s == "ran"]
     typer.echo(f"stages run: {', '.join(ran) or 'none (all up to date)'}")
     typer.echo(f"MLflow run: {result['mlflow_run_id']}")
@@ -208,10 +215,6 @@ def run(
         typer.echo(f"decision: {result['decision']}: {result['reason']}")
     if result["alias_uri"]:
         typer.echo(f"champion: {result['alias_uri']}")
-    from flows.summary import run_summary
-
-    for line in run_summary(load_params(params), params.parent):
-        typer.echo(line)
     if dvc_commit:
         from kontext_core.dvc_lock import record_in_dvc_lock
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import mlflow
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.summary import run_outcome
 from kontext_core.config import Params, load_params
 from kontext_core.stages import STAGE_ORDER, Fingerprint, fingerprint, outputs_intact
 from kontext_core.tracking import runs
@@ -77,6 +79,7 @@ def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) 
             log_params(client, run_id, params)
         ran_any = False
         for name in STAGE_ORDER:
+            started = time.perf_counter()
             # Taken once: the task's cache key and the stage's up-to-date check both use it.
             fp = leading[name] if name in leading and not ran_any else fingerprint(name, params, project)
             # Prefect's cache only answers for outputs that still exist on disk.
@@ -89,6 +92,8 @@ def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) 
             manifest = dict(state.result())
             manifest["skipped"] = bool(manifest.get("skipped")) or state.name == "Cached"
             manifest["prefect_state"] = state.name
+            # Wall time as the user waits for it: fingerprint, Prefect task and cache lookup, the stage.
+            manifest["wall_seconds"] = time.perf_counter() - started
             manifests[name] = manifest
             ran_any = ran_any or not manifest["skipped"]
             logger.info("stage %s: %s", name, "skipped (up to date)" if manifest["skipped"] else "ran")
@@ -122,4 +127,6 @@ def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) 
         "alias_uri": registration["alias_uri"],
         "stages": {n: ("skipped" if m.get("skipped") else "ran") for n, m in manifests.items()},
         "prefect_states": {n: m["prefect_state"] for n, m in manifests.items()},
+        "seconds": {n: round(m["wall_seconds"], 3) for n, m in manifests.items()},
+        "outcome": run_outcome(manifests, params.registry.metric),
     }

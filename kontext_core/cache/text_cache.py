@@ -18,3 +18,18 @@ def encode_caption(pipe: FluxKontextPipeline, caption: str) -> dict[str, torch.T
         max_sequence_length=MAX_SEQUENCE_LENGTH,
     )
     return {"prompt_embeds": prompt_embeds[0].float(), "pooled_prompt_embeds": pooled[0].float()}
+
+
+@torch.no_grad()
+def encode_captions(pipe: FluxKontextPipeline, captions: list[str]) -> list[dict[str, torch.Tensor]]:
+    """`encode_caption` of each caption, in one encoder call per text encoder."""
+    prompt_embeds, pooled, _ = pipe.encode_prompt(
+        prompt=captions,
+        prompt_2=captions,
+        device=pipe.text_encoder.device,
+        max_sequence_length=MAX_SEQUENCE_LENGTH,
+    )
+    return [
+        {"prompt_embeds": prompt_embeds[i].float(), "pooled_prompt_embeds": pooled[i].float()}
+        for i in range(len(captions))
+    ]

@@ -15,9 +15,12 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
 
 
 @torch.no_grad()
+def encode_pixels(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 16, H/8, W/8) latents of a (B, 3, H, W) batch in [-1, 1]: the mode, then (z - shift) * scale."""
+    latents = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mode()
+    return ((latents - vae.config.shift_factor) * vae.config.scaling_factor).float()
+
+
 def encode_image(vae: AutoencoderKL, img: Image.Image) -> torch.Tensor:
-    """(16, H/8, W/8) latents: the distribution's mode, then (z - shift) * scale."""
-    pixels = image_to_tensor(img).to(vae.device, vae.dtype)
-    latents = vae.encode(pixels).latent_dist.mode()
-    latents = (latents - vae.config.shift_factor) * vae.config.scaling_factor
-    return latents[0].float()
+    """(16, H/8, W/8) latents of one image."""
+    return encode_pixels(vae, image_to_tensor(img))[0]

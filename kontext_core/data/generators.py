@@ -19,6 +19,7 @@ from kontext_core.config import ConditioningGenerator
 from kontext_core.data.degrade import degrade, generated_key
 from kontext_core.data.sources import open_ref, ref_digest
 from kontext_core.fsutil import atomic_path
+from kontext_core.progress import progress
 
 # Below this many images a process pool costs more (interpreter start-up) than it saves.
 PARALLEL_MIN_JOBS = 16
@@ -62,14 +63,17 @@ def generate_references(
     outputs = {job: output_path(job, persist_dir, workdir, seed) for job in jobs}
     todo = [(job, dest) for job, dest in outputs.items() if not dest.exists()]
     workers = default_workers() if workers is None else workers
-    if workers > 1 and len(todo) >= min(PARALLEL_MIN_JOBS, 2 * workers):
-        # spawn, not fork: the parent may hold threads (Prefect) or torch state that fork would copy.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
-            futures = [pool.submit(_generate_one, job, str(dest), str(workdir), seed) for job, dest in todo]
-            for future in futures:
-                future.result()
-    else:
-        for job, dest in todo:
-            _generate_one(job, str(dest), str(workdir), seed)
+    with progress(len(todo), "degrade", "image") as bar:
+        if workers > 1 and len(todo) >= min(PARALLEL_MIN_JOBS, 2 * workers):
+            # spawn, not fork: the parent may hold threads (Prefect) or torch state that fork would copy.
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
+                futures = [pool.submit(_generate_one, job, str(dest), str(workdir), seed) for job, dest in todo]
+                for future in futures:
+                    future.result()
+                    bar.update()
+        else:
+            for job, dest in todo:
+                _generate_one(job, str(dest), str(workdir), seed)
+                bar.update()
     return outputs, len(todo)

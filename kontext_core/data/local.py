@@ -120,7 +120,8 @@ def local_records(
         Problem(entry.id, str(p), "symlink points outside instance_data_dir (refused)", OUTSIDE_ROOT) for p in outside
     ]
     problems += [Problem(entry.id, str(folder), reason, UNREADABLE) for folder, reason in unlisted]
-    headers = scan_headers([image.real for image in found], scan_cache, workers=workers).headers
+    paths = [image.real for image in found]
+    headers = scan_headers(paths, scan_cache, workers=workers, desc=f"fetch {entry.id}").headers
     records: list[Record] = []
     for image in found:
         width, height, reason = headers[image.real]

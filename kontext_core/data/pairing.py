@@ -31,6 +31,7 @@ from kontext_core.data.report import (
     TOO_SMALL,
     PairReport,
 )
+from kontext_core.progress import progress
 
 DEGRADE_DIR = "data/degrade"
 # Fetch problems that mean an image was found but cannot be used.
@@ -242,6 +243,8 @@ def build_pairs(
             stats.images += 1
             stats.unreadable.append({"path": problem.path, "reason": problem.reason})
     pairs: list[dict[str, Any]] = []
+    # One bar over every edit set's records: the stage's output stays one bounded display.
+    bar = progress(sum(len(records.get(e.id, [])) for e in datasets.edit_sets()), "pair", "image")
     for edit in datasets.edit_sets():
         pairer = _EditSetPairer(params, datasets, edit, records, report, from_stored)
         edit_records = limit_samples(edit, records.get(edit.id, []))
@@ -254,11 +257,13 @@ def build_pairs(
                 "edit set has no conditioning_data and no conditioning generator",
                 NO_REFERENCE_SET,
             )
+            bar.update(len(edit_records))
             continue
         for record in edit_records:
             pair = pairer.pair(record)
             if pair is not None:
                 pairs.append(pair)
+            bar.update()
         edit_keys = {r.key for r in edit_records}
         for ref_id, index in pairer.ref_index.items():
             ref_stats = report.stats(ref_id, "reference")
@@ -276,5 +281,6 @@ def build_pairs(
                     f"reference has no edit image with key '{key}' in '{edit.id}'",
                     ORPHAN_REFERENCE,
                 )
+    bar.close()
     report.check_limits(params.pair.max_missing_fraction)
     return pairs, report

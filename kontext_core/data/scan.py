@@ -20,6 +20,7 @@ from PIL import Image
 
 from kontext_core.data.images import ImageReadError, default_max_pixels, probe_header
 from kontext_core.fsutil import atomic_path
+from kontext_core.progress import progress
 
 log = logging.getLogger(__name__)
 
@@ -66,18 +67,28 @@ def pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork" if "fork" in methods else methods[0])
 
 
-def probe_many(paths: list[str], max_pixels: int | None, workers: int | None = None) -> list[Header]:
+def probe_many(
+    paths: list[str], max_pixels: int | None, workers: int | None = None, desc: str = "scan"
+) -> list[Header]:
     """Probe `paths` in order, over `workers` processes (default: every core) when worth it."""
     workers = workers or cpu_count()
-    if workers <= 1 or len(paths) < SERIAL_BELOW:
-        return _probe_chunk(paths, max_pixels)
-    # Several chunks per worker even out slow files.
-    n_chunks = workers * 4
-    size = -(-len(paths) // n_chunks)
-    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
-    with ProcessPoolExecutor(max_workers=workers, mp_context=pool_context()) as pool:
-        parts = pool.map(_probe_chunk, chunks, [max_pixels] * len(chunks))
-        return [header for part in parts for header in part]
+    with progress(len(paths), desc, "file") as bar:
+        if workers <= 1 or len(paths) < SERIAL_BELOW:
+            headers = []
+            for path in paths:
+                headers.append(_probe_one(path, max_pixels))
+                bar.update()
+            return headers
+        # Several chunks per worker even out slow files (and give the bar steps of 1/16 or finer).
+        n_chunks = workers * 8
+        size = -(-len(paths) // n_chunks)
+        chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+        headers = []
+        with ProcessPoolExecutor(max_workers=workers, mp_context=pool_context()) as pool:
+            for part in pool.map(_probe_chunk, chunks, [max_pixels] * len(chunks)):
+                headers += part
+                bar.update(len(part))
+        return headers
 
 
 def _load_cache(cache_file: Path | None, max_pixels: int | None) -> dict[str, list]:
@@ -104,6 +115,7 @@ def scan_headers(
     cache_file: Path | None = None,
     max_pixels: int | None = -1,
     workers: int | None = None,
+    desc: str = "scan",
 ) -> ScanResult:
     """Header size or unreadable-reason of each file, keyed by `str(path)`.
 
@@ -131,7 +143,7 @@ def scan_headers(
         else:
             todo.append((name, stat.st_size, stat.st_mtime_ns))
     if todo:
-        probed = probe_many([name for name, _, _ in todo], limit, workers)
+        probed = probe_many([name for name, _, _ in todo], limit, workers, desc)
         for (name, size, mtime_ns), header in zip(todo, probed, strict=True):
             result.headers[name] = header
             entries[name] = [size, mtime_ns, *header]

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from kontext_core.fsutil import write_json
 from kontext_core.model.source import model_inputs
+from kontext_core.progress import progress
 from kontext_core.stages.engine import StageContext, StageSpec
 
 TEXT_CACHE_DIR = "cache/text"
 TEXT_INDEX = f"{TEXT_CACHE_DIR}/index.json"
 TEXT_EMBEDS = f"{TEXT_CACHE_DIR}/embeds"
+# Captions per encoder call unless params say otherwise; outputs do not depend on it (bit-identical).
+TEXT_BATCH_SIZE = 8
+
+
+def text_batch_size(params: Any) -> int:
+    """Captions per text-encoder call: SimpleTuner's `write_batch_size` when params carry it."""
+    return int(getattr(params, "write_batch_size", None) or TEXT_BATCH_SIZE)
 
 
 def stage_cache_text(ctx: StageContext) -> None:
-    """T5 (512 tokens) and CLIP pooled embeddings of every caption, plus the empty caption."""
+    """T5 (512 tokens) and CLIP pooled embeddings of every caption, plus the empty caption.
+
+    Missing captions are encoded in batches (every caption is padded to the same length, so a batch's
+    rows are bit-identical to one-at-a-time embeddings: tests/integration/test_cache_batching.py).
+    """
     from kontext_core.cache.store import TensorStore
-    from kontext_core.cache.text_cache import MAX_SEQUENCE_LENGTH, encode_caption
+    from kontext_core.cache.text_cache import MAX_SEQUENCE_LENGTH, encode_captions
     from kontext_core.model.load import load_text_pipeline, release, training_device
     from kontext_core.model.source import model_fingerprint
 
@@ -23,21 +37,20 @@ def stage_cache_text(ctx: StageContext) -> None:
     model_fp = model_fingerprint(ctx.params, ctx.workdir)
     reference_captions = {r["caption"] for p in pairs for r in p["references"] if r.get("caption") is not None}
     captions = sorted({p["caption"] for p in pairs} | reference_captions | {""})
-    pipe = None
-    index: dict[str, str] = {}
-    encoded = 0
-    for caption in captions:
-        key = TensorStore.key(caption=caption, text=model_fp, length=MAX_SEQUENCE_LENGTH)
-        if not store.has(key):
-            if pipe is None:
-                pipe = load_text_pipeline(ctx.params, ctx.workdir).to(training_device())
-            store.put(key, encode_caption(pipe, caption))
-            encoded += 1
-        index[caption] = key
+    index = {c: TensorStore.key(caption=c, text=model_fp, length=MAX_SEQUENCE_LENGTH) for c in captions}
+    todo = [c for c in captions if not store.has(index[c])]
+    pipe = load_text_pipeline(ctx.params, ctx.workdir).to(training_device()) if todo else None
+    batch = text_batch_size(ctx.params)
+    with progress(len(todo), "cache_text", "caption") as bar:
+        for start in range(0, len(todo), batch):
+            chunk = todo[start : start + batch]
+            for caption, tensors in zip(chunk, encode_captions(pipe, chunk), strict=True):
+                store.put(index[caption], tensors)
+            bar.update(len(chunk))
     release(pipe.text_encoder if pipe else None, ctx.params)
     release(pipe.text_encoder_2 if pipe else None, ctx.params)
     write_json(ctx.path(TEXT_INDEX), index)
-    ctx.info["encoded"] = encoded
+    ctx.info["encoded"] = len(todo)
 
 
 SPEC = StageSpec(

@@ -6,18 +6,27 @@ from typing import Any
 
 from kontext_core.fsutil import write_json
 from kontext_core.model.source import model_inputs
+from kontext_core.progress import progress, track
 from kontext_core.stages.engine import StageContext, StageSpec
 
 VAE_CACHE_DIR = "cache/vae"
 VAE_INDEX = f"{VAE_CACHE_DIR}/index.json"
 VAE_LATENTS = f"{VAE_CACHE_DIR}/latents"
+# Images per encode call unless params say otherwise; outputs do not depend on it (bit-identical).
+VAE_BATCH_SIZE = 4
 
 
-def _vae_key(ctx: StageContext, image: str, plan: dict[str, Any], model_fp: Any) -> str:
+def _vae_key(ctx: StageContext, image: str, plan: dict[str, Any], model_fp: Any, batch: int = 1) -> str:
     from kontext_core.cache.store import TensorStore
     from kontext_core.data.sources import ref_digest
 
-    return TensorStore.key(image=ref_digest(image, ctx.workdir), crop=plan, vae=model_fp)
+    parts: dict[str, Any] = {"image": ref_digest(image, ctx.workdir), "crop": plan, "vae": model_fp}
+    if batch != 1:
+        # A batched encode rounds differently from a single one (within 1e-6; convolution kernels are
+        # chosen per batch size), so the size is part of what determines the bytes. Batch 1 keeps
+        # the keys of caches written before batching.
+        parts["batch"] = batch
+    return TensorStore.key(**parts)
 
 
 def _crop_of(item: dict[str, Any]) -> dict[str, Any]:
@@ -25,12 +34,34 @@ def _crop_of(item: dict[str, Any]) -> dict[str, Any]:
     return item.get("crop") or {"size": item["size"], "centre": True}
 
 
+def vae_batch_size(params: Any) -> int:
+    """Images per `vae.encode` call: SimpleTuner's `vae_batch_size` when params carry it."""
+    return int(getattr(params, "vae_batch_size", None) or VAE_BATCH_SIZE)
+
+
+def _out_size(plan: dict[str, Any]) -> tuple[int, int]:
+    """(width, height) of an image after its crop plan: the bucket its latents belong to."""
+    if plan.get("centre"):
+        return tuple(plan["size"])  # type: ignore[return-value]
+    left, top, right, bottom = plan["box"]
+    return right - left, bottom - top
+
+
 def stage_cache_vae(ctx: StageContext) -> None:
-    """VAE latents of every target and reference, cropped by their plans, content-addressed under cache/vae."""
+    """VAE latents of every target and reference, cropped by their plans, content-addressed under cache/vae.
+
+    Missing entries are encoded by bucket in batches of exactly `vae_batch_size` (a bucket's last
+    batch is padded with copies of its last image) while a thread decodes and crops the next batch
+    (decoding and resizing release the GIL). An image's latents depend on the batch size only, not on
+    its neighbours or its place in the batch, so a resumed run writes the same bytes as a fresh one
+    (tests/integration/test_cache_batching.py).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
 
     from kontext_core.cache.store import TensorStore
-    from kontext_core.cache.vae_cache import encode_image
+    from kontext_core.cache.vae_cache import encode_pixels, image_to_tensor
     from kontext_core.data.buckets import apply_crop, resize_and_crop
     from kontext_core.data.sources import open_ref
     from kontext_core.model.load import load_vae, release, training_device
@@ -39,31 +70,51 @@ def stage_cache_vae(ctx: StageContext) -> None:
     pairs = ctx.read_json("pair.pairs")
     store = TensorStore(ctx.path(VAE_LATENTS))
     model_fp = model_fingerprint(ctx.params, ctx.workdir)
-    vae = None
+    batch = vae_batch_size(ctx.params)
     index: dict[str, dict[str, Any]] = {}
-    encoded = 0
-    for pair in pairs:
+    # key -> (image, plan) of every entry not in the store yet, each once.
+    todo: dict[str, tuple[str, dict[str, Any]]] = {}
+    for pair in track(pairs, "cache_vae keys", unit="pair"):
         entry: dict[str, Any] = {"target": None, "references": []}
         items = [("target", pair["target"], _crop_of(pair))] + [
             ("reference", r["image"], _crop_of(r)) for r in pair["references"]
         ]
         for role, image, plan in items:
-            key = _vae_key(ctx, image, plan, model_fp)
-            if not store.has(key):
-                if vae is None:
-                    vae = load_vae(ctx.params, ctx.workdir).to(training_device())
-                img = open_ref(image, ctx.workdir)
-                img = resize_and_crop(img, tuple(plan["size"])) if plan.get("centre") else apply_crop(img, plan)
-                store.put(key, {"latents": encode_image(vae, img).to(torch.float32)})
-                encoded += 1
+            key = _vae_key(ctx, image, plan, model_fp, batch)
+            if key not in todo and not store.has(key):
+                todo[key] = (image, plan)
             if role == "target":
                 entry["target"] = key
             else:
                 entry["references"].append(key)
         index[pair["pair_id"]] = entry
+
+    def pixels(key: str) -> torch.Tensor:
+        image, plan = todo[key]
+        img = open_ref(image, ctx.workdir)
+        img = resize_and_crop(img, tuple(plan["size"])) if plan.get("centre") else apply_crop(img, plan)
+        return image_to_tensor(img)
+
+    by_bucket: dict[tuple[int, int], list[str]] = {}
+    for key, (_, plan) in todo.items():
+        by_bucket.setdefault(_out_size(plan), []).append(key)
+    batches = [keys[i : i + batch] for keys in by_bucket.values() for i in range(0, len(keys), batch)]
+    vae = load_vae(ctx.params, ctx.workdir).to(training_device()) if batches else None
+    with ThreadPoolExecutor(max_workers=2) as decoder, progress(len(todo), "cache_vae", "image") as bar:
+        decoded = [decoder.map(pixels, batches[0])] if batches else []
+        for number, keys in enumerate(batches):
+            if number + 1 < len(batches):
+                decoded.append(decoder.map(pixels, batches[number + 1]))
+            images = list(decoded[number])
+            decoded[number] = None  # the batch's pixels are not needed again
+            images += images[-1:] * (batch - len(images))
+            latents = encode_pixels(vae, torch.cat(images))
+            for key, latent in zip(keys, latents[: len(keys)], strict=True):
+                store.put(key, {"latents": latent.to(torch.float32)})
+            bar.update(len(keys))
     release(vae, ctx.params)
     write_json(ctx.path(VAE_INDEX), index)
-    ctx.info["encoded"] = encoded
+    ctx.info["encoded"] = len(todo)
 
 
 SPEC = StageSpec(

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
-from tqdm import tqdm
 
 from kontext_core.config import Params
 from kontext_core.model.kontext_step import StepInputs, kontext_step, sample_guidance, sample_sigmas
+from kontext_core.progress import Progress
 from kontext_core.train.checkpoints import CheckpointManager, TrainerState
 from kontext_core.train.data import TrainData
 from kontext_core.train.distributed import DistContext
@@ -156,15 +156,7 @@ def train_loop(
     interval = params.checkpoint_step_interval
 
     transformer.train()
-    progress = tqdm(
-        total=steps,
-        initial=state.step,
-        desc="train",
-        unit="step",
-        leave=False,
-        mininterval=1.0,
-        disable=not dist.is_main,
-    )
+    progress = Progress(steps, "train", "step", initial=state.step, disable=not dist.is_main)
     while state.step < steps:
         step_loss = torch.zeros((), device=device)
         for _ in range(accumulation):

@@ -15,16 +15,17 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from kontext_core.config import ConfigError, Params
 from kontext_core.fsutil import write_json
 from kontext_core.train.checkpoints import CheckpointManager
 from kontext_core.train.distributed import DistContext, from_accelerate
 from kontext_core.train.loop import (
-    StepCallback,
     TrainResult,
     enable_gradient_checkpointing,
     seed_everything,
@@ -56,20 +57,64 @@ class TrainJob:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def mlflow_logger(params: Params, workdir: Path, run_id: str) -> StepCallback:
+class BatchedMetricLogger:
+    """Per-step metrics written to MLflow by a background thread, in batches.
+
+    A synchronous `log_batch` per step waits for the tracking store (a SQLite transaction, or an
+    HTTP round trip to a server) on every training step; here a step only appends to a list, and the
+    thread writes whatever has gathered every `interval` seconds (at most `MAX_BATCH` metrics per
+    call, MLflow's limit). `close()` writes the rest and re-raises a write error in the caller.
+    """
+
+    MAX_BATCH = 1000
+
+    def __init__(self, client: Any, run_id: str, interval: float = 2.0) -> None:
+        self.client = client
+        self.run_id = run_id
+        self.interval = interval
+        self._pending: list[Any] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mlflow-metrics", daemon=True)
+        self._thread.start()
+
+    def __call__(self, step: int, metrics: dict[str, float]) -> None:
+        from mlflow.entities import Metric
+
+        stamp = int(time.time() * 1000)
+        with self._lock:
+            self._pending += [Metric(k, float(v), stamp, step) for k, v in metrics.items()]
+
+    def _flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, []
+        for start in range(0, len(pending), self.MAX_BATCH):
+            self.client.log_batch(self.run_id, metrics=pending[start : start + self.MAX_BATCH])
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._flush()
+            except BaseException as exc:  # kept for close(): a background thread cannot raise to the loop
+                self._error = exc
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        self._flush()
+
+
+def mlflow_logger(params: Params, workdir: Path, run_id: str) -> BatchedMetricLogger:
     from mlflow import MlflowClient
-    from mlflow.entities import Metric
 
     from kontext_core.tracking.runs import configure
 
     configure(params, workdir)
-    client = MlflowClient()
-
-    def on_step(step: int, metrics: dict[str, float]) -> None:
-        stamp = int(time.time() * 1000)
-        client.log_batch(run_id, metrics=[Metric(k, float(v), stamp, step) for k, v in metrics.items()])
-
-    return on_step
+    return BatchedMetricLogger(MlflowClient(), run_id)
 
 
 def with_periodic_validation(on_step, params: Params, workdir: Path, transformer, run_id: str, device):
@@ -111,10 +156,15 @@ def run_training(job: TrainJob, dist: DistContext | None = None) -> TrainResult:
     for p in adapter.parameters():
         p.data = p.data.to(trainable_dtype(params))
     checkpoints = CheckpointManager(workdir / CHECKPOINT_ROOT, job.fingerprint, params.checkpoints_total_limit)
-    on_step = mlflow_logger(params, workdir, job.run_id) if job.run_id and dist.is_main else None
-    if on_step is not None and job.run_id:
-        on_step = with_periodic_validation(on_step, params, workdir, transformer, job.run_id, dist.device)
-    result = train_loop(params, transformer, adapter, data, dist=dist, checkpoints=checkpoints, on_step=on_step)
+    logger = mlflow_logger(params, workdir, job.run_id) if job.run_id and dist.is_main else None
+    on_step = logger
+    if logger is not None and job.run_id:
+        on_step = with_periodic_validation(logger, params, workdir, transformer, job.run_id, dist.device)
+    try:
+        result = train_loop(params, transformer, adapter, data, dist=dist, checkpoints=checkpoints, on_step=on_step)
+    finally:
+        if logger is not None:
+            logger.close()
     if dist.is_main:
         adapter.save(Path(job.adapter_dir))
         write_json(Path(job.result_file), asdict(result))

@@ -18,6 +18,7 @@ from PIL import Image
 
 from kontext_core.config import Params
 from kontext_core.data.buckets import RESAMPLE, apply_crop, resize_and_crop
+from kontext_core.progress import track
 from kontext_core.validate.metrics import psnr, ssim
 
 
@@ -102,9 +103,10 @@ def evaluate(
     pairs: list[dict],
     load: Callable[[str], Image.Image],
     params: Params,
+    desc: str = "validate",
 ) -> list[EvalResult]:
     results = []
-    for index, pair in enumerate(pairs):
+    for index, pair in track(enumerate(pairs), desc, total=len(pairs), unit="pair"):
         reference, target, caption = conditioned_inputs(pair, load, params.conditioning_multidataset_sampling)
         width, height = target.size
         output = edit_image(pipe, reference, caption, width, height, params, params.validation_seed + index)

@@ -41,3 +41,28 @@ def test_refuses_without_cuda_or_a_full_size_cpu_run(capsys):
         assert bench.main([]) == 2
         assert "no CUDA device" in capsys.readouterr().err
     assert bench.FULL_CONFIG["num_layers"] == 19 and bench.FULL_CONFIG["num_single_layers"] == 38
+
+
+def test_gpu_all_script_smoke_runs_both_precisions_with_the_peer_step_on_cpu(tmp_path):
+    import os
+    import subprocess
+
+    script = SCRIPT.parent / "gpu_all.sh"
+    env = {**os.environ, "GPU_ALL_OUT": str(tmp_path), "PYTHON": sys.executable}
+    done = subprocess.run(
+        ["bash", str(script), "--device", "cpu", "--tiny", "--steps", "1", "--warmup", "1", "--peak-tflops", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for precision in ("int8-quanto", "no_change"):
+        results = json.loads((tmp_path / f"gpu_step_{precision}.json").read_text())["results"]
+        assert [r["step"] for r in results] == ["project", "peer"]
+        project, peer = results
+        # Same model and inputs, a few AdamW steps (lr 1e-4) apart: the example's way computes the same loss.
+        assert math.isclose(project["loss"], peer["loss"], rel_tol=1e-4)
+        assert project["model_tflop_per_step"] > 0 and project["mfu"] > 0
+    assert done.stdout.count("peer (diffusers example step) 64 px:") == 2
+    assert "MFU" in done.stdout
