@@ -148,6 +148,8 @@ class Params(Strict):
     # 0 or null: unset (SimpleTuner's configs write 0 next to max_train_steps).
     num_train_epochs: int | None = Field(None, ge=1)
     train_batch_size: int = Field(1, ge=1)
+    # Images per `vae.encode` call in cache_vae (SimpleTuner's key); above 1 it is part of the cache key.
+    vae_batch_size: int = Field(4, ge=1)
     seed: int = 42
     loss_type: Literal["mse", "huber", "smooth_l1"] = "mse"
     huber_c: float = Field(0.1, gt=0)

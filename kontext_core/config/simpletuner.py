@@ -41,7 +41,6 @@ MAPPED: dict[str, Mapped] = {
 
 # Why a key does nothing here; SimpleTuner keys without an entry get GENERIC_REASON.
 REASONS: dict[str, str] = {
-    "vae_batch_size": "the cache_vae stage encodes one image at a time",
     "ema_cpu_only": "the EMA lives beside the adapter, on its device",
     "ema_device": "the EMA lives beside the adapter, on its device",
     "ema_foreach_disable": "the EMA update is a plain loop over the adapter's tensors",

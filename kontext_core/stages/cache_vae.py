@@ -13,7 +13,6 @@ VAE_CACHE_DIR = "cache/vae"
 VAE_INDEX = f"{VAE_CACHE_DIR}/index.json"
 VAE_LATENTS = f"{VAE_CACHE_DIR}/latents"
 # Images per encode call unless params say otherwise; outputs do not depend on it (bit-identical).
-VAE_BATCH_SIZE = 4
 
 
 def _vae_key(ctx: StageContext, image: str, plan: dict[str, Any], model_fp: Any, batch: int = 1) -> str:
@@ -35,8 +34,8 @@ def _crop_of(item: dict[str, Any]) -> dict[str, Any]:
 
 
 def vae_batch_size(params: Any) -> int:
-    """Images per `vae.encode` call: SimpleTuner's `vae_batch_size` when params carry it."""
-    return int(getattr(params, "vae_batch_size", None) or VAE_BATCH_SIZE)
+    """Images per `vae.encode` call (SimpleTuner's `vae_batch_size`)."""
+    return int(params.vae_batch_size)
 
 
 def _out_size(plan: dict[str, Any]) -> tuple[int, int]:
@@ -120,7 +119,7 @@ def stage_cache_vae(ctx: StageContext) -> None:
 SPEC = StageSpec(
     "cache_vae",
     stage_cache_vae,
-    params_keys=["pretrained_model_name_or_path", "revision"],
+    params_keys=["pretrained_model_name_or_path", "revision", "vae_batch_size"],
     # Generated references are opened through the pair table's paths into degrade's output.
     reads=["pair.pairs", "degrade.references", "fetch.digests"],
     outs=[],

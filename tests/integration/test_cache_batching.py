@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from kontext_core.stages import run_stage
-from tests.conftest import make_project
+from tests.conftest import make_project, write_params
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -25,16 +25,16 @@ def _project(tmp_path: Path) -> Path:
     return params_file
 
 
-def test_cache_batches_write_deterministic_bytes(tmp_path, monkeypatch):
+def test_cache_batches_write_deterministic_bytes(tmp_path):
     from diffusers import AutoencoderKL, FluxKontextPipeline
 
     from kontext_core.cache.store import TensorStore
     from kontext_core.cache.text_cache import encode_caption
     from kontext_core.cache.vae_cache import encode_image
+    from kontext_core.config import load_params
     from kontext_core.data.buckets import apply_crop, resize_and_crop
     from kontext_core.data.sources import open_ref
-    from kontext_core.stages import cache_vae
-    from kontext_core.stages.cache_vae import VAE_BATCH_SIZE, _crop_of
+    from kontext_core.stages.cache_vae import _crop_of
 
     params_file = _project(tmp_path)
     project = params_file.parent
@@ -45,7 +45,8 @@ def test_cache_batches_write_deterministic_bytes(tmp_path, monkeypatch):
     images = {(p["target"], json.dumps(_crop_of(p))) for p in pairs}
     images |= {(r["image"], json.dumps(_crop_of(r))) for p in pairs for r in p["references"]}
     # Several buckets (the sample data has more than one size), so some batches are padded.
-    assert VAE_BATCH_SIZE > 1 and len(first) == len(images) > VAE_BATCH_SIZE
+    batch = load_params(params_file).vae_batch_size
+    assert batch > 1 and len(first) == len(images) > batch
 
     # A resumed run (every other entry lost) encodes them in other batches: the same bytes.
     for name in list(first)[::2]:
@@ -58,9 +59,10 @@ def test_cache_batches_write_deterministic_bytes(tmp_path, monkeypatch):
     store = TensorStore(latents_dir)
     index = json.loads((project / "cache/vae/index.json").read_text())
     batched = {p["pair_id"]: store.get(index[p["pair_id"]]["target"])["latents"] for p in pairs}
-    monkeypatch.setattr(cache_vae, "VAE_BATCH_SIZE", 1)
+    # SimpleTuner's vae_batch_size acts: 1 encodes one image per call, under other cache keys.
+    write_params(params_file, vae_batch_size=1)
     shutil.rmtree(project / "cache/vae")
-    run_stage("cache_vae", params_file, force=True)
+    assert not run_stage("cache_vae", params_file)["skipped"]
     single = json.loads((project / "cache/vae/index.json").read_text())
     for pair in pairs:
         plan = _crop_of(pair)

@@ -124,20 +124,21 @@ def test_simpletuners_kontext_example_config_passes_config_check(tmp_path, datas
     warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: ")]
     config_warning = [line for line in warnings if "config.json:" in line]
     assert len(config_warning) == 1
-    for key in ("vae_batch_size", "validation_prompt"):
-        assert f"{key} (" in config_warning[0]
+    assert "validation_prompt (" in config_warning[0]
+    assert resolved["params"]["vae_batch_size"] == 6  # acted on (cache_vae), so no warning
+    assert "vae_batch_size (" not in config_warning[0]
     # Values that match what this pipeline does are no news.
     for key in ("push_checkpoints_to_hub", "disable_benchmark", "validation_guidance_rescale"):
         assert f"{key} (" not in config_warning[0]
 
 
 def test_not_applicable_keys_warn_once_per_run(tmp_path, caplog):
-    path = _project(tmp_path, {"validation_prompt": "a cat", "vae_batch_size": 8})
+    path = _project(tmp_path, {"validation_prompt": "a cat", "user_prompt_library": "prompts.json"})
     with caplog.at_level(logging.WARNING, logger="kontext_core.config"):
         for _ in range(3):  # every stage re-reads the files
             load_all(path)
     warned = [r.getMessage() for r in caplog.records if "not applicable" in r.getMessage()]
-    assert len(warned) == 1 and "validation_prompt" in warned[0] and "vae_batch_size" in warned[0]
+    assert len(warned) == 1 and "validation_prompt" in warned[0] and "user_prompt_library" in warned[0]
 
 
 def test_import_simpletuner_writes_an_equivalent_params_yaml(tmp_path):
