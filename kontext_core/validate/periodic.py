@@ -41,8 +41,12 @@ class PeriodicValidation:
         build_pipeline: Callable[[], FluxKontextPipeline],
         log_metric: LogMetric,
         log_image: LogImage,
+        eval_loss: Callable[[], float] | None = None,
     ) -> None:
         self.params = params
+        # The adapter's eval loss on the eval set (None: not scored), so the loss curve and the
+        # samples line up by step.
+        self.eval_loss = eval_loss
         self.transformer = transformer
         self.pairs = pairs
         self.load = load
@@ -63,9 +67,12 @@ class PeriodicValidation:
         try:
             with torch.no_grad():
                 results = evaluate(self._pipe, self.pairs, self.load, self.params)
+                loss = self.eval_loss() if self.eval_loss is not None else None
         finally:
             self.transformer.train()
         self.log_metric("val/psnr", sum(r.psnr for r in results) / len(results), step)
+        if loss is not None:
+            self.log_metric("val/eval_loss", loss, step)
         for result in results:
             grid = make_grid([("reference", result.reference), ("lora", result.output), ("target", result.target)])
             self.log_image(grid, f"validation/step_{step:06d}/{grid_name(result.pair_id)}")
@@ -100,4 +107,11 @@ def mlflow_periodic_validation(
     def load(stored: str) -> Any:
         return open_ref(stored, workdir)
 
-    return PeriodicValidation(params, transformer, pairs, load, build, log_metric, log_image)
+    from kontext_core.validate.eval_loss import compute_eval_loss, load_eval_set
+
+    eval_set = load_eval_set(workdir, params, pairs)
+
+    def eval_loss() -> float:
+        return compute_eval_loss(transformer, eval_set, device).mean
+
+    return PeriodicValidation(params, transformer, pairs, load, build, log_metric, log_image, eval_loss)
