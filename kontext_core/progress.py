@@ -53,7 +53,8 @@ _LIBRARY_BARS = {
 
 
 def quiet_library_bars(stream: TextIO | None = None) -> None:
-    """Outside a terminal, turn off the tqdm bars of huggingface_hub, transformers, diffusers and datasets.
+    """Outside a terminal, turn off the tqdm bars of huggingface_hub, transformers, diffusers, datasets
+    and MLflow's artifact transfers.
 
     Their bars redraw with carriage returns, which a log keeps as one long line per redraw. Each
     library keeps its own switch (diffusers' is on at import whatever the environment says), so each
@@ -65,6 +66,7 @@ def quiet_library_bars(stream: TextIO | None = None) -> None:
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for module_name, function in _LIBRARY_BARS.items():
         try:
             module = importlib.import_module(module_name)

@@ -79,6 +79,8 @@ class KontextEditModel(mlflow.pyfunc.PythonModel):
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         pipe = FluxKontextPipeline.from_pretrained(base, revision=revision, torch_dtype=dtype)
         load_adapter(pipe, Path(context.artifacts["adapter"]))
+        # A served model answers requests; a per-request denoising bar would only flood its log.
+        pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe.to(device)
         self.defaults = {**DEFAULT_PARAMS, **config.get("defaults", {})}
 

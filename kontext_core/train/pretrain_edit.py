@@ -13,10 +13,10 @@ import logging
 
 import torch
 from diffusers import FluxKontextPipeline, FluxTransformer2DModel
-from tqdm import tqdm
 
 from kontext_core.cache.text_cache import encode_caption
 from kontext_core.model.kontext_step import StepInputs, kontext_step
+from kontext_core.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def train_identity(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
     low, high = GUIDANCE_RANGE
     losses = []
-    for _ in tqdm(range(steps), desc="pretrain transformer", unit="step", leave=False, mininterval=1.0):
+    for _ in track(range(steps), "pretrain transformer", unit="step"):
         pictures = latents[torch.randint(0, len(latents), (BATCH,), generator=generator)]
         texts = torch.randint(0, len(prompt_embeds), (BATCH,), generator=generator)
         noise = torch.randn(pictures.shape, generator=generator)

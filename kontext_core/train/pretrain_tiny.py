@@ -73,22 +73,16 @@ def fixed_cpu_math(threads: int = THREADS) -> Iterator[None]:
 @torch.no_grad()
 def identity_psnr(pipe: FluxKontextPipeline, references: list, caption: str, steps: int = 8) -> float:
     """How closely the pipeline returns each reference unchanged (mean PSNR, validation settings)."""
+    from kontext_core.config import Params
     from kontext_core.validate.metrics import psnr
+    from kontext_core.validate.run import edit_image
 
-    scores = []
-    for index, reference in enumerate(references):
-        output = pipe(
-            image=reference,
-            prompt=caption,
-            height=SIZE,
-            width=SIZE,
-            max_area=SIZE * SIZE,
-            _auto_resize=False,
-            guidance_scale=2.5,
-            num_inference_steps=steps,
-            generator=torch.Generator("cpu").manual_seed(index),
-        ).images[0]
-        scores.append(psnr(output, reference))
+    pipe.set_progress_bar_config(disable=True)  # one edit per reference: no bar each
+    settings = Params(validation_guidance=2.5, validation_num_inference_steps=steps)
+    scores = [
+        psnr(edit_image(pipe, reference, caption, SIZE, SIZE, settings, index), reference)
+        for index, reference in enumerate(references)
+    ]
     return sum(scores) / len(scores)
 
 

@@ -13,7 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
-from tqdm import tqdm
+
+from kontext_core.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def train_vae(
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
     losses = []
-    for _ in tqdm(range(steps), desc="pretrain vae", unit="step", leave=False, mininterval=1.0):
+    for _ in track(range(steps), "pretrain vae", unit="step"):
         batch = _crops(pixels[torch.randint(0, len(pixels), (BATCH,), generator=generator)], generator)
         latents = normalised(vae, batch)
         noise = LATENT_NOISE * torch.randn(latents.shape, generator=generator)

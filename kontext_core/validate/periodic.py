@@ -96,7 +96,9 @@ def mlflow_periodic_validation(
     client = MlflowClient()
 
     def build() -> FluxKontextPipeline:
-        return place_pipeline(load_pipeline(params, workdir, transformer=transformer), params, device)
+        pipe = place_pipeline(load_pipeline(params, workdir, transformer=transformer), params, device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
 
     def log_metric(key: str, value: float, step: int) -> None:
         client.log_metric(run_id, key, value, step=step)

@@ -43,9 +43,10 @@ def score(
     params: Params,
     device: torch.device,
     with_images: bool = True,
+    desc: str = "validate",
 ) -> Scores:
     loss = compute_eval_loss(pipe.transformer, eval_set, device)
-    images = evaluate(pipe, pairs, load, params) if with_images else []
+    images = evaluate(pipe, pairs, load, params, desc=desc) if with_images else []
     return Scores(loss, images)
 
 

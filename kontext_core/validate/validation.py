@@ -48,7 +48,10 @@ def eval_fingerprint(params: Params, eval_set: EvalSet) -> str:
 def build_pipeline(params: Params, workdir: Path, transformer: torch.nn.Module):
     from kontext_core.model.load import load_pipeline, place_pipeline, training_device
 
-    return place_pipeline(load_pipeline(params, workdir, transformer=transformer), params, training_device())
+    pipe = place_pipeline(load_pipeline(params, workdir, transformer=transformer), params, training_device())
+    # One progress display per pass over the eval pairs (validate.run.evaluate), not diffusers' bar per edit.
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def run_validation(
@@ -67,9 +70,9 @@ def run_validation(
     eval_set = load_eval_set(workdir, params, pairs)
     pipe = build_pipeline(params, workdir, transformer)
     device = training_device()
-    base = score(pipe, eval_set, pairs, load, params, device)
+    base = score(pipe, eval_set, pairs, load, params, device, desc="validate base")
     attach(pipe, adapter_dir, params)
-    adapter = score(pipe, eval_set, pairs, load, params, device)
+    adapter = score(pipe, eval_set, pairs, load, params, device, desc="validate lora")
     write_grids(out_dir / "grids", base, adapter)
     fingerprint = eval_fingerprint(params, eval_set)
     metrics: dict[str, Any] = {**adapter.metrics(), **base.metrics("_base"), "eval_pairs": len(pairs)}

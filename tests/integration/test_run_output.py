@@ -52,7 +52,7 @@ def test_run_output_is_bounded_and_ends_with_a_stage_summary(tmp_path, mlflow_db
     assert list(rows) == STAGE_ORDER
     assert all(status == "ran" and seconds > 0 for status, seconds in rows.values())
     assert re.search(r"^final loss: \d+\.\d{4} \(mean of the last fifth of 60 steps\)$", first.stdout, re.M)
-    metric = r"^validation psnr: \d+\.\d{4} \(base model without the adapter: \d+\.\d{4}\)$"
+    metric = r"^validation eval_loss: \d+\.\d{4} \(base model without the adapter: \d+\.\d{4}\)$"
     assert re.search(metric, first.stdout, re.M)
     assert "champion: models:/kontext-lora/1 is the new champion (no champion before)" in first.stdout
 
