@@ -39,14 +39,20 @@ def _copy_project(built: Path, dest: Path) -> Path:
     return dest / "params.yaml"
 
 
-def test_a_third_dataset_backend_runs_through_the_data_stages(built_project, tmp_path, toy_backend):
-    params_file = _copy_project(built_project, tmp_path / "p")
+def _toy_project(built: Path, tmp_path: Path) -> Path:
+    """A copy of the built project whose dataset file holds a toy edit set and its toy references."""
+    params_file = _copy_project(built, tmp_path / "p")
     datasets = [
         {"id": "edits", "type": "toy", "instance_prompt": "edits", "conditioning_data": ["refs"]},
         {"id": "refs", "type": "toy", "instance_prompt": "refs", "dataset_type": "conditioning"},
     ]
     (tmp_path / "p/config/toy.json").write_text(json.dumps(datasets))
     write_params(params_file, data_backend_config="config/toy.json", eval_dataset_id=None)
+    return params_file
+
+
+def test_a_third_dataset_backend_runs_through_the_data_stages(built_project, tmp_path, toy_backend):
+    params_file = _toy_project(built_project, tmp_path)
     for name in ("fetch", "pair", "degrade", "cache_vae"):
         assert not run_stage(name, params_file)["skipped"]
     pairs = json.loads((tmp_path / "p/data/pair/pairs.json").read_text())
@@ -57,13 +63,7 @@ def test_a_third_dataset_backend_runs_through_the_data_stages(built_project, tmp
 
 
 def test_an_unregistered_backend_is_named_with_the_allowed_ones(built_project, tmp_path):
-    params_file = _copy_project(built_project, tmp_path / "p")
-    datasets = [
-        {"id": "edits", "type": "toy", "instance_prompt": "edits", "conditioning_data": ["refs"]},
-        {"id": "refs", "type": "toy", "instance_prompt": "refs", "dataset_type": "conditioning"},
-    ]
-    (tmp_path / "p/config/toy.json").write_text(json.dumps(datasets))
-    write_params(params_file, data_backend_config="config/toy.json", eval_dataset_id=None)
+    params_file = _toy_project(built_project, tmp_path)
     with pytest.raises(Exception, match=r"type = 'toy': unknown backend; allowed: local, huggingface"):
         run_stage("fetch", params_file)
 

@@ -65,8 +65,12 @@ def test_editing_a_module_changes_the_versions_of_the_stages_that_import_it_and_
     assert changed == {"quantize", "train", "validate", "register"}
 
 
+def _lint_imports(root: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(LINT_IMPORTS)], cwd=root, env=_env(root), capture_output=True, text=True)
+
+
 def test_the_import_contract_holds_on_the_tree():
-    result = subprocess.run([str(LINT_IMPORTS)], cwd=ROOT, env=_env(ROOT), capture_output=True, text=True)
+    result = _lint_imports(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "0 broken" in result.stdout
 
@@ -76,7 +80,7 @@ def test_the_import_contract_breaks_on_a_wrong_way_import(tmp_path):
     config = root / "kontext_core/config/base.py"
     # The bottom layer reaching up into the stages (the circle the split removed).
     config.write_text(config.read_text() + "\nfrom kontext_core.stages.registry import STAGES  # noqa\n")
-    result = subprocess.run([str(LINT_IMPORTS)], cwd=root, env=_env(root), capture_output=True, text=True)
+    result = _lint_imports(root)
     assert result.returncode != 0
     assert "kontext_core layers" in result.stdout and "BROKEN" in result.stdout
     assert "kontext_core.config.base -> kontext_core.stages.registry" in result.stdout
@@ -86,6 +90,6 @@ def test_the_library_never_imports_prefect(tmp_path):
     root = _copy_tree(tmp_path)
     images = root / "kontext_core/data/images.py"
     images.write_text(images.read_text() + "\nimport prefect  # noqa\n")
-    result = subprocess.run([str(LINT_IMPORTS)], cwd=root, env=_env(root), capture_output=True, text=True)
+    result = _lint_imports(root)
     assert result.returncode != 0
     assert "kontext_core never imports Prefect BROKEN" in result.stdout.replace("\n", " ")
