@@ -85,5 +85,9 @@ def stage_data_deps(params: Params, root: Path, produced: list[str]) -> dict[str
         "validate": model_deps,
         # Read only with lora_type: lycoris, but a dep either way: `-S lora_type=lycoris` then needs
         # no new dvc.yaml.
-        "train": [as_dep(params.lycoris_config, root)],
+        # The prompt library only when one is set (a dep on a file that does not exist stops dvc repro).
+        "train": [
+            as_dep(params.lycoris_config, root),
+            *([as_dep(params.user_prompt_library, root)] if params.user_prompt_library else []),
+        ],
     }

@@ -29,12 +29,10 @@ class DatasetEntry(Strict):
         "metadata_backend": "sizes come from image headers (local) or the dataset rows (huggingface)",
         "hash_filenames": "cache entries are always keyed by content hashes",
         "skip_file_discovery": "the header scan is cached by path, size and mtime and always runs",
-        "is_regularisation_data": "no prior-preservation loss: the set trains like any edit set",
     }
     HARMLESS: ClassVar[dict[str, object]] = {
         "vae_cache_clear_each_epoch": False,
         "hash_filenames": True,
-        "is_regularisation_data": False,
         "skip_file_discovery": None,
     }
 
@@ -85,6 +83,7 @@ class DatasetEntry(Strict):
     end_epoch: int | None = Field(None, ge=1)
     start_step: int = Field(0, ge=0)
     end_step: int | None = Field(None, ge=0)
+    # Parent-teacher training on an edit set: its target is the base model's own prediction.
     is_regularisation_data: bool = False
     hash_filenames: bool = True
     skip_file_discovery: str | list[str] | None = None

@@ -30,9 +30,12 @@ ACTED_NOTES: dict[str, str] = {
     "resume_from_checkpoint": "latest or a checkpoint folder of this run's fingerprint",
     "eval_dataset_id": "the edit set that validate scores; left out of training",
     "use_ema": "the averaged adapter is the one saved, validated and registered",
+    "validation_prompt": "rendered on the eval references at each validation during training",
+    "user_prompt_library": "JSON shortname -> prompt; each rendered like validation_prompt",
 }
 DATASET_NOTES: dict[str, str] = {
     "repeats": "each image 1 + repeats times per epoch",
+    "is_regularisation_data": "parent-teacher: the base model's own prediction is the target (LoRA and LyCORIS)",
     "probability": "weight of the set when the next batch's set is drawn; 0: never",
     "max_num_samples": "a fixed subset (seeded by the dataset id)",
     "start_epoch": "the set joins at this epoch (1-based)",

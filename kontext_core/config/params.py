@@ -98,7 +98,7 @@ CaptionStrategy = Literal["textfile", "filename", "instanceprompt", "huggingface
 
 # Keys the train stage acts on beyond its own list (its fingerprint must include them).
 EMA_KEYS = ("use_ema", "ema_decay", "ema_update_interval", "ema_warmup_steps")
-TRAIN_VALIDATION_KEYS = ("validation_step_interval", "num_eval_images")
+TRAIN_VALIDATION_KEYS = ("validation_step_interval", "num_eval_images", "validation_prompt", "user_prompt_library")
 
 # Keys of params.yaml that are dataset defaults: a dataset entry that does not set one takes it
 # from here, as SimpleTuner's data backend factory does with its command-line values.
@@ -185,6 +185,10 @@ class Params(Strict):
     # num_eval_images eval pairs; the validate stage after training scores every eval pair.
     validation_step_interval: int | None = Field(None, ge=1)
     num_eval_images: int | None = Field(4, ge=1)
+    # Instructions that validation during training also renders on the eval references (SimpleTuner's
+    # keys): one prompt, and a JSON file of shortname -> prompt (relative to the project).
+    validation_prompt: str | None = None
+    user_prompt_library: str | None = None
     conditioning_multidataset_sampling: Literal["random", "combined"] = "random"
     eval_dataset_id: str | None = None
     offload_during_startup: bool = False

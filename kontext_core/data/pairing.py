@@ -49,7 +49,15 @@ def inherit_resolution(reference: DatasetEntry, edit: DatasetEntry) -> DatasetEn
 
 
 # An edit set's SimpleTuner sampling keys, carried by each of its pairs to the trainer's sampler.
-SAMPLING_KEYS = ("repeats", "probability", "start_epoch", "end_epoch", "start_step", "end_step")
+SAMPLING_KEYS = (
+    "repeats",
+    "probability",
+    "start_epoch",
+    "end_epoch",
+    "start_step",
+    "end_step",
+    "is_regularisation_data",
+)
 
 
 def sampling_of(entry: DatasetEntry) -> dict[str, Any]:

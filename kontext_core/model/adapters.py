@@ -7,6 +7,8 @@ The trainer sees one interface whatever `lora_type` says (kontext_core.model.ada
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +105,15 @@ class Adapter:
 
     def save(self, out_dir: Path) -> Path:
         return save_lora(self.transformer, out_dir, self.params)
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """The base model alone for the duration (regularisation data's parent-teacher target)."""
+        self.transformer.disable_adapters()
+        try:
+            yield
+        finally:
+            self.transformer.enable_adapters()
 
 
 def add_lora(transformer: FluxTransformer2DModel, params: Params) -> list[torch.nn.Parameter]:

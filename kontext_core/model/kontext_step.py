@@ -126,7 +126,9 @@ def kontext_step(
     guidance: float | torch.Tensor = 1.0,
     loss_type: str = "mse",
     huber_c: float = 0.1,
+    target: torch.Tensor | None = None,
 ) -> StepOutputs:
+    """One flow-matching step; `target` (packed target tokens) replaces the flow target `noise - x0`."""
     x0 = inputs.target_latents
     b, _, h, w = x0.shape
     sig = sigmas.view(b, 1, 1, 1).to(x0.dtype)
@@ -157,6 +159,7 @@ def kontext_step(
         return_dict=False,
     )[0]
     prediction = out[:, : target_tokens.shape[1]]
-    target = pack_latents(noise - x0)
+    if target is None:
+        target = pack_latents(noise - x0)
     loss = flow_loss(prediction, target, loss_type, huber_c)
     return StepOutputs(loss=loss, prediction=prediction, target=target)

@@ -10,6 +10,8 @@ each module from its weights alone.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,6 +125,16 @@ class LycorisAdapter:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.network.load_state_dict(state, strict=True)
+
+    @contextmanager
+    def disabled(self) -> Iterator[None]:
+        """The base model alone for the duration (regularisation data's parent-teacher target)."""
+        multiplier = self.network.multiplier
+        self.network.set_multiplier(0.0)
+        try:
+            yield
+        finally:
+            self.network.set_multiplier(multiplier)
 
     def save(self, out_dir: Path) -> Path:
         state = self.state_dict()

@@ -58,8 +58,11 @@ TRAIN_KEYS = [
 
 
 def adapter_inputs(params: Params, workdir: Path) -> dict[str, Any]:
-    """Files the adapter kind reads besides params (e.g. a LyCORIS config)."""
-    return kind_for(params).fingerprint_inputs(params, workdir)
+    """Files the run reads besides params: the adapter kind's (e.g. a LyCORIS config) and the
+    validation prompt library."""
+    from kontext_core.validate.prompts import prompt_inputs
+
+    return {**kind_for(params).fingerprint_inputs(params, workdir), **prompt_inputs(params, workdir)}
 
 
 def stage_train(ctx: StageContext) -> None:

@@ -32,6 +32,8 @@ class Sampling:
     end_epoch: int | None = None
     start_step: int = 0
     end_step: int | None = None
+    # Parent-teacher: the target is the base model's own prediction (the adapter switched off).
+    is_regularisation_data: bool = False
 
     def in_epoch(self, epoch: int) -> bool:
         return self.start_epoch <= epoch and (self.end_epoch is None or epoch <= self.end_epoch)

@@ -18,7 +18,13 @@ import torch
 from safetensors.torch import load_file
 
 from kontext_core.config import Params
-from kontext_core.model.kontext_step import StepInputs, kontext_step, sample_guidance, sample_sigmas
+from kontext_core.model.kontext_step import (
+    StepInputs,
+    kontext_step,
+    pack_latents,
+    sample_guidance,
+    sample_sigmas,
+)
 from kontext_core.progress import Progress
 from kontext_core.train.checkpoints import CheckpointManager, TrainerState
 from kontext_core.train.data import TrainData
@@ -99,6 +105,33 @@ def make_batch(
     return inputs, noise.to(device), sigmas.to(device), guidance.to(device)
 
 
+def parent_teacher_target(
+    transformer: torch.nn.Module,
+    adapter,
+    data: TrainData,
+    batch: Batch,
+    inputs: StepInputs,
+    noise: torch.Tensor,
+    sigmas: torch.Tensor,
+    guidance: torch.Tensor,
+) -> torch.Tensor | None:
+    """SimpleTuner's `is_regularisation_data`: for the batch items of such a set, the target is the
+    base model's own prediction (the adapter switched off), so the adapter learns to leave that
+    data as the base model renders it. None when the batch holds no regularisation item.
+    """
+    mask = [data.samples[item.sample].sampling.is_regularisation_data for item in batch.items]
+    if not any(mask):
+        return None
+    disabled = getattr(adapter, "disabled", None)
+    if disabled is None:
+        raise TypeError(f"{type(adapter).__name__} cannot be switched off: is_regularisation_data needs it")
+    with torch.no_grad(), disabled():
+        base = kontext_step(transformer, inputs, noise, sigmas, guidance).prediction
+    flow_target = pack_latents(noise - inputs.target_latents)
+    chosen = torch.tensor(mask, device=flow_target.device).view(-1, 1, 1)
+    return torch.where(chosen, base.to(flow_target.dtype), flow_target)
+
+
 def enable_gradient_checkpointing(transformer: torch.nn.Module, interval: int | None = None) -> None:
     """Recompute activations in the backward pass; with `interval` n, only in every n-th block."""
     transformer.enable_gradient_checkpointing()
@@ -165,8 +198,18 @@ def train_loop(
             inputs, noise, sigmas, guidance = make_batch(data, batches[dist.rank], params, device)
             # bf16 autocast on accelerators only: CPU runs stay float32 and bit-reproducible.
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                target = parent_teacher_target(
+                    transformer, adapter, data, batches[dist.rank], inputs, noise, sigmas, guidance
+                )
                 out = kontext_step(
-                    transformer, inputs, noise, sigmas, guidance, loss_type=params.loss_type, huber_c=params.huber_c
+                    transformer,
+                    inputs,
+                    noise,
+                    sigmas,
+                    guidance,
+                    loss_type=params.loss_type,
+                    huber_c=params.huber_c,
+                    target=target,
                 )
             (out.loss / accumulation).backward()
             step_loss += out.loss.detach() / accumulation

@@ -19,7 +19,7 @@ from PIL import Image
 
 from kontext_core.config import Params
 from kontext_core.validate.grids import make_grid
-from kontext_core.validate.run import evaluate, grid_name
+from kontext_core.validate.run import evaluate, grid_name, prompted_edits
 
 LogMetric = Callable[[str, float, int], None]  # (key, value, step)
 LogImage = Callable[[Image.Image, str], None]  # (image, artifact file)
@@ -42,11 +42,14 @@ class PeriodicValidation:
         log_metric: LogMetric,
         log_image: LogImage,
         eval_loss: Callable[[], float] | None = None,
+        prompts: dict[str, str] | None = None,
     ) -> None:
         self.params = params
         # The adapter's eval loss on the eval set (None: not scored), so the loss curve and the
         # samples line up by step.
         self.eval_loss = eval_loss
+        # validation_prompt / user_prompt_library: shortname -> instruction, rendered on the references.
+        self.prompts = prompts or {}
         self.transformer = transformer
         self.pairs = pairs
         self.load = load
@@ -67,6 +70,7 @@ class PeriodicValidation:
         try:
             with torch.no_grad():
                 results = evaluate(self._pipe, self.pairs, self.load, self.params)
+                prompted = prompted_edits(self._pipe, self.pairs, self.load, self.params, self.prompts)
                 loss = self.eval_loss() if self.eval_loss is not None else None
         finally:
             self.transformer.train()
@@ -76,6 +80,9 @@ class PeriodicValidation:
         for result in results:
             grid = make_grid([("reference", result.reference), ("lora", result.output), ("target", result.target)])
             self.log_image(grid, f"validation/step_{step:06d}/{grid_name(result.pair_id)}")
+        for shortname, result in prompted:
+            grid = make_grid([("reference", result.reference), (shortname, result.output)])
+            self.log_image(grid, f"validation/step_{step:06d}/prompts/{shortname}/{grid_name(result.pair_id)}")
         self.steps.append(step)
 
 
@@ -116,4 +123,7 @@ def mlflow_periodic_validation(
     def eval_loss() -> float:
         return compute_eval_loss(transformer, eval_set, device).mean
 
-    return PeriodicValidation(params, transformer, pairs, load, build, log_metric, log_image, eval_loss)
+    from kontext_core.validate.prompts import validation_prompts
+
+    prompts = validation_prompts(params, workdir)
+    return PeriodicValidation(params, transformer, pairs, load, build, log_metric, log_image, eval_loss, prompts)

@@ -124,5 +124,28 @@ def evaluate(
     return results
 
 
+def prompted_edits(
+    pipe: FluxKontextPipeline,
+    pairs: list[dict],
+    load: Callable[[str], Image.Image],
+    params: Params,
+    prompts: dict[str, str],
+) -> list[tuple[str, EvalResult]]:
+    """Each prompt of the validation prompt library on each pair's reference: (shortname, result).
+
+    The target is shown for orientation; PSNR/SSIM against it mean little for another instruction,
+    so nothing scores these edits.
+    """
+    results = []
+    for shortname, prompt in prompts.items():
+        for index, pair in enumerate(pairs):
+            reference, target, _ = conditioned_inputs(pair, load, params.conditioning_multidataset_sampling)
+            width, height = target.size
+            output = edit_image(pipe, reference, prompt, width, height, params, params.validation_seed + index)
+            result = EvalResult(pair["pair_id"], prompt, reference, output, target, float("nan"), float("nan"))
+            results.append((shortname, result))
+    return results
+
+
 def grid_name(pair_id: str) -> str:
     return Path(pair_id.replace("/", "__")).with_suffix(".png").name

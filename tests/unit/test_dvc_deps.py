@@ -65,3 +65,12 @@ def test_generated_dvc_yaml_names_the_users_folders(tmp_path):
     assert "/abs/photos" in stages["fetch"]["deps"]
     assert "models/tiny-kontext" in stages["cache_vae"]["deps"]
     assert "config/lycoris_config.json" in stages["train"]["deps"]
+
+
+def test_a_prompt_library_is_a_train_dep_only_when_set(tmp_path):
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config/multidatabackend.json").write_text("[]")
+    plain = stage_data_deps(params_from_dict({}), tmp_path, PRODUCED)["train"]
+    assert not any("prompts" in dep for dep in plain)
+    params = params_from_dict({"user_prompt_library": "config/prompts.json"})
+    assert "config/prompts.json" in stage_data_deps(params, tmp_path, PRODUCED)["train"]

@@ -76,3 +76,45 @@ def test_validation_every_n_steps_logs_by_step_and_leaves_training_alone(pipelin
     assert images == [f"validation/step_00000{s}/eval__{i}.png" for s in (2, 4) for i in (0, 1)]
     without, _, _ = _train(pipeline, data, params, validate=False)
     assert _equal(with_validation, without)
+
+
+def test_validation_prompts_are_rendered_on_the_eval_references(pipeline, data, tmp_path):  # noqa: F811
+    import copy
+
+    import torch
+
+    from kontext_core.validate.prompts import validation_prompts
+
+    (tmp_path / "prompts.json").write_text('{"night": "at night", "blue": "make it blue"}')
+    params = _params(
+        validation_step_interval=1,
+        num_eval_images=2,
+        validation_resolution="32x32",
+        validation_num_inference_steps=1,
+        validation_prompt="invert the colours",
+        user_prompt_library="prompts.json",
+    )
+    prompts = validation_prompts(params, tmp_path)
+    assert list(prompts) == ["validation_prompt", "night", "blue"]
+    transformer = copy.deepcopy(pipeline.transformer)
+    images: dict[str, Image.Image] = {}
+    validation = PeriodicValidation(
+        params,
+        transformer,
+        validation_pairs(PAIRS, params),
+        _load,
+        lambda: pipeline.__class__(**{**pipeline.components, "transformer": transformer}),
+        lambda key, value, step: None,
+        lambda image, name: images.__setitem__(name, image),
+        prompts=prompts,
+    )
+    with torch.no_grad():
+        validation(1)
+    prompted = sorted(name for name in images if "/prompts/" in name)
+    assert prompted == sorted(
+        f"validation/step_000001/prompts/{short}/eval__{i}.png" for short in prompts for i in (0, 1)
+    )
+    # Each instruction is its own edit: the outputs differ between prompts on the same reference.
+    night = images["validation/step_000001/prompts/night/eval__0.png"]
+    blue = images["validation/step_000001/prompts/blue/eval__0.png"]
+    assert night.tobytes() != blue.tobytes()
