@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from kontext_core.config import Params
-from kontext_core.fsutil import atomic_dir, sha256_json, sha256_tree, write_json
+from kontext_core.fsutil import (
+    atomic_dir,
+    forget_file_hashes,
+    safetensors_problem,
+    sha256_json,
+    sha256_tree,
+    write_json,
+)
 from kontext_core.stages.code_version import code_version
 
 log = logging.getLogger(__name__)
@@ -182,13 +191,101 @@ def compute_fingerprint(spec: StageSpec, specs: Specs, params: Params, workdir: 
     return Fingerprint(sha256_json(material), material)
 
 
+def _visible_files(path: Path) -> list[Path]:
+    """The files an output's hash covers (hidden names skipped, as `sha256_tree` does)."""
+    if path.is_file():
+        return [path]
+    files = []
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        if not any(part.startswith(".") for part in file.relative_to(path).parts):
+            files.append(file)
+    return files
+
+
+def output_files(workdir: Path, rels: list[str]) -> dict[str, dict[str, int]]:
+    """Each output's files and their sizes ("." for an output that is one file): the manifest keeps
+    them so that a skip can check every file cheaply without hashing gigabytes."""
+    listing: dict[str, dict[str, int]] = {}
+    for rel in rels:
+        path = workdir / rel
+        if not path.exists():
+            continue
+        if path.is_file():
+            listing[rel] = {".": path.stat().st_size}
+        else:
+            listing[rel] = {f.relative_to(path).as_posix(): f.stat().st_size for f in _visible_files(path)}
+    return listing
+
+
+def output_problems(
+    name: str, workdir: Path, manifest: dict[str, Any] | None = None, deep: bool = False
+) -> list[str]:
+    """What is wrong with a stage's recorded outputs, one "path: reason" per damaged file.
+
+    Cheap (every skip): each output and each file the manifest lists exists with its recorded size,
+    and each safetensors file's header matches its length. `deep` also re-hashes every output and
+    compares it with the manifest's content hash (`kontext verify`). A manifest written before file
+    listings existed is checked by hash.
+    """
+    manifest = manifest if manifest is not None else read_manifest(workdir, name)
+    if manifest is None:
+        return []
+    problems: list[str] = []
+    listing: dict[str, dict[str, int]] | None = manifest.get("files")
+    for rel, recorded_hash in manifest["outputs"].items():
+        path = workdir / rel
+        if recorded_hash == "missing":
+            continue
+        if not path.exists():
+            problems.append(f"{rel}: missing")
+            continue
+        files = (listing or {}).get(rel)
+        damaged_here = False
+        if files is not None:
+            for sub, size in files.items():
+                file = path if sub == "." else path / sub
+                shown = rel if sub == "." else f"{rel}/{sub}"
+                if not file.is_file():
+                    problems.append(f"{shown}: missing")
+                    damaged_here = True
+                elif file.stat().st_size != size:
+                    problems.append(f"{shown}: {file.stat().st_size} bytes, {size} when written (truncated?)")
+                    damaged_here = True
+                elif file.suffix == ".safetensors" and (problem := safetensors_problem(file)):
+                    problems.append(f"{shown}: {problem}")
+                    damaged_here = True
+        if not damaged_here and (deep or listing is None):
+            forget_file_hashes(path)
+            if sha256_tree(path) != recorded_hash:
+                problems.append(f"{rel}: content differs from the hash recorded when it was written")
+    return problems
+
+
 def outputs_intact(name: str, workdir: Path, expected_fingerprint: str | None = None) -> bool:
+    """The stage's manifest matches the fingerprint and its recorded outputs pass the cheap checks;
+    a damaged output is logged by name (the stage then runs again and rewrites it)."""
     manifest = read_manifest(workdir, name)
     if manifest is None:
         return False
     if expected_fingerprint is not None and manifest["fingerprint"] != expected_fingerprint:
         return False
-    return all((workdir / rel).exists() for rel in manifest["outputs"])
+    problems = output_problems(name, workdir, manifest)
+    if problems:
+        log.warning("stage %s: damaged outputs, it runs again: %s", name, "; ".join(problems[:5]))
+        return False
+    return True
+
+
+# Reliability tests kill a stage at a chosen point: KONTEXT_TEST_KILL_AT=stage:point (points: start,
+# before_swap = outputs written in staging, after_swap = outputs in place but no manifest yet).
+KILL_ENV = "KONTEXT_TEST_KILL_AT"
+
+
+def _kill_point(name: str, point: str) -> None:
+    if os.environ.get(KILL_ENV) == f"{name}:{point}":
+        log.warning("stage %s: killed at %s (%s)", name, point, KILL_ENV)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_spec(
@@ -220,10 +317,12 @@ def run_spec(
         shutil.rmtree(staging_dirs[rel], ignore_errors=True)
         staging_dirs[rel].mkdir(parents=True)
     ctx.staging = staging_dirs
+    _kill_point(name, "start")
     for rel in spec.persist + spec.metrics + spec.plots:
         (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
     try:
         spec.fn(ctx)
+        _kill_point(name, "before_swap")
         for rel, staging in staging_dirs.items():
             with atomic_dir(workdir / rel) as tmp:
                 tmp.rmdir()
@@ -231,6 +330,7 @@ def run_spec(
     finally:
         for staging in staging_dirs.values():
             shutil.rmtree(staging, ignore_errors=True)
+    _kill_point(name, "after_swap")
     outputs = {rel: _hash_output(workdir / rel) for rel in spec.all_outs()}
     manifest = {
         "stage": name,
@@ -239,6 +339,7 @@ def run_spec(
         "params": fp.material["params"],
         "inputs": fp.material["inputs"],
         "outputs": outputs,
+        "files": output_files(workdir, spec.all_outs()),
         "info": ctx.info,
         "seconds": round(time.time() - started, 3),
     }
