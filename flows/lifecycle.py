@@ -47,9 +47,7 @@ def crash_stale_flow_runs(project: Path, current: str | None) -> list[str]:
         runs = client.read_flow_runs(
             flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
             flow_run_filter=FlowRunFilter(
-                state=FlowRunFilterState(
-                    type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING])
-                )
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
             ),
             limit=200,
         )
@@ -65,8 +63,12 @@ def crash_stale_flow_runs(project: Path, current: str | None) -> list[str]:
                 force=True,
             )
             crashed.append(str(run.id))
-            log.warning("Prefect flow run %s (%s) was left %s by a dead process: marked Crashed", run.name, run.id,
-                        run.state_type.value if run.state_type else "?")
+            log.warning(
+                "Prefect flow run %s (%s) was left %s by a dead process: marked Crashed",
+                run.name,
+                run.id,
+                run.state_type.value if run.state_type else "?",
+            )
     return crashed
 
 
