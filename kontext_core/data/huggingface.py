@@ -92,6 +92,25 @@ def _local_path(dataset: str, base_dir: Path) -> Path | None:
     return path if path.exists() else None
 
 
+def _check_data_files(local: Path, dataset: str) -> None:
+    """Every parquet/arrow file of a local dataset must be whole: `datasets` skips an empty one
+    silently (rows lost without a word), and a damaged one fails later naming no file."""
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.suffix in (".parquet", ".arrow"))
+    for file in files:
+        if any(part.startswith(".") for part in file.relative_to(local.parent if local.is_file() else local).parts):
+            continue
+        if file.stat().st_size == 0:
+            raise ConfigError(f"dataset_name '{dataset}': {file} is empty (0 bytes); remove it or restore it")
+        if file.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                pq.read_metadata(file)
+            except Exception as exc:  # pyarrow raises ArrowInvalid/OSError: the file is what matters
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(f"dataset_name '{dataset}': {file} is not a readable parquet file: {first}") from None
+
+
 def _load(dataset: str, split: str, revision: str | None, base_dir: Path) -> Any:
     import datasets
 
@@ -106,6 +125,7 @@ def _load(dataset: str, split: str, revision: str | None, base_dir: Path) -> Any
                 raise ConfigError(f"{dataset}: no split '{split}' (splits: {', '.join(loaded)})")
             return loaded[split]
         return loaded
+    _check_data_files(local, dataset)
     if local.is_file():
         builder = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
         if local.suffix not in builder:

@@ -9,6 +9,7 @@ the record kept with caption None, so the pre-flight report can count it and pai
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +59,20 @@ def find_images(root: Path) -> tuple[list[FoundImage], list[Path], list[tuple[Pa
             continue
         for item in entries:
             if item.is_symlink():
-                real = os.path.realpath(item.path)
+                try:
+                    real = os.path.realpath(item.path, strict=True)
+                    is_dir = item.is_dir()
+                except OSError as exc:
+                    # A loop (a -> b -> a) or a dangling link: reported, never followed.
+                    if item.name.lower().endswith(IMAGE_EXTENSIONS) or exc.errno == errno.ELOOP:
+                        unlisted.append((Path(item.path), f"symlink cannot be resolved: {exc.strerror or exc}"))
+                    continue
                 if not _inside(Path(real), root):
-                    if item.is_dir() or item.name.lower().endswith(IMAGE_EXTENSIONS):
+                    if is_dir or item.name.lower().endswith(IMAGE_EXTENSIONS):
                         outside.append(Path(item.path))
                     continue
                 # A symlinked folder inside the root only repeats files that are listed anyway.
-                if item.is_dir() or not item.name.lower().endswith(IMAGE_EXTENSIONS):
+                if is_dir or not item.name.lower().endswith(IMAGE_EXTENSIONS):
                     continue
                 found.append(FoundImage(item.path[prefix:].replace(os.sep, "/"), item.path, real))
             elif item.is_dir():

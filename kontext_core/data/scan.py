@@ -175,8 +175,11 @@ def _walk_files(root: Path) -> list[tuple[str, str]]:
             if item.name.startswith("."):
                 continue
             if item.is_symlink():
-                real = os.path.realpath(item.path)
-                if not (real == str(root) or real.startswith(str(root) + os.sep)) or item.is_dir():
+                try:
+                    real = os.path.realpath(item.path, strict=True)
+                    if not (real == str(root) or real.startswith(str(root) + os.sep)) or item.is_dir():
+                        continue
+                except OSError:  # a loop or a dangling link: fetch reports it; nothing to hash
                     continue
             if item.is_dir():
                 stack.append(item.path)
