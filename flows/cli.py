@@ -346,10 +346,10 @@ def export(
         if model.startswith(("models:/", "runs:/")):
             from kontext_core.config import load_params
             from kontext_core.tracking.registry import download_adapter
-            from kontext_core.tracking.runs import tracking_uri, use_store
+            from kontext_core.tracking.runs import open_store
 
             if params.exists():
-                use_store(tracking_uri(load_params(params), params.resolve().parent))
+                open_store(load_params(params), params.resolve().parent)
             with tempfile.TemporaryDirectory(prefix="kontext-export-") as tmp:
                 path = export_kohya(download_adapter(model, Path(tmp)), out)
         else:
