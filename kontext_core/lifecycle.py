@@ -28,6 +28,18 @@ log = logging.getLogger(__name__)
 LEFTOVER_ROOTS = ("data", "cache", "models", "artifacts")
 _LEFTOVER = re.compile(r"^\.(.+\.staging|train-job-.*|.+\.tmp|.+\.old-\d+)$")
 PR_SET_PDEATHSIG = 1
+# Reliability tests kill a run at a chosen point: KONTEXT_TEST_KILL_AT=stage:point (the engine's points
+# are start, before_swap = outputs written in staging, after_swap = outputs in place but no manifest;
+# the registry's: version_created = version made, alias not moved).
+KILL_ENV = "KONTEXT_TEST_KILL_AT"
+
+
+def kill_point(name: str, point: str) -> None:
+    """SIGKILL this process when KONTEXT_TEST_KILL_AT names this point (a test hook; no-op otherwise)."""
+    if os.environ.get(KILL_ENV) == f"{name}:{point}":
+        log.warning("%s: killed at %s (%s)", name, point, KILL_ENV)
+        logging.shutdown()
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def leftovers(project: Path) -> list[Path]:

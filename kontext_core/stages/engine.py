@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import signal
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from kontext_core.fsutil import (
     sha256_tree,
     write_json,
 )
+from kontext_core.lifecycle import kill_point
 from kontext_core.stages.code_version import code_version
 
 log = logging.getLogger(__name__)
@@ -191,6 +190,11 @@ def compute_fingerprint(spec: StageSpec, specs: Specs, params: Params, workdir: 
     return Fingerprint(sha256_json(material), material)
 
 
+# Outputs up to this size are also re-hashed on every skip (a same-size edit of a table is caught);
+# larger ones (models, caches) get the cheap checks there and the hash in `kontext verify`.
+HASH_ON_SKIP_BYTES = 64 << 20
+
+
 def _visible_files(path: Path) -> list[Path]:
     """The files an output's hash covers (hidden names skipped, as `sha256_tree` does)."""
     if path.is_file():
@@ -223,9 +227,10 @@ def output_problems(
     """What is wrong with a stage's recorded outputs, one "path: reason" per damaged file.
 
     Cheap (every skip): each output and each file the manifest lists exists with its recorded size,
-    and each safetensors file's header matches its length. `deep` also re-hashes every output and
-    compares it with the manifest's content hash (`kontext verify`). A manifest written before file
-    listings existed is checked by hash.
+    each safetensors file's header matches its length, and outputs up to HASH_ON_SKIP_BYTES are
+    re-hashed (a file's hash is remembered while its size and mtime stay, so this costs a stat).
+    `deep` re-reads and re-hashes every output and compares it with the manifest's content hash
+    (`kontext verify`). A manifest written before file listings existed is checked by hash.
     """
     manifest = manifest if manifest is not None else read_manifest(workdir, name)
     if manifest is None:
@@ -254,8 +259,10 @@ def output_problems(
                 elif file.suffix == ".safetensors" and (problem := safetensors_problem(file)):
                     problems.append(f"{shown}: {problem}")
                     damaged_here = True
-        if not damaged_here and (deep or listing is None):
-            forget_file_hashes(path)
+        small = files is not None and sum(files.values()) <= HASH_ON_SKIP_BYTES
+        if not damaged_here and (deep or listing is None or small):
+            if deep:
+                forget_file_hashes(path)
             if sha256_tree(path) != recorded_hash:
                 problems.append(f"{rel}: content differs from the hash recorded when it was written")
     return problems
@@ -274,18 +281,6 @@ def outputs_intact(name: str, workdir: Path, expected_fingerprint: str | None = 
         log.warning("stage %s: damaged outputs, it runs again: %s", name, "; ".join(problems[:5]))
         return False
     return True
-
-
-# Reliability tests kill a stage at a chosen point: KONTEXT_TEST_KILL_AT=stage:point (points: start,
-# before_swap = outputs written in staging, after_swap = outputs in place but no manifest yet).
-KILL_ENV = "KONTEXT_TEST_KILL_AT"
-
-
-def _kill_point(name: str, point: str) -> None:
-    if os.environ.get(KILL_ENV) == f"{name}:{point}":
-        log.warning("stage %s: killed at %s (%s)", name, point, KILL_ENV)
-        logging.shutdown()
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_spec(
@@ -317,12 +312,12 @@ def run_spec(
         shutil.rmtree(staging_dirs[rel], ignore_errors=True)
         staging_dirs[rel].mkdir(parents=True)
     ctx.staging = staging_dirs
-    _kill_point(name, "start")
+    kill_point(name, "start")
     for rel in spec.persist + spec.metrics + spec.plots:
         (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
     try:
         spec.fn(ctx)
-        _kill_point(name, "before_swap")
+        kill_point(name, "before_swap")
         for rel, staging in staging_dirs.items():
             with atomic_dir(workdir / rel) as tmp:
                 tmp.rmdir()
@@ -330,7 +325,7 @@ def run_spec(
     finally:
         for staging in staging_dirs.values():
             shutil.rmtree(staging, ignore_errors=True)
-    _kill_point(name, "after_swap")
+    kill_point(name, "after_swap")
     outputs = {rel: _hash_output(workdir / rel) for rel in spec.all_outs()}
     manifest = {
         "stage": name,

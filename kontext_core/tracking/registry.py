@@ -23,6 +23,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from kontext_core.config import Params
+from kontext_core.lifecycle import kill_point
 
 log = logging.getLogger(__name__)
 
@@ -290,6 +291,7 @@ def register_adapter(
         if not registration.became_champion:
             log.warning("version %s of %s kept out: %s", registration.version, name, registration.reason)
     registration.model_uri = f"models:/{name}/{registration.version}"
+    kill_point("register", "version_created")
     record_decision(client, run_id, registration, fmt, metrics)
     if alias_now:
         move_alias(client, params, registration)
