@@ -25,6 +25,7 @@ from kontext_core.fsutil import (
     atomic_dir,
     forget_file_hashes,
     safetensors_problem,
+    sha256_file,
     sha256_json,
     sha256_tree,
     write_json,
@@ -206,37 +207,36 @@ def _visible_files(path: Path) -> list[Path]:
     return files
 
 
-def output_files(workdir: Path, rels: list[str]) -> dict[str, dict[str, int]]:
-    """Each output's files and their sizes ("." for an output that is one file): the manifest keeps
-    them so that a skip can check every file cheaply without hashing gigabytes."""
-    listing: dict[str, dict[str, int]] = {}
+def output_files(workdir: Path, rels: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """Each output's files with [size, sha256] ("." for an output that is one file): the manifest keeps
+    them so that a skip checks every file cheaply and a damaged one is named. The hashes are the ones
+    the output hash was just built from (remembered per file), so listing them reads nothing again."""
+    listing: dict[str, dict[str, list[Any]]] = {}
     for rel in rels:
         path = workdir / rel
         if not path.exists():
             continue
-        if path.is_file():
-            listing[rel] = {".": path.stat().st_size}
-        else:
-            listing[rel] = {f.relative_to(path).as_posix(): f.stat().st_size for f in _visible_files(path)}
+        files = [path] if path.is_file() else _visible_files(path)
+        listing[rel] = {
+            ("." if f == path else f.relative_to(path).as_posix()): [f.stat().st_size, sha256_file(f)] for f in files
+        }
     return listing
 
 
-def output_problems(
-    name: str, workdir: Path, manifest: dict[str, Any] | None = None, deep: bool = False
-) -> list[str]:
+def output_problems(name: str, workdir: Path, manifest: dict[str, Any] | None = None, deep: bool = False) -> list[str]:
     """What is wrong with a stage's recorded outputs, one "path: reason" per damaged file.
 
     Cheap (every skip): each output and each file the manifest lists exists with its recorded size,
-    each safetensors file's header matches its length, and outputs up to HASH_ON_SKIP_BYTES are
-    re-hashed (a file's hash is remembered while its size and mtime stay, so this costs a stat).
-    `deep` re-reads and re-hashes every output and compares it with the manifest's content hash
-    (`kontext verify`). A manifest written before file listings existed is checked by hash.
+    each safetensors file's header matches its length, and the files of outputs up to
+    HASH_ON_SKIP_BYTES are compared with their recorded hashes (a file's hash is remembered while its
+    size and mtime stay, so this costs a stat). `deep` re-reads and re-hashes every file (`kontext
+    verify`). A manifest written before file listings existed is checked by its output hashes.
     """
     manifest = manifest if manifest is not None else read_manifest(workdir, name)
     if manifest is None:
         return []
     problems: list[str] = []
-    listing: dict[str, dict[str, int]] | None = manifest.get("files")
+    listing: dict[str, dict[str, list[Any]]] | None = manifest.get("files")
     for rel, recorded_hash in manifest["outputs"].items():
         path = workdir / rel
         if recorded_hash == "missing":
@@ -245,26 +245,24 @@ def output_problems(
             problems.append(f"{rel}: missing")
             continue
         files = (listing or {}).get(rel)
-        damaged_here = False
-        if files is not None:
-            for sub, size in files.items():
-                file = path if sub == "." else path / sub
-                shown = rel if sub == "." else f"{rel}/{sub}"
-                if not file.is_file():
-                    problems.append(f"{shown}: missing")
-                    damaged_here = True
-                elif file.stat().st_size != size:
-                    problems.append(f"{shown}: {file.stat().st_size} bytes, {size} when written (truncated?)")
-                    damaged_here = True
-                elif file.suffix == ".safetensors" and (problem := safetensors_problem(file)):
-                    problems.append(f"{shown}: {problem}")
-                    damaged_here = True
-        small = files is not None and sum(files.values()) <= HASH_ON_SKIP_BYTES
-        if not damaged_here and (deep or listing is None or small):
-            if deep:
-                forget_file_hashes(path)
+        if files is None:
             if sha256_tree(path) != recorded_hash:
                 problems.append(f"{rel}: content differs from the hash recorded when it was written")
+            continue
+        if deep:
+            forget_file_hashes(path)
+        hash_them = deep or sum(size for size, _ in files.values()) <= HASH_ON_SKIP_BYTES
+        for sub, (size, digest) in files.items():
+            file = path if sub == "." else path / sub
+            shown = rel if sub == "." else f"{rel}/{sub}"
+            if not file.is_file():
+                problems.append(f"{shown}: missing")
+            elif file.stat().st_size != size:
+                problems.append(f"{shown}: {file.stat().st_size} bytes, {size} when written (truncated?)")
+            elif file.suffix == ".safetensors" and (problem := safetensors_problem(file)):
+                problems.append(f"{shown}: {problem}")
+            elif hash_them and sha256_file(file) != digest:
+                problems.append(f"{shown}: content differs from the hash recorded when it was written")
     return problems
 
 
