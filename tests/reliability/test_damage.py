@@ -81,7 +81,8 @@ def test_each_damage_is_named_then_repaired_by_the_stage_that_wrote_it(project_c
 def _versions(project: Path) -> int:
     import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
     return len(client.search_model_versions("name = 'kontext-lora'"))
 
 
