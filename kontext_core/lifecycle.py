@@ -99,7 +99,7 @@ import os, signal, sys, time
 sys.path.insert(0, sys.argv[4])
 from kontext_core.lifecycle import _start_time, set_parent_death_signal
 parent, pgid, guard = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-guard_start = _start_time(guard) if guard > 1 else None
+guard_start = sys.argv[5] if guard > 1 else None  # taken before this process started: no race
 
 def reap(*_):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -152,8 +152,9 @@ def contain_children() -> bool:
         except OSError:
             return False
     package_root = str(Path(__file__).resolve().parents[1])
+    guard_start = (_start_time(guard) or "gone") if guard > 1 else ""
     _watchdog = subprocess.Popen(
-        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(os.getpgrp()), str(guard), package_root],
+        [sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(os.getpgrp()), str(guard), package_root, guard_start],
         stdin=subprocess.DEVNULL,
         close_fds=True,
     )
