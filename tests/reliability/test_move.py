@@ -3,6 +3,7 @@ loads from the project's own `mlruns`, and no hashed output holds an absolute pa
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -45,3 +46,40 @@ def test_no_hashed_output_holds_an_absolute_path_of_the_project(reliable_built):
                 if where in path.read_bytes():
                     found.append(path.relative_to(reliable_built).as_posix())
     assert found == []
+
+
+def test_two_projects_sharing_a_registry_make_one_version_per_adapter(reliable_built, tmp_path, mlflow_template):
+    """Two machines (here: two runs) registering the same adapter bytes into one store: one version."""
+    from kontext_core.data.sources import open_ref
+    from kontext_core.tracking.model_log import log_edit_model
+    from kontext_core.tracking.registry import register_adapter
+    from kontext_core.tracking.store import use_store
+    from kontext_core.validate.promotion import example_from_eval_set
+
+    shared = tmp_path / "shared.db"
+    shutil.copy(mlflow_template, shared)
+    use_store(f"sqlite:///{shared}")
+    client = mlflow.MlflowClient()
+    experiment = client.create_experiment("shared", artifact_location=(tmp_path / "artifacts").as_uri())
+    project = reliable_built
+    params = load_params(project / "params.yaml")
+    adapter = project / "models/adapter"
+    metrics = json.loads((project / "artifacts/metrics/validate.json").read_text())
+    example = example_from_eval_set(project, params, lambda ref: open_ref(ref, project))
+    logged: list[str] = []
+
+    def register(run_id: str):
+        def log_model():
+            logged.append(run_id)
+            return log_edit_model(params, run_id, adapter, project, example)
+
+        def rescore(_: Path) -> dict[str, float]:
+            raise AssertionError("the same adapter is never scored against itself")
+
+        return register_adapter(params, run_id, adapter, log_model, metrics, "same-eval-set", rescore)
+
+    first = register(client.create_run(experiment).info.run_id)
+    second = register(client.create_run(experiment).info.run_id)
+    assert second.version == first.version and len(logged) == 1
+    assert len(client.search_model_versions("name = 'kontext-lora'")) == 1
+    assert str(client.get_model_version_by_alias("kontext-lora", "champion").version) == first.version
