@@ -76,12 +76,18 @@ def requirements() -> list[str]:
 def _log(params: Params, run_id: str, base: dict, artifacts: dict, example: Any, code: str) -> Any:
     from mlflow.models import Model
 
-    # What mlflow.pyfunc.log_model does, with the run given by id instead of an active run.
+    # What mlflow.pyfunc.log_model does, with the run given by id instead of an active run. The logged
+    # model is made first in the run's experiment: left to itself, it would go to the active
+    # experiment (the store's default one, whose files land in ./mlruns of the working directory).
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    logged = client.create_logged_model(experiment_id=experiment_id, name="adapter", source_run_id=run_id)
     return Model.log(
         artifact_path=None,
         name="adapter",
         flavor=mlflow.pyfunc,
         run_id=run_id,
+        model_id=logged.model_id,
         python_model=KontextEditModel(),
         artifacts=artifacts,
         model_config={
