@@ -132,3 +132,34 @@ def test_an_empty_parquet_beside_a_good_one_is_named(tmp_path):
         huggingface_records(entry, tmp_path)
     message = str(refused.value)
     assert "train-1.parquet" in message and "empty (0 bytes)" in message and "\n" not in message
+
+
+@pytest.mark.slow
+def test_an_expected_failure_under_kontext_run_is_one_line_without_prefect_tracebacks(
+    tmp_path, mlflow_db, prefect_harness, capfd, monkeypatch
+):
+    """A dataset folder removed after `config check`: fetch refuses inside the Prefect flow; Prefect's
+    own log of the failure keeps its message but not the traceback."""
+    import json
+    import shutil
+
+    from tests.conftest import make_project
+
+    monkeypatch.delenv("KONTEXT_DEBUG", raising=False)
+    params = make_project(
+        tmp_path / "p", mlflow_db=mlflow_db, data_backend_config="datasets.json", eval_dataset_id=None
+    )
+    images = tmp_path / "p" / "imgs"
+    images.mkdir()
+    entry = {"id": "imgs", "type": "local", "instance_data_dir": "imgs", "caption_strategy": "filename"}
+    entry["conditioning"] = [{"type": "superresolution"}]
+    (tmp_path / "p" / "datasets.json").write_text(json.dumps([entry]))
+    shutil.rmtree(images)
+
+    result = CliRunner().invoke(app, ["run", "--no-dvc-commit", "--params", str(params)])
+    captured = capfd.readouterr()
+    everything = result.output + captured.out + captured.err
+    assert result.exit_code == 2, everything[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "instance_data_dir 'imgs' is not a folder" in errors[0], result.stderr
+    assert "Traceback" not in everything, everything[-5000:]
