@@ -20,6 +20,17 @@ app.add_typer(config_app, name="config")
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="the parameter file")
 
+# Set by `main()` (the `kontext` program), not when a test calls the app in its own process: only a
+# program of its own may take a process group and a watchdog (kontext_core.lifecycle).
+_AS_PROGRAM = False
+
+
+def _contain_children() -> None:
+    if _AS_PROGRAM:
+        from kontext_core.lifecycle import contain_children
+
+        contain_children()
+
 
 def _setup_logging() -> None:
     logging.basicConfig(level=os.environ.get("KONTEXT_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
@@ -91,6 +102,33 @@ def _one_line_failures() -> Iterator[None]:
         if os.environ.get("KONTEXT_DEBUG") == "1" or not _expected(exc):
             raise
         _fail(str(exc))
+
+
+@contextmanager
+def _quiet_expected_prefect_failures() -> Iterator[None]:
+    """Prefect logs a failing flow's and task's traceback before the command can print its one-line
+    error; for an expected failure (see `_expected`) its log lines keep the message, not the traceback."""
+
+    class _NoTraceback(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            exc = record.exc_info[1] if record.exc_info else None
+            if exc is not None and _expected(exc) and os.environ.get("KONTEXT_DEBUG") != "1":
+                record.exc_info = None
+                record.exc_text = None
+                # "Finished in state Failed(...)" repeats the error: the one-line error says it.
+                return False
+            return True
+
+    handlers = {h for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
+                for h in logging.getLogger(name).handlers}
+    quiet = _NoTraceback()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 @app.command("init-model")
@@ -173,6 +211,7 @@ def stage(
 
     if name not in STAGES:
         _fail(f"stage: unknown stage {name!r}; allowed: {', '.join(STAGES)}")
+    _contain_children()
     with _one_line_failures():
         try:
             manifest = run_stage(name, params, force=force)
@@ -199,9 +238,14 @@ def run(
     params = params.resolve()
     with _one_line_failures():
         load_params(params)
+    from kontext_core.project_lock import project_lock
+
+    _contain_children()
     from flows.train_flow import kontext_train
 
-    with _one_line_failures():
+    # The lock is taken before Prefect starts, so a second run refuses in one line; the flow takes it
+    # again (re-entrant) for runs that do not come through this command.
+    with _one_line_failures(), project_lock(params.parent), _quiet_expected_prefect_failures():
         result = kontext_train(params_file=str(params))
     from flows.summary import summary_lines
 
@@ -302,10 +346,10 @@ def export(
         if model.startswith(("models:/", "runs:/")):
             from kontext_core.config import load_params
             from kontext_core.tracking.registry import download_adapter
-            from kontext_core.tracking.runs import tracking_uri, use_store
+            from kontext_core.tracking.runs import open_store
 
             if params.exists():
-                use_store(tracking_uri(load_params(params), params.resolve().parent))
+                open_store(load_params(params), params.resolve().parent)
             with tempfile.TemporaryDirectory(prefix="kontext-export-") as tmp:
                 path = export_kohya(download_adapter(model, Path(tmp)), out)
         else:
@@ -315,6 +359,29 @@ def export(
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(str(path))
+
+
+@app.command("verify")
+def verify(
+    params: Path = ParamsOption,
+    quick: bool = typer.Option(False, "--quick", help="sizes and safetensors headers only, no content hashes"),
+) -> None:
+    """Check every stage's recorded outputs (and the cache entries) against their manifests; name each
+    damaged file. Exit 1 when something is damaged: the next run re-runs the stages concerned."""
+    _setup_logging()
+    from kontext_core.stages.verify import verify_project
+
+    project = params.resolve().parent
+    with _one_line_failures():
+        report = verify_project(project, deep=not quick)
+    for stage_name, problems in report.items():
+        for problem in problems:
+            typer.echo(f"damaged: {stage_name}: {problem}")
+    checked = ", ".join(report) or "none (no manifests)"
+    damaged = sum(len(p) for p in report.values())
+    typer.echo(f"checked stages: {checked}; damaged files: {damaged}")
+    if damaged:
+        raise typer.Exit(1)
 
 
 @app.command("dvc-yaml")
@@ -339,6 +406,8 @@ def dvc_yaml(
 
 
 def main() -> None:
+    global _AS_PROGRAM
+    _AS_PROGRAM = True
     app()
 
 

@@ -12,6 +12,7 @@ import mlflow
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
+from flows.lifecycle import locked_project
 from flows.summary import run_outcome
 from kontext_core.config import Params, load_params
 from kontext_core.stages import STAGE_ORDER, Fingerprint, fingerprint, outputs_intact
@@ -40,6 +41,7 @@ def _leading_fingerprints(params: Params, project: Path) -> dict[str, Fingerprin
 # No log_prints: the stages log through `logging`, and Prefect's print hook defeats libraries that
 # capture stdout themselves (dill disassembles functions into a captured stdout while hashing).
 @flow(name="kontext-train")
+@locked_project
 def kontext_train(params_file: str = "params.yaml", workdir: str | None = None) -> dict[str, Any]:
     logger = get_run_logger()
     params_path = Path(params_file).resolve()

@@ -1,7 +1,9 @@
 """Atomic file and directory writes, and content hashing.
 
-Every output is written under a temporary name in the same directory and renamed into place, so
-a killed process leaves either the old output or the new one, never half of one.
+Every output is written under a temporary name in the same directory, synced to disk and renamed
+into place, so a killed process (or a power loss) leaves either the old output or the new one, never
+half of one. Files get mode 0644 and folders 0755 (less what the umask takes away), as `open` and
+`mkdir` would give them: the temp names come from mkstemp/mkdtemp, which create 0600/0700.
 """
 
 from __future__ import annotations
@@ -17,9 +19,74 @@ from pathlib import Path
 from typing import Any
 
 
+def umask() -> int:
+    """The process umask, read without changing it (Linux: /proc; elsewhere set and restored)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
+
+
+def file_mode() -> int:
+    return 0o666 & ~umask()
+
+
+def dir_mode() -> int:
+    return 0o777 & ~umask()
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's (or a folder's entries') data to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder: nothing more can be done there
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync every file under `path` (and each folder's entries), before the tree is renamed into place."""
+    path = Path(path)
+    if path.is_file():
+        fsync_path(path)
+        return
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            file = Path(root) / name
+            if not file.is_symlink():
+                fsync_path(file)
+        fsync_path(Path(root))
+
+
+def _fix_modes(path: Path) -> None:
+    """0644 files / 0755 folders (umask respected) for everything a temp name created 0600/0700."""
+    if path.is_symlink():
+        return
+    if path.is_file():
+        os.chmod(path, file_mode())
+        return
+    os.chmod(path, dir_mode())
+    for root, dirs, files in os.walk(path):
+        for name in dirs:
+            if not (Path(root) / name).is_symlink():
+                os.chmod(Path(root) / name, dir_mode())
+        for name in files:
+            file = Path(root) / name
+            # Only what a temp name made private; a file the writer chose a mode for keeps it.
+            if not file.is_symlink() and file.stat().st_mode & 0o777 == 0o600:
+                os.chmod(file, file_mode())
+
+
 @contextlib.contextmanager
 def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temp file path beside `dest`; on success it replaces `dest`."""
+    """Yield a temp file path beside `dest`; on success it is synced and replaces `dest`."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -27,7 +94,11 @@ def atomic_path(dest: Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.is_file():
+            os.chmod(tmp, file_mode())
+            fsync_path(tmp)
         os.replace(tmp, dest)
+        fsync_path(dest.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -41,6 +112,9 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
     try:
         yield tmp
+        if tmp.exists():
+            _fix_modes(tmp)
+            fsync_tree(tmp)
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old-{os.getpid()}")
             os.replace(dest, old)
@@ -48,6 +122,7 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, dest)
+        fsync_path(dest.parent)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -83,6 +158,13 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
             digest.update(block)
     _FILE_HASHES[key] = digest.hexdigest()
     return _FILE_HASHES[key]
+
+
+def forget_file_hashes(path: Path) -> None:
+    """Drop remembered hashes under `path`, so the next hash reads the bytes (a verify)."""
+    prefix = str(Path(path).resolve())
+    for key in [k for k in _FILE_HASHES if k[0] == prefix or k[0].startswith(prefix + os.sep)]:
+        del _FILE_HASHES[key]
 
 
 def _file_identity(path: Path, large_file_bytes: int | None) -> str:
@@ -129,3 +211,39 @@ def canonicalize_safetensors_header(path: Path) -> None:
             return
         fh.seek(8)
         fh.write(text + b" " * (size - len(text)))
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """A cheap structural check of a safetensors file: its header parses and the file is exactly as
+    long as the header says (a truncated or padded file fails). None when it looks whole."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            raw = fh.read(8)
+            if len(raw) < 8:
+                return f"{size} bytes: too short for a safetensors header"
+            header_len = int.from_bytes(raw, "little")
+            if header_len > size - 8 or header_len > 100_000_000:
+                return f"header length {header_len} beyond the file's {size} bytes (truncated?)"
+            header = json.loads(fh.read(header_len))
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError) as exc:
+        return f"unreadable safetensors header ({type(exc).__name__})"
+    if not isinstance(header, dict):
+        return "safetensors header is not an object"
+    end = 0
+    for key, entry in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            end = max(end, int(entry["data_offsets"][1]))
+        except (KeyError, TypeError, IndexError, ValueError):
+            return f"safetensors entry {key!r} has no data offsets"
+    expected = 8 + header_len + end
+    if size != expected:
+        return f"{size} bytes where its header says {expected} (truncated?)" if size < expected else (
+            f"{size} bytes where its header says {expected}"
+        )
+    return None

@@ -22,9 +22,9 @@ def resolve_adapter(model: str, params: Params | None, workdir: Path) -> tuple[s
     """(adapter path, base model recorded with it) for a models:/ or runs:/ URI or a local path."""
     if model.startswith(("models:/", "runs:/")):
         if params is not None:
-            from kontext_core.tracking.runs import tracking_uri, use_store
+            from kontext_core.tracking.runs import open_store
 
-            use_store(tracking_uri(params, workdir))
+            open_store(params, workdir)
         return registered_adapter(model, workdir)
     path = Path(model)
     if not path.exists():

@@ -14,7 +14,13 @@ from pydantic import Field, field_validator, model_validator
 
 from kontext_core.config.base import Strict, harmless, with_hint
 from kontext_core.config.generators import ConditioningGenerator, HuggingfaceOptions
-from kontext_core.config.params import DATASET_DEFAULT_KEYS, CaptionStrategy, Params, ResolutionType
+from kontext_core.config.params import (
+    DATASET_DEFAULT_KEYS,
+    CaptionStrategy,
+    Params,
+    ResolutionType,
+    resolution_problem,
+)
 from kontext_core.config.simpletuner_keys import SIMPLETUNER_DATASET_KEYS
 
 # The entry keys a dataset can take from params.yaml; each has the same name there.
@@ -141,6 +147,8 @@ class DatasetEntry(Strict):
         if self.dataset_type == "text_embeds" or self.disabled:
             return []
         problems = []
+        if problem := resolution_problem(self.resolution, self.resolution_type):
+            problems.append(problem)
         wanting = [
             name
             for name, wants in (
@@ -232,9 +240,7 @@ class DatasetConfig(Strict):
 
     def default_problems(self) -> list[str]:
         """Entry rules on keys that may come from params.yaml (judge them once it is applied)."""
-        return [
-            f"dataset '{entry.id}': {line}" for entry in self.enabled() for line in entry.default_rule_problems()
-        ]
+        return [f"dataset '{entry.id}': {line}" for entry in self.enabled() for line in entry.default_rule_problems()]
 
     def structure_problems(self) -> list[str]:
         """Rules across entries: ids, references, generated ids, start epochs."""

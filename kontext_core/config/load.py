@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,13 +48,30 @@ def read_mapping(path: Path) -> Any:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
+# An empty params file (no keys: blank, comments only, `{}`) would run with every default, the demo's
+# tiny model included, and overwrite a real project's adapter: refused unless this is set to 1. A file
+# that writes keys chose them, even where they equal the defaults.
+ALLOW_DEFAULTS_ENV = "KONTEXT_ALLOW_DEFAULT_PARAMS"
+
+
+def _defaults_allowed() -> bool:
+    return os.environ.get(ALLOW_DEFAULTS_ENV) == "1"
+
+
 def read_params_file(path: Path | str) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, expected a parameter file (params.yaml or config.json)")
     if not path.exists():
         raise ConfigError(f"{path}: parameter file not found")
     data = read_mapping(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values")
+    if not data and not _defaults_allowed():
+        raise ConfigError(
+            f"{path}: is empty: every key would take its default and overwrite this project's outputs; "
+            f"write the keys (see params.yaml in the project template) or set {ALLOW_DEFAULTS_ENV}=1"
+        )
     return data
 
 
@@ -124,6 +142,8 @@ def dataset_problems(
 ) -> tuple[DatasetConfig | None, list[str]]:
     """The dataset config (defaults from `params`) and every problem in it, one line each."""
     path = Path(path)
+    if path.is_dir():
+        return None, [f"{path}: is a folder, expected the dataset file (a JSON list of dataset entries)"]
     if not path.exists():
         return None, [f"{path}: dataset config not found"]
     try:

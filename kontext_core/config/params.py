@@ -96,6 +96,32 @@ LoraTarget = Literal["all", "all+ffs", "context", "context+ffs"]
 ResolutionType = Literal["pixel", "area", "pixel_area"]
 CaptionStrategy = Literal["textfile", "filename", "instanceprompt", "huggingface"]
 
+# Sizes past which a run cannot fit in memory on any machine this pipeline targets: refused at config
+# check with the reason, instead of dying minutes later allocating hundreds of GB.
+MAX_LORA_RANK = 1024  # FLUX.1's attention projections are 3072 wide: a rank past 1024 is no low-rank adapter
+MAX_TRAIN_BATCH = 256  # activations of 256 Kontext pairs at 1 MP already need several 80 GB GPUs
+MAX_VAE_BATCH = 1024
+MAX_EDGE_PIXELS = 8192  # one 8192x8192 image is 262,144 latent tokens, far past FLUX's attention budget
+MAX_AREA_MEGAPIXELS = 64.0
+
+
+def resolution_problem(resolution: float | None, resolution_type: str) -> str | None:
+    """A `resolution` too large for memory, with the reason (None when fine)."""
+    if resolution is None:
+        return None
+    if resolution_type == "area" and resolution > MAX_AREA_MEGAPIXELS:
+        return (
+            f"resolution = {resolution:g} (megapixels, resolution_type 'area') exceeds {MAX_AREA_MEGAPIXELS:g}: "
+            "the latents of one image would not fit in memory"
+        )
+    if resolution_type != "area" and resolution > MAX_EDGE_PIXELS:
+        return (
+            f"resolution = {resolution:g} (pixels) exceeds {MAX_EDGE_PIXELS}: one image would be "
+            f"{int(resolution // 16) ** 2:,} latent tokens, far past what attention fits in memory"
+        )
+    return None
+
+
 # Keys the train stage acts on beyond its own list (its fingerprint must include them).
 EMA_KEYS = ("use_ema", "ema_decay", "ema_update_interval", "ema_warmup_steps")
 TRAIN_VALIDATION_KEYS = ("validation_step_interval", "num_eval_images", "validation_prompt", "user_prompt_library")
@@ -225,7 +251,36 @@ class Params(Strict):
             raise ValueError(f"expected WIDTHxHEIGHT or one number, e.g. 1024x1024; got {text!r}")
         if any(int(p) % 16 for p in parts):
             raise ValueError(f"edges must be multiples of 16 (VAE 8 x 2x2 packing); got {text!r}")
+        if any(int(p) > MAX_EDGE_PIXELS for p in parts):
+            raise ValueError(f"edges must be at most {MAX_EDGE_PIXELS} (memory); got {text!r}")
         return f"{parts[0]}x{parts[1]}"
+
+    @field_validator("lora_rank")
+    @classmethod
+    def _rank_fits(cls, value: int) -> int:
+        if value > MAX_LORA_RANK:
+            raise ValueError(
+                f"at most {MAX_LORA_RANK}: the adapter of one 3072-wide projection at this rank needs "
+                f"{value * 3072 * 2 * 4 / 2**30:,.0f} GiB (fp32), and FLUX.1 has hundreds of them"
+            )
+        return value
+
+    @field_validator("train_batch_size")
+    @classmethod
+    def _batch_fits(cls, value: int) -> int:
+        if value > MAX_TRAIN_BATCH:
+            raise ValueError(
+                f"at most {MAX_TRAIN_BATCH}: activations grow with the batch; use gradient_accumulation_steps "
+                "for a larger effective batch"
+            )
+        return value
+
+    @field_validator("vae_batch_size")
+    @classmethod
+    def _vae_batch_fits(cls, value: int) -> int:
+        if value > MAX_VAE_BATCH:
+            raise ValueError(f"at most {MAX_VAE_BATCH}: the VAE encodes the whole batch at once")
+        return value
 
     @field_validator("num_train_epochs", mode="before")
     @classmethod
@@ -234,6 +289,8 @@ class Params(Strict):
 
     def rule_problems(self) -> list[str]:
         problems = []
+        if problem := resolution_problem(self.resolution, self.resolution_type):
+            problems.append(problem)
         if not self.max_train_steps and not self.num_train_epochs:
             problems.append("max_train_steps: set max_train_steps (> 0) or num_train_epochs")
         if self.lr_scheduler == "polynomial" and self.lr_end >= self.learning_rate:

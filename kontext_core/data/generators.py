@@ -8,6 +8,7 @@ reused, so a run killed half-way resumes with the images it has not made yet.
 from __future__ import annotations
 
 import json
+import logging
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -20,6 +21,8 @@ from kontext_core.data.degrade import degrade, generated_key
 from kontext_core.data.sources import open_ref, ref_digest
 from kontext_core.fsutil import atomic_path
 from kontext_core.progress import progress
+
+log = logging.getLogger(__name__)
 
 # Below this many images a process pool costs more (interpreter start-up) than it saves.
 PARALLEL_MIN_JOBS = 16
@@ -52,6 +55,23 @@ def _generate_one(job: GenerationJob, dest: str, workdir: str, seed: int) -> str
     return dest
 
 
+def _intact(dest: Path) -> bool:
+    """An existing entry whose PNG checks whole (chunk CRCs, no truncation); a damaged one is removed
+    so that it is generated again, never reused."""
+    if not dest.exists():
+        return False
+    from PIL import Image
+
+    try:
+        with Image.open(dest) as img:
+            img.verify()
+        return True
+    except Exception as exc:  # PIL raises OSError, SyntaxError, struct errors... for a damaged file
+        log.warning("damaged generated reference %s (%s): removed, it is generated again", dest, exc)
+        dest.unlink(missing_ok=True)
+        return False
+
+
 def default_workers() -> int:
     return max(1, min(8, os.cpu_count() or 1))
 
@@ -61,7 +81,7 @@ def generate_references(
 ) -> tuple[dict[GenerationJob, Path], int]:
     """Make every job's image unless it exists; return {job: file} and how many were made now."""
     outputs = {job: output_path(job, persist_dir, workdir, seed) for job in jobs}
-    todo = [(job, dest) for job, dest in outputs.items() if not dest.exists()]
+    todo = [(job, dest) for job, dest in outputs.items() if not _intact(dest)]
     workers = default_workers() if workers is None else workers
     with progress(len(todo), "degrade", "image") as bar:
         if workers > 1 and len(todo) >= min(PARALLEL_MIN_JOBS, 2 * workers):

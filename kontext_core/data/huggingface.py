@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from urllib.parse import parse_qs, quote, unquote
 from kontext_core.config import ConfigError, DatasetEntry, HuggingfaceOptions
 from kontext_core.data.captions import uses_only_instance_prompt, with_instance_prompt
 from kontext_core.data.images import ImageReadError, probe_header, probe_stream
-from kontext_core.data.records import COMPOSITE, MISSING_CAPTION, UNREADABLE, Problem, Record
+from kontext_core.data.records import COMPOSITE, MISSING_CAPTION, OUTSIDE_ROOT, UNREADABLE, Problem, Record
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,25 @@ def _local_path(dataset: str, base_dir: Path) -> Path | None:
     return path if path.exists() else None
 
 
+def _check_data_files(local: Path, dataset: str) -> None:
+    """Every parquet/arrow file of a local dataset must be whole: `datasets` skips an empty one
+    silently (rows lost without a word), and a damaged one fails later naming no file."""
+    files = [local] if local.is_file() else sorted(p for p in local.rglob("*") if p.suffix in (".parquet", ".arrow"))
+    for file in files:
+        if any(part.startswith(".") for part in file.relative_to(local.parent if local.is_file() else local).parts):
+            continue
+        if file.stat().st_size == 0:
+            raise ConfigError(f"dataset_name '{dataset}': {file} is empty (0 bytes); remove it or restore it")
+        if file.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                pq.read_metadata(file)
+            except Exception as exc:  # pyarrow raises ArrowInvalid/OSError: the file is what matters
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise ConfigError(f"dataset_name '{dataset}': {file} is not a readable parquet file: {first}") from None
+
+
 def _load(dataset: str, split: str, revision: str | None, base_dir: Path) -> Any:
     import datasets
 
@@ -105,6 +125,7 @@ def _load(dataset: str, split: str, revision: str | None, base_dir: Path) -> Any
                 raise ConfigError(f"{dataset}: no split '{split}' (splits: {', '.join(loaded)})")
             return loaded[split]
         return loaded
+    _check_data_files(local, dataset)
     if local.is_file():
         builder = {".parquet": "parquet", ".arrow": "arrow", ".csv": "csv", ".json": "json", ".jsonl": "json"}
         if local.suffix not in builder:
@@ -134,25 +155,60 @@ def _image_view(dataset: str, split: str, revision: str | None, base_dir: str, c
     return open_dataset(dataset, split, revision, Path(base_dir)).select_columns([column]).with_format("arrow")
 
 
-def _encoded(value: Any, where: str) -> bytes | Path:
-    """Encoded image bytes (or the file they live in) from an image cell: Image struct, binary or path."""
+@functools.lru_cache(maxsize=64)
+def allowed_roots(dataset: str, base_dir: Path) -> tuple[str, ...]:
+    """Where a row's image `path` cell may point: the local dataset's folder (a file's parent), and
+    the Hugging Face caches (where `datasets` keeps a hub dataset's files); nothing else is read."""
+    roots: list[Path] = []
+    local = _local_path(dataset, base_dir)
+    if local is not None:
+        roots.append(local.resolve() if local.is_dir() else local.resolve().parent)
+    try:
+        import datasets.config as ds_config
+        from huggingface_hub import constants as hub_constants
+
+        roots += [Path(ds_config.HF_DATASETS_CACHE), Path(hub_constants.HF_HUB_CACHE)]
+    except ImportError:
+        pass
+    return tuple(dict.fromkeys(str(Path(root).expanduser().resolve()) for root in roots))
+
+
+def _inside_roots(path: Path, roots: tuple[str, ...]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == root or real.startswith(root + os.sep) for root in roots)
+
+
+def _encoded(value: Any, where: str, roots: tuple[str, ...] | None = None) -> bytes | Path:
+    """Encoded image bytes (or the file they live in) from an image cell: Image struct, binary or path.
+
+    A `path` (relative: to the first root) that resolves outside `roots` raises an `outside_root`
+    ImageReadError before anything is opened."""
+    path: Path | None = None
     if isinstance(value, dict):
         if value.get("bytes"):
             return value["bytes"]
         if value.get("path"):
-            return Path(value["path"])
+            path = Path(value["path"])
     elif isinstance(value, bytes | bytearray):
         return bytes(value)
     elif isinstance(value, str) and value:
-        return Path(value)
-    raise ImageReadError(f"{where}: the image cell is empty")
+        path = Path(value)
+    if path is None:
+        raise ImageReadError(f"{where}: the image cell is empty")
+    if roots is not None:
+        if not path.is_absolute() and roots:
+            path = Path(roots[0]) / path
+        if not _inside_roots(path, roots):
+            raise ImageReadError(f"{where}: image path {path} is outside the dataset's folder (refused)", OUTSIDE_ROOT)
+    return path
 
 
 def row_image(ref: HfRef, workdir: Path) -> bytes | Path:
-    view = _image_view(ref.dataset, ref.split, ref.revision, str(Path(workdir).resolve()), ref.column)
+    base = str(Path(workdir).resolve())
+    view = _image_view(ref.dataset, ref.split, ref.revision, base, ref.column)
     if not 0 <= ref.row < view.num_rows:
         raise ImageReadError(f"{ref}: row {ref.row} is out of range ({view.num_rows} rows)")
-    return _encoded(view[ref.row].column(ref.column)[0].as_py(), str(ref))
+    return _encoded(view[ref.row].column(ref.column)[0].as_py(), str(ref), allowed_roots(ref.dataset, Path(base)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,12 +277,12 @@ def dataset_location(entry: DatasetEntry, base_dir: Path) -> str:
         return str(local.resolve())
 
 
-def _probe_cell(value: Any, where: str) -> tuple[int, int]:
+def _probe_cell(value: Any, where: str, roots: tuple[str, ...]) -> tuple[int, int]:
     import pyarrow as pa
 
     if isinstance(value, pa.Buffer):
         return probe_stream(pa.BufferReader(value), value.size)
-    return probe_header(_encoded(value, where))
+    return probe_header(_encoded(value, where, roots))
 
 
 @dataclass(frozen=True)
@@ -278,6 +334,7 @@ def _row_range(plan: _Plan, start: int, stop: int) -> tuple[list[Record], list[P
     view = dataset.select_columns(list(plan.roots)).select(range(start, stop)).with_format("arrow")
     records: list[Record] = []
     problems: list[Problem] = []
+    roots = allowed_roots(plan.location, Path(plan.base_dir))
     index = start
     for batch in view.iter(batch_size=_BATCH_ROWS):
         images = batch.column(image_column).combine_chunks()  # indexing a chunked array is slow
@@ -298,9 +355,9 @@ def _row_range(plan: _Plan, start: int, stop: int) -> tuple[list[Record], list[P
             row = index + offset
             where = f"{entry.dataset_name}[{row}]"
             try:
-                width, height = _probe_cell(cell(offset), where)
+                width, height = _probe_cell(cell(offset), where, roots)
             except ImageReadError as exc:
-                problems.append(Problem(entry.id, where, str(exc), UNREADABLE))
+                problems.append(Problem(entry.id, where, str(exc), exc.kind or UNREADABLE))
                 continue
             if width < plan.panels:
                 reason = f"composite width {width} is narrower than image_count {plan.panels}"

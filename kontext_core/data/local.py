@@ -1,13 +1,15 @@
 """The `local` backend: every image under `instance_data_dir`, with its caption and header size.
 
 Files are found recursively (jpg, jpeg, png, webp, bmp, any letter case). A symlink that resolves
-outside `instance_data_dir` is refused; one inside it is followed. Unreadable images become problems,
-not records. A missing or non-UTF-8 caption file is reported and the record kept with caption None,
-so the pre-flight report can count it and pairing may take a caption from elsewhere.
+outside `instance_data_dir` is refused (an `outside_root` problem, never read), and so is a caption
+file linked outside it; one inside it is followed. A symlink loop is reported as unreadable.
+Unreadable images become problems, not records. A missing or non-UTF-8 caption file is reported and
+the record kept with caption None, so the pre-flight report can count it and pairing may take a caption from elsewhere.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,13 +59,20 @@ def find_images(root: Path) -> tuple[list[FoundImage], list[Path], list[tuple[Pa
             continue
         for item in entries:
             if item.is_symlink():
-                real = os.path.realpath(item.path)
+                try:
+                    real = os.path.realpath(item.path, strict=True)
+                    is_dir = item.is_dir()
+                except OSError as exc:
+                    # A loop (a -> b -> a) or a dangling link: reported, never followed.
+                    if item.name.lower().endswith(IMAGE_EXTENSIONS) or exc.errno == errno.ELOOP:
+                        unlisted.append((Path(item.path), f"symlink cannot be resolved: {exc.strerror or exc}"))
+                    continue
                 if not _inside(Path(real), root):
-                    if item.is_dir() or item.name.lower().endswith(IMAGE_EXTENSIONS):
+                    if is_dir or item.name.lower().endswith(IMAGE_EXTENSIONS):
                         outside.append(Path(item.path))
                     continue
                 # A symlinked folder inside the root only repeats files that are listed anyway.
-                if item.is_dir() or not item.name.lower().endswith(IMAGE_EXTENSIONS):
+                if is_dir or not item.name.lower().endswith(IMAGE_EXTENSIONS):
                     continue
                 found.append(FoundImage(item.path[prefix:].replace(os.sep, "/"), item.path, real))
             elif item.is_dir():
@@ -74,18 +83,22 @@ def find_images(root: Path) -> tuple[list[FoundImage], list[Path], list[tuple[Pa
     return found, sorted(outside), unlisted
 
 
-def _caption(entry: DatasetEntry, path: str) -> tuple[str | None, Problem | None]:
+def _caption(entry: DatasetEntry, path: str, root: Path) -> tuple[str | None, Problem | None]:
     if uses_only_instance_prompt(entry):
         return entry.instance_prompt, None  # no caption file is needed then
-    caption, problem = _strategy_caption(entry, path)
+    caption, problem = _strategy_caption(entry, path, root)
     return with_instance_prompt(entry, caption), problem
 
 
-def _strategy_caption(entry: DatasetEntry, path: str) -> tuple[str | None, Problem | None]:
+def _strategy_caption(entry: DatasetEntry, path: str, root: Path) -> tuple[str | None, Problem | None]:
     strategy = entry.caption_strategy
     if strategy == "textfile":
         # Problems name the image (the report lists images); the reason names the caption file.
         caption_path = Path(os.path.splitext(path)[0] + ".txt")
+        if caption_path.is_symlink() and not _inside(Path(os.path.realpath(caption_path)), root):
+            # Never read: a caption linked to /etc/passwd would land in records, pairs and the text cache.
+            reason = f"caption file {caption_path.name} is a symlink that points outside instance_data_dir (refused)"
+            return None, Problem(entry.id, path, reason, OUTSIDE_ROOT)
         try:
             text = caption_path.read_bytes().decode("utf-8")
         except FileNotFoundError:
@@ -121,14 +134,14 @@ def local_records(
     ]
     problems += [Problem(entry.id, str(folder), reason, UNREADABLE) for folder, reason in unlisted]
     paths = [image.real for image in found]
-    headers = scan_headers(paths, scan_cache, workers=workers, desc=f"fetch {entry.id}").headers
+    headers = scan_headers(paths, scan_cache, workers=workers, desc=f"fetch {entry.id}", base=base_dir).headers
     records: list[Record] = []
     for image in found:
         width, height, reason = headers[image.real]
         if reason is not None:
             problems.append(Problem(entry.id, image.path, reason, UNREADABLE))
             continue
-        caption, caption_problem = _caption(entry, image.path)
+        caption, caption_problem = _caption(entry, image.path, root)
         if caption_problem is not None:
             problems.append(caption_problem)
         records.append(

@@ -7,7 +7,7 @@ from typing import Any
 
 # Problem kinds the pre-flight report groups by.
 UNREADABLE = "unreadable"  # zero-byte, truncated, not an image, decompression bomb, I/O error
-OUTSIDE_ROOT = "outside_root"  # a symlink that leaves instance_data_dir
+OUTSIDE_ROOT = "outside_root"  # an image or caption (symlink, parquet `path` cell) that leaves its dataset root
 BAD_CAPTION = "bad_caption"  # caption file not UTF-8 or unreadable
 MISSING_CAPTION = "missing_caption"  # caption file or caption column value missing
 COMPOSITE = "composite"  # composite narrower than image_count pixels (no panel left)

@@ -116,37 +116,42 @@ def scan_headers(
     max_pixels: int | None = -1,
     workers: int | None = None,
     desc: str = "scan",
+    base: Path | None = None,
 ) -> ScanResult:
     """Header size or unreadable-reason of each file, keyed by `str(path)`.
 
-    Paths are used as given for cache keys: pass resolved paths. With `cache_file`, results for
-    unchanged files (same size and mtime_ns) are reused and the cache is rewritten (atomically) to
-    hold exactly these paths. `max_pixels` as in `images.probe_header`.
+    Paths are used as given: pass resolved paths. With `cache_file`, results for unchanged files
+    (same size and mtime_ns) are reused and the cache is rewritten (atomically) to hold exactly these
+    paths; a path under `base` (the project) is stored relative to it, so the cache, which is a
+    hashed stage output, does not depend on where the project lives. `max_pixels` as in
+    `images.probe_header`.
     """
     limit = default_max_pixels() if max_pixels == -1 else max_pixels
     cache = _load_cache(cache_file, limit)
     result = ScanResult()
     entries: dict[str, list] = {}
-    todo: list[tuple[str, int, int]] = []
+    todo: list[tuple[str, str, int, int]] = []
+    prefix = str(Path(base).resolve()) + os.sep if base is not None else None
     for path in paths:
         name = str(path)
+        stored = name[len(prefix) :] if prefix and name.startswith(prefix) else name
         try:
             stat = os.stat(name)
         except OSError as exc:
             result.headers[name] = (None, None, f"I/O error: {exc.strerror or exc}")
             continue
-        hit = cache.get(name)
+        hit = cache.get(stored)
         if hit is not None and hit[0] == stat.st_size and hit[1] == stat.st_mtime_ns:
             result.headers[name] = (hit[2], hit[3], hit[4])
-            entries[name] = hit
+            entries[stored] = hit
             result.cached += 1
         else:
-            todo.append((name, stat.st_size, stat.st_mtime_ns))
+            todo.append((name, stored, stat.st_size, stat.st_mtime_ns))
     if todo:
-        probed = probe_many([name for name, _, _ in todo], limit, workers, desc)
-        for (name, size, mtime_ns), header in zip(todo, probed, strict=True):
+        probed = probe_many([name for name, _, _, _ in todo], limit, workers, desc)
+        for (name, stored, size, mtime_ns), header in zip(todo, probed, strict=True):
             result.headers[name] = header
-            entries[name] = [size, mtime_ns, *header]
+            entries[stored] = [size, mtime_ns, *header]
         result.scanned = len(todo)
     if cache_file is not None and (todo or len(entries) != len(cache)):
         _save_cache(cache_file, limit, entries)
@@ -170,8 +175,11 @@ def _walk_files(root: Path) -> list[tuple[str, str]]:
             if item.name.startswith("."):
                 continue
             if item.is_symlink():
-                real = os.path.realpath(item.path)
-                if not (real == str(root) or real.startswith(str(root) + os.sep)) or item.is_dir():
+                try:
+                    real = os.path.realpath(item.path, strict=True)
+                    if not (real == str(root) or real.startswith(str(root) + os.sep)) or item.is_dir():
+                        continue
+                except OSError:  # a loop or a dangling link: fetch reports it; nothing to hash
                     continue
             if item.is_dir():
                 stack.append(item.path)

@@ -69,6 +69,12 @@ def save_quantized(model: FluxTransformer2DModel, out_dir: Path, precision: str)
     """Config + safetensors weights + quanto's quantization map + how the modules were laid out."""
     with atomic_dir(Path(out_dir)) as tmp:
         model.save_config(tmp)
+        # diffusers records where the model was loaded from (`_name_or_path`, an absolute path): that
+        # would make this hashed output, and everything downstream, depend on where the project lives.
+        config_file = tmp / "config.json"
+        config = json.loads(config_file.read_text())
+        config.pop("_name_or_path", None)
+        config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
         save_file(state, tmp / WEIGHTS_FILE, metadata={"base_model_precision": precision})
         (tmp / QMAP_FILE).write_text(json.dumps(quantization_map(model), indent=2, sort_keys=True))

@@ -21,7 +21,16 @@ from pathlib import Path
 from typing import Any
 
 from kontext_core.config import Params
-from kontext_core.fsutil import atomic_dir, sha256_json, sha256_tree, write_json
+from kontext_core.fsutil import (
+    atomic_dir,
+    forget_file_hashes,
+    safetensors_problem,
+    sha256_file,
+    sha256_json,
+    sha256_tree,
+    write_json,
+)
+from kontext_core.lifecycle import kill_point
 from kontext_core.stages.code_version import code_version
 
 log = logging.getLogger(__name__)
@@ -182,13 +191,94 @@ def compute_fingerprint(spec: StageSpec, specs: Specs, params: Params, workdir: 
     return Fingerprint(sha256_json(material), material)
 
 
+# Outputs up to this size are also re-hashed on every skip (a same-size edit of a table is caught);
+# larger ones (models, caches) get the cheap checks there and the hash in `kontext verify`.
+HASH_ON_SKIP_BYTES = 64 << 20
+
+
+def _visible_files(path: Path) -> list[Path]:
+    """The files an output's hash covers (hidden names skipped, as `sha256_tree` does)."""
+    if path.is_file():
+        return [path]
+    files = []
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        if not any(part.startswith(".") for part in file.relative_to(path).parts):
+            files.append(file)
+    return files
+
+
+def output_files(workdir: Path, rels: list[str]) -> dict[str, dict[str, list[Any]]]:
+    """Each output's files with [size, sha256] ("." for an output that is one file): the manifest keeps
+    them so that a skip checks every file cheaply and a damaged one is named. The hashes are the ones
+    the output hash was just built from (remembered per file), so listing them reads nothing again."""
+    listing: dict[str, dict[str, list[Any]]] = {}
+    for rel in rels:
+        path = workdir / rel
+        if not path.exists():
+            continue
+        files = [path] if path.is_file() else _visible_files(path)
+        listing[rel] = {
+            ("." if f == path else f.relative_to(path).as_posix()): [f.stat().st_size, sha256_file(f)] for f in files
+        }
+    return listing
+
+
+def output_problems(name: str, workdir: Path, manifest: dict[str, Any] | None = None, deep: bool = False) -> list[str]:
+    """What is wrong with a stage's recorded outputs, one "path: reason" per damaged file.
+
+    Cheap (every skip): each output and each file the manifest lists exists with its recorded size,
+    each safetensors file's header matches its length, and the files of outputs up to
+    HASH_ON_SKIP_BYTES are compared with their recorded hashes (a file's hash is remembered while its
+    size and mtime stay, so this costs a stat). `deep` re-reads and re-hashes every file (`kontext
+    verify`). A manifest written before file listings existed is checked by its output hashes.
+    """
+    manifest = manifest if manifest is not None else read_manifest(workdir, name)
+    if manifest is None:
+        return []
+    problems: list[str] = []
+    listing: dict[str, dict[str, list[Any]]] | None = manifest.get("files")
+    for rel, recorded_hash in manifest["outputs"].items():
+        path = workdir / rel
+        if recorded_hash == "missing":
+            continue
+        if not path.exists():
+            problems.append(f"{rel}: missing")
+            continue
+        files = (listing or {}).get(rel)
+        if files is None:
+            if sha256_tree(path) != recorded_hash:
+                problems.append(f"{rel}: content differs from the hash recorded when it was written")
+            continue
+        if deep:
+            forget_file_hashes(path)
+        hash_them = deep or sum(size for size, _ in files.values()) <= HASH_ON_SKIP_BYTES
+        for sub, (size, digest) in files.items():
+            file = path if sub == "." else path / sub
+            shown = rel if sub == "." else f"{rel}/{sub}"
+            if not file.is_file():
+                problems.append(f"{shown}: missing")
+            elif file.stat().st_size != size:
+                problems.append(f"{shown}: {file.stat().st_size} bytes, {size} when written (truncated?)")
+            elif file.suffix == ".safetensors" and (problem := safetensors_problem(file)):
+                problems.append(f"{shown}: {problem}")
+            elif hash_them and sha256_file(file) != digest:
+                problems.append(f"{shown}: content differs from the hash recorded when it was written")
+    return problems
+
+
 def outputs_intact(name: str, workdir: Path, expected_fingerprint: str | None = None) -> bool:
+    """The stage's manifest matches the fingerprint and its recorded outputs pass the cheap checks;
+    a damaged output is logged by name (the stage then runs again and rewrites it)."""
     manifest = read_manifest(workdir, name)
     if manifest is None:
         return False
     if expected_fingerprint is not None and manifest["fingerprint"] != expected_fingerprint:
         return False
-    return all((workdir / rel).exists() for rel in manifest["outputs"])
+    problems = output_problems(name, workdir, manifest)
+    if problems:
+        log.warning("stage %s: damaged outputs, it runs again: %s", name, "; ".join(problems[:5]))
+        return False
+    return True
 
 
 def run_spec(
@@ -220,10 +310,12 @@ def run_spec(
         shutil.rmtree(staging_dirs[rel], ignore_errors=True)
         staging_dirs[rel].mkdir(parents=True)
     ctx.staging = staging_dirs
+    kill_point(name, "start")
     for rel in spec.persist + spec.metrics + spec.plots:
         (workdir / rel).parent.mkdir(parents=True, exist_ok=True)
     try:
         spec.fn(ctx)
+        kill_point(name, "before_swap")
         for rel, staging in staging_dirs.items():
             with atomic_dir(workdir / rel) as tmp:
                 tmp.rmdir()
@@ -231,6 +323,7 @@ def run_spec(
     finally:
         for staging in staging_dirs.values():
             shutil.rmtree(staging, ignore_errors=True)
+    kill_point(name, "after_swap")
     outputs = {rel: _hash_output(workdir / rel) for rel in spec.all_outs()}
     manifest = {
         "stage": name,
@@ -239,6 +332,7 @@ def run_spec(
         "params": fp.material["params"],
         "inputs": fp.material["inputs"],
         "outputs": outputs,
+        "files": output_files(workdir, spec.all_outs()),
         "info": ctx.info,
         "seconds": round(time.time() - started, 3),
     }

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from kontext_core.config import Params, load_params
+from kontext_core.lifecycle import clean_leftovers
+from kontext_core.project_lock import project_lock
 from kontext_core.stages import cache_text, cache_vae, degrade, fetch, init, pair, quantize, register, train, validate
 from kontext_core.stages.engine import Fingerprint, StageSpec, compute_fingerprint, run_spec
 
@@ -36,6 +38,8 @@ def run_stage(
 
     The params come from `params` or `params_file`; the project is `workdir`, else the params file's
     folder. A caller that already took the fingerprint (the flow) passes it, so it is taken once.
+    The stage runs holding the project lock (kontext_core.project_lock): another process running in
+    the same project makes it refuse (or wait, KONTEXT_LOCK_WAIT).
     """
     if params is None:
         if params_file is None:
@@ -46,4 +50,9 @@ def run_stage(
         if params_file is None:
             raise ValueError("run_stage needs workdir when params are given directly")
         workdir = Path(params_file).resolve().parent
-    return run_spec(STAGES[name], STAGES, params, Path(workdir).resolve(), force=force, fingerprint=fingerprint)
+    project = Path(workdir).resolve()
+    # One pipeline per project at a time; the first holder in a process clears dead runs' leftovers.
+    with project_lock(project) as first:
+        if first:
+            clean_leftovers(project)
+        return run_spec(STAGES[name], STAGES, params, project, force=force, fingerprint=fingerprint)

@@ -34,7 +34,12 @@ def log_edit_model(
     example: Any,
     extra_files: dict[str, Path] | None = None,
 ) -> Any:
-    """mlflow.pyfunc.log_model into `run_id`, registered under `registry.model_name`; returns ModelInfo."""
+    """Log the pyfunc edit model as an output of `run_id` (not registered: the registry step creates
+    the version itself, tags and description in the same call); returns ModelInfo.
+
+    The run is named, never made active: `mlflow.start_run(run_id=...)` would flip a FINISHED run back
+    to RUNNING (and leave it so if killed).
+    """
     import os
 
     import kontext_core
@@ -47,8 +52,7 @@ def log_edit_model(
     saved = os.environ.get(ROOT_ENV)
     os.environ[ROOT_ENV] = str(project)
     try:
-        with mlflow.start_run(run_id=run_id):
-            return _log(params, base, artifacts, example, str(Path(kontext_core.__file__).parent))
+        return _log(params, run_id, base, artifacts, example, str(Path(kontext_core.__file__).parent))
     finally:
         if saved is None:
             os.environ.pop(ROOT_ENV, None)
@@ -69,9 +73,21 @@ def requirements() -> list[str]:
     return pins
 
 
-def _log(params: Params, base: dict, artifacts: dict, example: Any, code: str) -> Any:
-    return mlflow.pyfunc.log_model(
+def _log(params: Params, run_id: str, base: dict, artifacts: dict, example: Any, code: str) -> Any:
+    from mlflow.models import Model
+
+    # What mlflow.pyfunc.log_model does, with the run given by id instead of an active run. The logged
+    # model is made first in the run's experiment: left to itself, it would go to the active
+    # experiment (the store's default one, whose files land in ./mlruns of the working directory).
+    client = mlflow.MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    logged = client.create_logged_model(experiment_id=experiment_id, name="adapter", source_run_id=run_id)
+    return Model.log(
+        artifact_path=None,
         name="adapter",
+        flavor=mlflow.pyfunc,
+        run_id=run_id,
+        model_id=logged.model_id,
         python_model=KontextEditModel(),
         artifacts=artifacts,
         model_config={
@@ -85,8 +101,6 @@ def _log(params: Params, base: dict, artifacts: dict, example: Any, code: str) -
         },
         signature=signature(),
         input_example=(example, {"num_inference_steps": params.validation_num_inference_steps}),
-        registered_model_name=params.registry.model_name,
-        await_registration_for=60,
         # kontext_core travels with the model: it loads where the package is not installed.
         code_paths=[code],
         pip_requirements=requirements(),

@@ -1,10 +1,13 @@
 """The MLflow model registry: log the adapter as a pyfunc edit model, register it, decide the alias.
 
-The decision is fair: the challenger and the champion are scored on the same eval set with the
-same settings. The champion's score is reused only when it was measured on the same exam (its
-`kontext.eval_fingerprint` tag equals this run's); otherwise the champion is re-scored now. A tie
-or a loss keeps the champion. The decision, both scores and the fingerprint go on the new version
-(tags and description), on the champion's re-scored tags, and on the run.
+Registration is one recoverable transaction (`register_adapter`): one version per adapter hash, its
+tags and description set in the call that creates it, a half-made version removed on the next run,
+the alias moved last (`move_alias`). The decision is fair: the challenger and the champion are scored
+on the same eval set with the same settings. The champion's score is reused only when it was
+measured on the same exam (its `kontext.eval_fingerprint` tag equals this run's); otherwise the
+champion is re-scored now. A tie or a loss keeps the champion. The decision, both scores and the
+fingerprint go on the new version (tags and description), on the champion's re-scored tags, and on
+the run.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from kontext_core.config import Params
+from kontext_core.lifecycle import kill_point
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +135,84 @@ def decide(params: Params, challenger: float, champion: float | None, champion_v
     )
 
 
+ADAPTER_HASH_TAG = "kontext.adapter_sha256"
+# Set in the call that creates a version, with every other tag: a version that has it is complete.
+DECISION_TAG = "kontext.decision"
+
+
+def adapter_hash(adapter_dir: Path) -> str:
+    from kontext_core.fsutil import sha256_tree
+
+    return sha256_tree(Path(adapter_dir))
+
+
+def versions_of_adapter(client: mlflow.MlflowClient, name: str, digest: str) -> list[Any]:
+    """The registered versions of `name` made from this adapter, oldest first."""
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    found = [v for v in versions if (v.tags or {}).get(ADAPTER_HASH_TAG) == digest]
+    return sorted(found, key=lambda v: int(v.version))
+
+
+def _complete(version: Any) -> bool:
+    return str(getattr(version, "status", "READY")) in ("READY", "ModelVersionStatus.READY") and bool(
+        (version.tags or {}).get(DECISION_TAG)
+    )
+
+
+def _registration_of(params: Params, version: Any) -> Registration:
+    """A Registration rebuilt from a complete version's tags (a rerun reuses it, nothing is re-logged)."""
+    tags = version.tags or {}
+    name, alias, metric = params.registry.model_name, params.registry.champion_alias, params.registry.metric
+
+    def number(key: str) -> float | None:
+        return float(tags[key]) if tags.get(key) not in (None, "") else None
+
+    became = tags.get(DECISION_TAG) == "promoted"
+    return Registration(
+        model_name=name,
+        version=str(version.version),
+        model_uri=f"models:/{name}/{version.version}",
+        alias_uri=f"models:/{name}@{alias}" if became else None,
+        became_champion=became,
+        champion_metric=number("kontext.champion_score"),
+        metric=metric,
+        challenger_score=number(f"val/{metric}"),
+        champion_version=tags.get("kontext.champion_version") or None,
+        champion_rescored=tags.get("kontext.champion_rescored") == "true",
+        decision=tags.get(DECISION_TAG, ""),
+        reason=tags.get("kontext.decision_reason", ""),
+        eval_fingerprint=tags.get(FINGERPRINT_TAG, ""),
+    )
+
+
+def move_alias(client: mlflow.MlflowClient, params: Params, registration: Registration) -> bool:
+    """Point the champion alias at a promoted version: the last step of a registration, and its own
+    function so that a step in between (an approval) can call it later. Idempotent; a version
+    promoted against a champion that has changed since (another version took the alias meanwhile)
+    does not move it back. Returns whether the alias points at the version now."""
+    if not registration.became_champion:
+        return False
+    name, alias = params.registry.model_name, params.registry.champion_alias
+    current = champion_version(client, params)
+    if current is not None and str(current.version) == registration.version:
+        return True
+    if current is not None and str(current.version) != (registration.champion_version or ""):
+        log.warning(
+            "version %s was promoted over version %s, but @%s is now version %s: alias left as it is",
+            registration.version,
+            registration.champion_version,
+            alias,
+            current.version,
+        )
+        return False
+    client.set_registered_model_alias(name, alias, registration.version)
+    log.info("version %s of %s is now @%s: %s", registration.version, name, alias, registration.reason)
+    return True
+
+
 def register_adapter(
     params: Params,
     run_id: str,
@@ -139,49 +221,99 @@ def register_adapter(
     metrics: dict[str, float],
     fingerprint: str,
     rescore: Callable[[Path], dict[str, float]],
+    alias_now: bool = True,
 ) -> Registration:
-    """Register the logged model (`log_model` returns mlflow's ModelInfo), then decide the alias."""
+    """Register the adapter as one recoverable transaction, then move the alias (last).
+
+    1. A version already made from this adapter (tag `kontext.adapter_sha256`) is reused when complete;
+       a half-made one (not READY, or without the decision tags a kill left out) is deleted first.
+    2. Otherwise the champion is scored, the decision taken, the model logged to the run
+       (`log_model` returns mlflow's ModelInfo) and the version created with every tag and the
+       description in that one call; should another machine have registered the same adapter at the
+       same time, the oldest version is kept and this one deleted.
+    3. The alias moves (`move_alias`) unless `alias_now` is False.
+    """
     client = mlflow.MlflowClient()
-    name, alias, metric = params.registry.model_name, params.registry.champion_alias, params.registry.metric
-    current = champion_version(client, params)
-    champion, rescored = (None, False)
-    if current is not None:
-        champion, rescored = champion_score(client, params, current, fingerprint, rescore)
-    info = log_model()
-    version = str(info.registered_model_version)
-    challenger = float(metrics[metric])
-    became, reason = decide(params, challenger, champion, str(current.version) if current else None)
-    if became:
-        client.set_registered_model_alias(name, alias, version)
-        log.info("version %s of %s is now @%s: %s", version, name, alias, reason)
+    name, metric = params.registry.model_name, params.registry.metric
+    digest = adapter_hash(Path(adapter_dir))
+    fmt = adapter_format(Path(adapter_dir))
+    reusable = []
+    for version in versions_of_adapter(client, name, digest):
+        if _complete(version):
+            reusable.append(version)
+        else:
+            log.warning("version %s of %s was left half-registered (interrupted): deleted", version.version, name)
+            client.delete_model_version(name, version.version)
+    if reusable:
+        registration = _registration_of(params, reusable[0])
+        log.info("version %s of %s already holds this adapter: reused", registration.version, name)
     else:
-        log.warning("version %s of %s kept out: %s", version, name, reason)
-    registration = Registration(
-        model_name=name,
-        version=version,
-        model_uri=f"models:/{name}/{version}",
-        alias_uri=f"models:/{name}@{alias}" if became else None,
-        became_champion=became,
-        champion_metric=champion,
-        metric=metric,
-        challenger_score=challenger,
-        champion_version=str(current.version) if current else None,
-        champion_rescored=rescored,
-        decision="promoted" if became else "kept champion",
-        reason=reason,
-        eval_fingerprint=fingerprint,
-    )
-    record_decision(client, run_id, registration, adapter_format(Path(adapter_dir)), metrics)
+        current = champion_version(client, params)
+        champion, rescored = (None, False)
+        if current is not None:
+            champion, rescored = champion_score(client, params, current, fingerprint, rescore)
+        challenger = float(metrics[metric])
+        became, reason = decide(params, challenger, champion, str(current.version) if current else None)
+        registration = Registration(
+            model_name=name,
+            version="",
+            model_uri="",
+            alias_uri=f"models:/{name}@{params.registry.champion_alias}" if became else None,
+            became_champion=became,
+            champion_metric=champion,
+            metric=metric,
+            challenger_score=challenger,
+            champion_version=str(current.version) if current else None,
+            champion_rescored=rescored,
+            decision="promoted" if became else "kept champion",
+            reason=reason,
+            eval_fingerprint=fingerprint,
+        )
+        info = log_model()
+        _ensure_registered_model(client, name)
+        tags = version_tags(registration, run_id, fmt, metrics) | {ADAPTER_HASH_TAG: digest}
+        created = client.create_model_version(
+            name,
+            source=info.model_uri,
+            run_id=run_id,
+            tags=tags,
+            description=version_description(registration, run_id),
+            await_creation_for=60,
+            model_id=getattr(info, "model_id", None),
+        )
+        oldest = versions_of_adapter(client, name, digest)
+        if oldest and str(oldest[0].version) != str(created.version):
+            # Registered concurrently elsewhere: one version per adapter, the first one wins.
+            client.delete_model_version(name, created.version)
+            registration = _registration_of(params, oldest[0])
+        else:
+            registration.version = str(created.version)
+        if not registration.became_champion:
+            log.warning("version %s of %s kept out: %s", registration.version, name, registration.reason)
+    registration.model_uri = f"models:/{name}/{registration.version}"
+    kill_point("register", "version_created")
+    record_decision(client, run_id, registration, fmt, metrics)
+    if alias_now:
+        move_alias(client, params, registration)
     return registration
 
 
-def record_decision(
-    client: mlflow.MlflowClient, run_id: str, reg: Registration, fmt: str, metrics: dict[str, float]
-) -> None:
+def _ensure_registered_model(client: mlflow.MlflowClient, name: str) -> None:
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(name)
+        except MlflowException:  # created meanwhile by another process
+            client.get_registered_model(name)
+
+
+def version_tags(reg: Registration, run_id: str, fmt: str, metrics: dict[str, float]) -> dict[str, str]:
+    """Every tag of a new version (set in the call that creates it)."""
     tags = {
         f"val/{reg.metric}": repr(reg.challenger_score),
         FINGERPRINT_TAG: reg.eval_fingerprint,
-        "kontext.decision": reg.decision,
+        DECISION_TAG: reg.decision,
         "kontext.decision_reason": reg.reason,
         "kontext.champion_version": reg.champion_version or "",
         "kontext.champion_score": "" if reg.champion_metric is None else repr(reg.champion_metric),
@@ -193,23 +325,27 @@ def record_decision(
     for metric_name in ("eval_loss", "eval_loss_base", "psnr", "ssim"):
         if metric_name in metrics and metric_name != reg.metric:
             tags[f"val/{metric_name}"] = repr(float(metrics[metric_name]))
-    for key, value in tags.items():
-        client.set_model_version_tag(reg.model_name, reg.version, key, value)
+    return tags
+
+
+def version_description(reg: Registration, run_id: str) -> str:
     champion = (
         "none before it"
         if reg.champion_version is None
         else f"version {reg.champion_version} scored {reg.champion_metric:.6g}"
         + (" (re-scored in this run: its stored score came from another eval set)" if reg.champion_rescored else "")
     )
-    client.update_model_version(
-        reg.model_name,
-        reg.version,
-        description=(
-            f"Decision: {reg.decision}. {reg.reason}.\n\n"
-            f"Challenger (this version): {reg.metric} {reg.challenger_score:.6g}; champion: {champion}.\n\n"
-            f"Eval set fingerprint: {reg.eval_fingerprint}. Run: {run_id}."
-        ),
+    return (
+        f"Decision: {reg.decision}. {reg.reason}.\n\n"
+        f"Challenger (this version): {reg.metric} {reg.challenger_score:.6g}; champion: {champion}.\n\n"
+        f"Eval set fingerprint: {reg.eval_fingerprint}. Run: {run_id}."
     )
+
+
+def record_decision(
+    client: mlflow.MlflowClient, run_id: str, reg: Registration, fmt: str, metrics: dict[str, float]
+) -> None:
+    """The decision on the run (the version carries it from its creation) and the model's description."""
     registered = client.get_registered_model(reg.model_name)
     if not registered.description:
         client.update_registered_model(

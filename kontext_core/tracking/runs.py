@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import mlflow
 
@@ -20,14 +21,49 @@ RUN_ID_ENV = "KONTEXT_MLFLOW_RUN_ID"
 
 def configure(params: Params, workdir: Path) -> str:
     """Point mlflow at the store and make sure the experiment exists; returns its id."""
-    use_store(tracking_uri(params, workdir))
-    experiment = mlflow.get_experiment_by_name(params.mlflow.experiment_name)
+    experiment = open_store(params, workdir)
     if experiment is not None:
         return experiment.experiment_id
+    return mlflow.create_experiment(
+        params.mlflow.experiment_name, artifact_location=_artifact_location(params, workdir)
+    )
+
+
+def _artifact_location(params: Params, workdir: Path) -> str | None:
     location = params.mlflow.artifact_location
     if location and "://" not in location:
         location = (workdir / location).resolve().as_uri()
-    return mlflow.create_experiment(params.mlflow.experiment_name, artifact_location=location)
+    return location
+
+
+def open_store(params: Params, workdir: Path) -> Any:
+    """Point mlflow at the project's store (readers: `kontext edit`, export) and return its experiment
+    (None when it does not exist yet); a moved or copied project's artifact locations follow it."""
+    uri = tracking_uri(params, workdir)
+    use_store(uri)
+    experiment = mlflow.get_experiment_by_name(params.mlflow.experiment_name)
+    if experiment is not None:
+        _follow_the_project(uri, workdir, experiment.artifact_location, _artifact_location(params, workdir))
+    return experiment
+
+
+def _follow_the_project(uri: str, workdir: Path, recorded: str | None, expected: str | None) -> None:
+    """A project-relative artifact location recorded where the project used to live (it was moved or
+    copied, its SQLite store with it): point the store at the project's own `mlruns` again."""
+    from kontext_core.tracking.store import relocate_artifacts
+
+    if not recorded or not expected or recorded == expected or not recorded.startswith("file:"):
+        return
+    if Path(recorded).name != Path(expected).name:
+        return  # another location was chosen on purpose: not a move
+    changed = relocate_artifacts(uri, workdir, recorded, expected)
+    if changed:
+        log.warning(
+            "the project moved: MLflow artifact locations rewritten from %s to %s (%d rows)",
+            recorded,
+            expected,
+            changed,
+        )
 
 
 def git_info(workdir: Path) -> dict[str, str]:

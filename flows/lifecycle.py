@@ -1,0 +1,100 @@
+"""The flow's share of interruption cleanup: one run per project, and Prefect runs a dead process left.
+
+`locked_project` wraps the `kontext-train` flow function: the flow holds the project lock
+(kontext_core.project_lock) from its first stage to its last, removes what interrupted runs left on
+disk, and marks the project's earlier `kontext-train` flow runs that are still Running or Pending as
+Crashed: while this flow holds the lock, no other process of this project can be running them.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from kontext_core.lifecycle import clean_leftovers
+from kontext_core.project_lock import project_lock
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+FLOW_NAME = "kontext-train"
+
+
+def project_of(params_file: str | None, workdir: str | None) -> Path:
+    if workdir:
+        return Path(workdir).resolve()
+    return Path(params_file or "params.yaml").resolve().parent
+
+
+def crash_stale_flow_runs(project: Path, current: str | None) -> list[str]:
+    """Mark this project's other Running/Pending `kontext-train` runs Crashed; returns their ids."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    crashed: list[str] = []
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])),
+            flow_run_filter=FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING, StateType.PENDING]))
+            ),
+            limit=200,
+        )
+        for run in runs:
+            if str(run.id) == current:
+                continue
+            parameters = run.parameters or {}
+            if project_of(parameters.get("params_file"), parameters.get("workdir")) != project:
+                continue
+            client.set_flow_run_state(
+                run.id,
+                Crashed(message="its process ended without finishing it (killed?); found by the next run"),
+                force=True,
+            )
+            crashed.append(str(run.id))
+            log.warning(
+                "Prefect flow run %s (%s) was left %s by a dead process: marked Crashed",
+                run.name,
+                run.id,
+                run.state_type.value if run.state_type else "?",
+            )
+    return crashed
+
+
+def locked_project(fn: F) -> F:
+    """Run the flow function holding the project lock, after cleaning up interrupted runs."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = _bind(fn, args, kwargs)
+        project = project_of(bound.get("params_file"), bound.get("workdir"))
+        with project_lock(project):
+            clean_leftovers(project)
+            try:
+                from prefect.runtime import flow_run
+
+                crash_stale_flow_runs(project, str(flow_run.id) if flow_run.id else None)
+            except Exception as exc:  # no API reachable: cleanup is best effort, the run goes on
+                log.warning("could not look for stale Prefect runs: %s", exc)
+            return fn(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _bind(fn: Callable[..., Any], args: tuple, kwargs: dict) -> dict[str, Any]:
+    import inspect
+
+    bound = inspect.signature(fn).bind_partial(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)

@@ -1,0 +1,39 @@
+"""`kontext verify`: every stage's recorded outputs checked against its manifest, damage named per file.
+
+Deep (the default of the command): each output's content hash is computed again and compared with
+the manifest's; quick: each file's size and each safetensors header (what every skip checks). Entries
+of the persistent tensor stores that no manifest lists yet are checked structurally too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kontext_core.fsutil import safetensors_problem
+from kontext_core.stages.engine import output_problems, read_manifest
+from kontext_core.stages.registry import STAGE_ORDER, STAGES
+
+
+def verify_project(project: Path, deep: bool = True) -> dict[str, list[str]]:
+    """{stage: ["path: reason", ...]} for every stage that has a manifest (empty list: intact)."""
+    project = Path(project).resolve()
+    report: dict[str, list[str]] = {}
+    for name in STAGE_ORDER:
+        manifest = read_manifest(project, name)
+        if manifest is None:
+            continue
+        problems = output_problems(name, project, manifest, deep=deep)
+        listed = manifest.get("files") or {}
+        for rel in STAGES[name].persist:
+            root = project / rel
+            if not root.is_dir():
+                continue
+            known = set(listed.get(rel, {}))
+            for file in sorted(root.rglob("*.safetensors")):
+                sub = file.relative_to(root).as_posix()
+                if sub in known or any(part.startswith(".") for part in file.relative_to(root).parts):
+                    continue
+                if problem := safetensors_problem(file):
+                    problems.append(f"{rel}/{sub}: {problem}")
+        report[name] = problems
+    return report

@@ -1,0 +1,47 @@
+"""One project on which every stage has run, built once per session; each test works on a copy.
+
+The project keeps the default, project-relative MLflow store (`sqlite:///mlflow.db`, `mlruns/`), so a
+copy is a separate project with its own registry: what a user gets with `cp -r`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT, make_project
+
+
+@pytest.fixture(scope="session")
+def reliable_built(tmp_path_factory, mlflow_template) -> Path:
+    from kontext_core.stages import STAGE_ORDER, run_stage
+
+    project = tmp_path_factory.mktemp("reliable") / "project"
+    params_file = make_project(project)
+    shutil.copy(mlflow_template, project / "mlflow.db")
+    for name in STAGE_ORDER:
+        run_stage(name, params_file)
+    return project
+
+
+@pytest.fixture
+def project_copy(reliable_built, tmp_path) -> Path:
+    dest = tmp_path / "copy"
+    shutil.copytree(reliable_built, dest, symlinks=True)
+    return dest
+
+
+def run_python(
+    code: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python -c code` in `cwd` with the project importable (a separate process: it can be killed)."""
+    import os
+
+    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "KONTEXT_PROGRESS": "off", **(env or {})}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
