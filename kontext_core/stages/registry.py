@@ -46,4 +46,20 @@ def run_stage(
         if params_file is None:
             raise ValueError("run_stage needs workdir when params are given directly")
         workdir = Path(params_file).resolve().parent
+    prepare_datasets(params, Path(workdir).resolve())
     return run_spec(STAGES[name], STAGES, params, Path(workdir).resolve(), force=force, fingerprint=fingerprint)
+
+
+def prepare_datasets(params: Params, workdir: Path) -> None:
+    """Tell the dataset backends about the enabled entries (an aws entry's endpoint and keys), so any
+    stage can read the `s3://` references in its tables. A file that does not load is left to the
+    stage that reads it, which reports it properly."""
+    from kontext_core.config import load_datasets
+    from kontext_core.data.backends import prepare_backends
+    from kontext_core.stages.datasets import dataset_file
+
+    try:
+        datasets = load_datasets(dataset_file(params, workdir), base_dir=workdir)
+    except Exception:  # noqa: BLE001 - reported by the stage itself
+        return
+    prepare_backends(datasets)

@@ -25,9 +25,18 @@ def configure(params: Params, workdir: Path) -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = params.mlflow.artifact_location
-    if location and "://" not in location:
+    if location and on_server(mlflow.get_tracking_uri()) and ":" not in location.split("/")[0]:
+        # A tracking server: a project path means nothing to it; its own artifact store (the proxied
+        # `mlflow-artifacts:`, e.g. a bucket behind `--artifacts-destination s3://...`) is the place.
+        location = None
+    if location and "://" not in location and ":" not in location.split("/")[0]:
         location = (workdir / location).resolve().as_uri()
     return mlflow.create_experiment(params.mlflow.experiment_name, artifact_location=location)
+
+
+def on_server(uri: str) -> bool:
+    """A tracking URI that names an MLflow server (http/https), not a local store."""
+    return uri.startswith(("http://", "https://"))
 
 
 def git_info(workdir: Path) -> dict[str, str]:
