@@ -38,7 +38,8 @@ from kontext_core.data.backend import DatasetBackend
 from kontext_core.data.captions import uses_only_instance_prompt, with_instance_prompt
 from kontext_core.data.images import IMAGE_EXTENSIONS, ImageReadError, open_rgb, probe_stream
 from kontext_core.data.records import BAD_CAPTION, MISSING_CAPTION, UNREADABLE, Problem, Record
-from kontext_core.data.s3_client import (
+from kontext_core.fsutil import atomic_path
+from kontext_core.storage.s3 import (
     ObjectInfo,
     RangedReader,
     S3Error,
@@ -49,7 +50,6 @@ from kontext_core.data.s3_client import (
     list_objects,
     split_uri,
 )
-from kontext_core.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ class S3Backend(DatasetBackend):
         store, prefix = store_of(entry), prefix_of(entry)
         from botocore.exceptions import BotoCoreError, ClientError
 
-        from kontext_core.data.s3_client import client
+        from kontext_core.storage.s3 import client
 
         try:
             listed = client(store).list_objects_v2(Bucket=store.bucket, Prefix=prefix, MaxKeys=1)

@@ -21,6 +21,10 @@ RUN_ID_ENV = "KONTEXT_MLFLOW_RUN_ID"
 def configure(params: Params, workdir: Path) -> str:
     """Point mlflow at the store and make sure the experiment exists; returns its id."""
     use_store(tracking_uri(params, workdir))
+    if on_server(mlflow.get_tracking_uri()):
+        # Download artifacts through the server, as uploads go: the bucket's endpoint (and keys) may
+        # be unknown here. MLflow 3 would otherwise fetch presigned URLs from the store directly.
+        os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
     experiment = mlflow.get_experiment_by_name(params.mlflow.experiment_name)
     if experiment is not None:
         return experiment.experiment_id

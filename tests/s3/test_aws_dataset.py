@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from kontext_core.config import ConfigError, load_datasets
-from kontext_core.data import s3_client
 from kontext_core.data.samples import write_edit_pairs
+from kontext_core.storage import s3 as s3_client
 from tests.s3.conftest import S3Server
 
 pytestmark = pytest.mark.s3
