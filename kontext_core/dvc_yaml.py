@@ -6,6 +6,10 @@ files; its params the same subset that makes up the stage fingerprint.
 
 Metrics and plots are small and `cache: false`: git keeps them (they are not gitignored), so
 `dvc metrics diff`, `dvc plots diff` and `dvc exp show` compare commits and experiments.
+
+Each stage's manifest (`artifacts/manifests/<stage>.json`: its fingerprint and output hashes) is one
+of its outs: `dvc push` sends it to the remote with the outputs, and after `dvc pull` in a fresh
+clone `kontext run` finds every stage current instead of re-running what it has no manifest for.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from kontext_core.config import load_params
 from kontext_core.dvc_deps import stage_data_deps
 from kontext_core.stages import STAGES
 from kontext_core.stages.code_version import import_closure, module_file
+from kontext_core.stages.engine import MANIFEST_DIR
 
 PARAMS_FILE = "params.yaml"
 _ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +56,7 @@ def build_dvc_yaml(root: Path) -> dict[str, Any]:
         if spec.params_keys:
             stage["params"] = list(spec.params_keys)
         outs: list[Any] = list(spec.outs) + [{path: {"persist": True}} for path in spec.persist]
+        outs.append(f"{MANIFEST_DIR}/{name}.json")
         if outs:
             stage["outs"] = outs
         if spec.metrics:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from kontext_core.config.base import Strict, harmless, with_hint
 from kontext_core.config.generators import ConditioningGenerator, HuggingfaceOptions
@@ -80,6 +80,17 @@ class DatasetEntry(Strict):
     revision: str | None = None
     metadata_backend: Literal["discovery", "parquet", "json", "huggingface"] | None = None
     huggingface: HuggingfaceOptions | None = None
+    # `type: aws` (kontext_core.data.s3_backend), SimpleTuner's keys: objects under
+    # s3://aws_bucket_name/aws_data_prefix. Keys left out come from the standard AWS chain (env,
+    # profile); the secrets are SecretStr so no dump, log or report of an entry can show them.
+    aws_bucket_name: str | None = None
+    aws_data_prefix: str = ""
+    aws_endpoint_url: str | None = None
+    aws_region_name: str | None = None
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    aws_max_pool_connections: int = Field(128, ge=1)
     # Sampling (kontext_core.train.sampler): each image is seen 1 + repeats times per epoch, kept
     # with `probability` per epoch, only within start..end epoch, from at most max_num_samples.
     repeats: int = Field(0, ge=0)
@@ -160,6 +171,11 @@ class DatasetEntry(Strict):
         ]
         if wanting and not self.instance_prompt:
             problems.append(f"{wanting[0]} needs 'instance_prompt'")
+        if self.type == "aws" and self.caption_strategy == "huggingface":
+            problems.append(
+                "caption_strategy = 'huggingface' does not apply to an aws dataset; "
+                "allowed: textfile, filename, instanceprompt, null"
+            )
         if self.type == "huggingface" and self.caption_strategy in ("textfile", "filename"):
             problems.append(
                 f"caption_strategy = '{self.caption_strategy}' does not apply to a huggingface dataset; "
@@ -178,7 +194,7 @@ class DatasetEntry(Strict):
         keys = super().not_applicable_set()
         keys += [k for k, v in self.simpletuner_extras.items() if not harmless(k, v)]
         # The metadata backend this pipeline uses anyway is no news.
-        natural = {"local": "discovery", "huggingface": "huggingface"}.get(self.type)
+        natural = {"local": "discovery", "aws": "discovery", "huggingface": "huggingface"}.get(self.type)
         return [k for k in keys if not (k == "metadata_backend" and self.metadata_backend == natural)]
 
     def with_defaults(self, params: Params) -> DatasetEntry:

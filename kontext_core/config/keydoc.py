@@ -50,6 +50,14 @@ DATASET_NOTES: dict[str, str] = {
     "only_instance_prompt": "instance_prompt as every caption",
     "dataset_type": "`text_embeds` entries are accepted; captions are embedded from the pair table",
     "default": "on a text_embeds entry; accepted",
+    "aws_bucket_name": "`type: aws`: the bucket",
+    "aws_data_prefix": "`type: aws`: the folder in the bucket (like instance_data_dir); keys below it pair",
+    "aws_endpoint_url": "`type: aws`: an S3-compatible store (MinIO, Ceph, R2); null: AWS",
+    "aws_region_name": "`type: aws`; null: the AWS chain's region",
+    "aws_access_key_id": "`type: aws`; null: the AWS chain (env, profile); never logged or stored",
+    "aws_secret_access_key": "`type: aws`; null: the AWS chain; never logged or stored",
+    "aws_session_token": "`type: aws`: temporary credentials; never logged or stored",
+    "aws_max_pool_connections": "`type: aws`: the client's connection pool (SimpleTuner: 128)",
 }
 
 

@@ -19,7 +19,8 @@ from kontext_core.config.base import Strict
 class MlflowSection(Strict):
     tracking_uri: str = "sqlite:///mlflow.db"
     experiment_name: str = "kontext-lora"
-    # Where artifacts of a new experiment go; relative paths are resolved against the project.
+    # Where artifacts of a new experiment go; relative paths are resolved against the project. With
+    # an http(s) tracking server a relative path or null means the server's artifact store.
     artifact_location: str | None = "mlruns"
 
 

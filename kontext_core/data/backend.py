@@ -44,6 +44,19 @@ class DatasetBackend(ABC):
         """The reference as tables keep it (project-relative for files inside the project)."""
         return ref if self.ref_prefix else to_stored(Path(ref))
 
+    def prepare(self, entries: list[DatasetEntry]) -> None:
+        """Learn what reading this backend's references needs (a store's endpoint and keys) from its
+        enabled entries; called before a stage runs, since references alone do not carry it."""
+        return None
+
+    def state(self) -> Any:
+        """What `prepare` learnt, for a worker process (kept in memory, never written)."""
+        return None
+
+    def restore(self, state: Any) -> None:
+        """Take a parent's `state()` in a worker process."""
+        return None
+
     @abstractmethod
     def open_ref(self, ref: str, workdir: Path) -> Image.Image:
         """RGB pixels of a reference this backend wrote, or ImageReadError naming it."""

@@ -12,6 +12,7 @@ from kontext_core.config import ConfigError, DatasetConfig, DatasetEntry
 from kontext_core.data.backend import DatasetBackend
 from kontext_core.data.hf_backend import HuggingFaceBackend
 from kontext_core.data.local_backend import LocalBackend
+from kontext_core.data.s3_backend import S3Backend
 
 BACKENDS: dict[str, DatasetBackend] = {}
 
@@ -55,5 +56,24 @@ def entry_problems(datasets: DatasetConfig, workdir: Path) -> list[str]:
     return problems
 
 
+def prepare_backends(datasets: DatasetConfig) -> None:
+    """Let each backend learn from its enabled entries what reading its references needs."""
+    for name, backend in BACKENDS.items():
+        backend.prepare([e for e in datasets.enabled() if e.type == name])
+
+
+def backends_state() -> dict[str, object]:
+    """What the backends learnt in `prepare`, to hand to worker processes (in memory only)."""
+    return {name: backend.state() for name, backend in BACKENDS.items()}
+
+
+def restore_backends_state(state: dict[str, object]) -> None:
+    """A worker process's initializer: take the parent's `backends_state()`."""
+    for name, value in state.items():
+        if name in BACKENDS:
+            BACKENDS[name].restore(value)
+
+
 register_backend(LocalBackend())
 register_backend(HuggingFaceBackend())
+register_backend(S3Backend())

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from kontext_core.config import ConditioningGenerator
+from kontext_core.data.backends import backends_state, restore_backends_state
 from kontext_core.data.degrade import degrade, generated_key
 from kontext_core.data.sources import open_ref, ref_digest
 from kontext_core.fsutil import atomic_path
@@ -87,7 +88,13 @@ def generate_references(
         if workers > 1 and len(todo) >= min(PARALLEL_MIN_JOBS, 2 * workers):
             # spawn, not fork: the parent may hold threads (Prefect) or torch state that fork would copy.
             context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=context) as pool:
+            # Workers learn how to reach remote stores (an aws entry's endpoint and keys) from the parent.
+            with ProcessPoolExecutor(
+                max_workers=min(workers, len(todo)),
+                mp_context=context,
+                initializer=restore_backends_state,
+                initargs=(backends_state(),),
+            ) as pool:
                 futures = [pool.submit(_generate_one, job, str(dest), str(workdir), seed) for job, dest in todo]
                 for future in futures:
                     future.result()

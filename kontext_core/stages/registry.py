@@ -51,8 +51,24 @@ def run_stage(
             raise ValueError("run_stage needs workdir when params are given directly")
         workdir = Path(params_file).resolve().parent
     project = Path(workdir).resolve()
+    prepare_datasets(params, project)
     # One pipeline per project at a time; the first holder in a process clears dead runs' leftovers.
     with project_lock(project) as first:
         if first:
             clean_leftovers(project)
         return run_spec(STAGES[name], STAGES, params, project, force=force, fingerprint=fingerprint)
+
+
+def prepare_datasets(params: Params, workdir: Path) -> None:
+    """Tell the dataset backends about the enabled entries (an aws entry's endpoint and keys), so any
+    stage can read the `s3://` references in its tables. A file that does not load is left to the
+    stage that reads it, which reports it properly."""
+    from kontext_core.config import load_datasets
+    from kontext_core.data.backends import prepare_backends
+    from kontext_core.stages.datasets import dataset_file
+
+    try:
+        datasets = load_datasets(dataset_file(params, workdir), base_dir=workdir)
+    except Exception:  # noqa: BLE001 - reported by the stage itself
+        return
+    prepare_backends(datasets)

@@ -31,7 +31,11 @@ def configure(params: Params, workdir: Path) -> str:
 
 def _artifact_location(params: Params, workdir: Path) -> str | None:
     location = params.mlflow.artifact_location
-    if location and "://" not in location:
+    if location and on_server(mlflow.get_tracking_uri()) and ":" not in location.split("/")[0]:
+        # A tracking server: a project path means nothing to it; its own artifact store (the proxied
+        # `mlflow-artifacts:`, e.g. a bucket behind `--artifacts-destination s3://...`) is the place.
+        location = None
+    if location and "://" not in location and ":" not in location.split("/")[0]:
         location = (workdir / location).resolve().as_uri()
     return location
 
@@ -41,6 +45,10 @@ def open_store(params: Params, workdir: Path) -> Any:
     (None when it does not exist yet); a moved or copied project's artifact locations follow it."""
     uri = tracking_uri(params, workdir)
     use_store(uri)
+    if on_server(uri):
+        # Download artifacts through the server, as uploads go: the bucket's endpoint (and keys) may
+        # be unknown here. MLflow 3 would otherwise fetch presigned URLs from the store directly.
+        os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
     experiment = mlflow.get_experiment_by_name(params.mlflow.experiment_name)
     if experiment is not None:
         _follow_the_project(uri, workdir, experiment.artifact_location, _artifact_location(params, workdir))
@@ -64,6 +72,11 @@ def _follow_the_project(uri: str, workdir: Path, recorded: str | None, expected:
             expected,
             changed,
         )
+
+
+def on_server(uri: str) -> bool:
+    """A tracking URI that names an MLflow server (http/https), not a local store."""
+    return uri.startswith(("http://", "https://"))
 
 
 def git_info(workdir: Path) -> dict[str, str]:
