@@ -191,18 +191,25 @@ def run(
     dvc_commit: bool = typer.Option(
         True, "--dvc-commit/--no-dvc-commit", help="in a DVC repository, record the results in dvc.lock"
     ),
+    overrides: list[str] = typer.Option(
+        [],
+        "--set",
+        help="a run setting over the params file, KEY=VALUE (repeatable): the fields of the Prefect UI's form",
+    ),
 ) -> None:
     """Run the whole `kontext-train` flow (ephemeral Prefect server unless PREFECT_API_URL is set)."""
     _setup_logging()
-    from kontext_core.config import load_params
+    from kontext_core.config import read_params_file
+    from kontext_core.config.overrides import layered_params, parse_assignments
 
     params = params.resolve()
     with _one_line_failures():
-        load_params(params)
+        values = parse_assignments(overrides)
+        layered_params(read_params_file(params), values, where=params.name)
     from flows.train_flow import kontext_train
 
     with _one_line_failures():
-        result = kontext_train(params_file=str(params))
+        result = kontext_train(params_file=str(params), **values)
     from flows.summary import summary_lines
 
     for line in summary_lines(result):

@@ -31,6 +31,11 @@ class RegistrySection(Strict):
     metric: Literal["eval_loss", "psnr", "ssim"] = "eval_loss"
     # null: the metric's own direction (kontext_core.validate.metrics); a value that contradicts it is an error.
     greater_is_better: bool | None = None
+    # A flow run pauses before moving the alias to a winning version until a person approves or rejects
+    # it in the Prefect UI; after approval_timeout_seconds, approval_on_timeout decides.
+    require_approval: bool = False
+    approval_timeout_seconds: int = Field(3600, ge=1)
+    approval_on_timeout: Literal["reject", "approve"] = "reject"
 
     @property
     def higher_is_better(self) -> bool:

@@ -24,6 +24,7 @@ from kontext_core.config import Params
 log = logging.getLogger(__name__)
 
 FINGERPRINT_TAG = "kontext.eval_fingerprint"
+AWAITING = "awaiting approval"
 ADAPTER_FILES = ("pytorch_lora_weights.safetensors", "lycoris_weights.safetensors")
 
 
@@ -42,6 +43,8 @@ class Registration:
     decision: str = ""
     reason: str = ""
     eval_fingerprint: str = ""
+    # registry.require_approval: the challenger won, and the alias moves only when a person approves.
+    awaiting_approval: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -151,7 +154,11 @@ def register_adapter(
     version = str(info.registered_model_version)
     challenger = float(metrics[metric])
     became, reason = decide(params, challenger, champion, str(current.version) if current else None)
-    if became:
+    awaiting = became and params.registry.require_approval
+    if awaiting:
+        became = False
+        log.info("version %s of %s awaits approval before it becomes @%s: %s", version, name, alias, reason)
+    elif became:
         client.set_registered_model_alias(name, alias, version)
         log.info("version %s of %s is now @%s: %s", version, name, alias, reason)
     else:
@@ -167,9 +174,10 @@ def register_adapter(
         challenger_score=challenger,
         champion_version=str(current.version) if current else None,
         champion_rescored=rescored,
-        decision="promoted" if became else "kept champion",
+        decision=AWAITING if awaiting else "promoted" if became else "kept champion",
         reason=reason,
         eval_fingerprint=fingerprint,
+        awaiting_approval=awaiting,
     )
     record_decision(client, run_id, registration, adapter_format(Path(adapter_dir)), metrics)
     return registration
@@ -226,3 +234,43 @@ def record_decision(
     if reg.champion_metric is not None:
         client.log_metric(run_id, f"registry/champion_{reg.metric}", reg.champion_metric)
     client.log_metric(run_id, f"registry/challenger_{reg.metric}", float(reg.challenger_score or 0.0))
+
+
+def record_approval(
+    params: Params, version: str, approved: bool, note: str = "", by: str = "", run_id: str | None = None
+) -> dict[str, Any]:
+    """A person's answer on a version that awaits approval: approve moves the alias, reject leaves it.
+
+    Both are recorded on the version (tags `kontext.approval*`, the decision, the description) and on
+    the run. Returns the registration fields that changed.
+    """
+    client = mlflow.MlflowClient()
+    name, alias = params.registry.model_name, params.registry.champion_alias
+    decision = "promoted (approved)" if approved else "kept champion (rejected)"
+    if approved:
+        client.set_registered_model_alias(name, alias, version)
+        log.info("version %s of %s approved%s: now @%s", version, name, f" by {by}" if by else "", alias)
+    else:
+        log.warning("version %s of %s rejected%s: @%s unchanged", version, name, f" by {by}" if by else "", alias)
+    tags = {
+        "kontext.approval": "approved" if approved else "rejected",
+        "kontext.approval_note": note,
+        "kontext.approval_by": by,
+        "kontext.decision": decision,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    current = client.get_model_version(name, version)
+    answer = f"Approval: {tags['kontext.approval']}" + (f" by {by}" if by else "") + (f": {note}" if note else "") + "."
+    client.update_model_version(name, version, description=f"{current.description or ''}\n\n{answer}".strip())
+    if run_id:
+        client.set_tag(run_id, "kontext.registry.decision", decision)
+        client.set_tag(run_id, "kontext.registry.approval", tags["kontext.approval"])
+    return {
+        "decision": decision,
+        "became_champion": approved,
+        "alias_uri": f"models:/{name}@{alias}" if approved else None,
+        "awaiting_approval": False,
+        "approval": tags["kontext.approval"],
+        "approval_note": note,
+    }
