@@ -235,11 +235,11 @@ def serve(params: Path = ParamsOption) -> None:
     _setup_logging()
     from prefect import serve as prefect_serve
 
-    from flows.deployments import build_deployment, build_reproduce_deployment
+    from flows.deployments import build_deployment, build_reproduce_deployment, build_watch_deployment
 
     with _one_line_failures():
         deployment = build_deployment(params)
-    prefect_serve(deployment, build_reproduce_deployment(params))
+    prefect_serve(deployment, build_watch_deployment(params), build_reproduce_deployment(params))
 
 
 @app.command("edit")

@@ -102,10 +102,9 @@ def summary_markdown(result: dict[str, Any], params_used: dict[str, Any]) -> str
             + (f": {approval['approval_note']}" if approval.get("approval_note") else "")
         )
         lines.append("")
-    lines.append(
-        f"MLflow run: `{result['mlflow_run_id']}`"
-        + (" (reused: nothing ran)" if result.get("mlflow_run_reused") else "")
-    )
+    if result.get("mlflow_run_id"):
+        reused = " (reused: nothing ran)" if result.get("mlflow_run_reused") else ""
+        lines.append(f"MLflow run: `{result['mlflow_run_id']}`{reused}")
     return "\n".join(lines) + "\n"
 
 
@@ -130,6 +129,8 @@ def publish_run_summary(params: Any, result: dict[str, Any]) -> None:
     create_markdown_artifact(
         summary_markdown(result, used), key="kontext-run-summary", description="kontext-train run summary"
     )
+    if not result.get("mlflow_run_id"):
+        return
     create_link_artifact(
         run_link(result["mlflow_run_id"]),
         link_text=f"MLflow run {result['mlflow_run_id']}",

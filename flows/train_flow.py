@@ -7,9 +7,13 @@ quantize) run at the same time.
 """
 
 # No `from __future__ import annotations`: Prefect reads the signature's types to build the form.
+import hashlib
 import json
 import os
+import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +30,7 @@ from kontext_core.config import ConfigError, Params, read_params_file
 from kontext_core.config.overrides import OVERRIDE_KEYS, layered_params
 from kontext_core.progress import MODE_ENV
 from kontext_core.stages import STAGE_ORDER, STAGES, Fingerprint, fingerprint, outputs_intact
+from kontext_core.stages.engine import read_manifest
 from kontext_core.tracking import runs
 from kontext_core.tracking.lineage import lineage_tags, log_params
 from tasks.stage_tasks import STAGE_TASKS
@@ -69,9 +74,7 @@ def preflight(params: Params, project: Path) -> None:
         problems.append(f"lora_type = {params.lora_type!r}: unknown adapter kind; allowed: {', '.join(ADAPTER_KINDS)}")
     dataset_file = project / params.data_backend_config
     if not dataset_file.is_file():
-        problems.append(
-            f"data_backend_config = {params.data_backend_config!r}: no such file in the project"
-        )
+        problems.append(f"data_backend_config = {params.data_backend_config!r}: no such file in the project")
     if problems:
         raise ConfigError(problems)
 
@@ -90,14 +93,35 @@ def resolve_run(
     return params, project, used
 
 
+def _done_elsewhere(name: str, project: Path) -> dict[str, Any]:
+    """The manifest of a stage that another flow run (another stage group) ran in this project."""
+    manifest = read_manifest(project, name)
+    if manifest is None or not outputs_intact(name, project, manifest["fingerprint"]):
+        raise RuntimeError(
+            f"stage {name} has not run in {project.name} (its outputs are missing): run its stage group first"
+        )
+    return {**manifest, "skipped": True, "prefect_state": "Elsewhere", "wall_seconds": 0.0}
+
+
 def _run_stages(
-    params: Params, project: Path, leading: dict[str, Fingerprint], logger: Any
+    params: Params,
+    project: Path,
+    leading: dict[str, Fingerprint],
+    logger: Any,
+    only: list[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Submit each stage as soon as the stages it depends on are done; collect the manifests."""
+    """Submit each stage as soon as the stages it depends on are done; collect the manifests.
+
+    With `only`, the other stages are not run here: their outputs must be in the project already.
+    """
     manifests: dict[str, dict[str, Any]] = {}
     running: dict[str, tuple[PrefectFuture, float]] = {}
     futures: dict[str, PrefectFuture] = {}
-    pending = list(STAGE_ORDER)
+    pending = [name for name in STAGE_ORDER if only is None or name in only]
+    needed = {dep for name in pending for dep in stage_dependencies(name)}
+    for name in STAGE_ORDER:
+        if name in needed and name not in pending:
+            manifests[name] = _done_elsewhere(name, project)
     while pending or running:
         for name in list(pending):
             deps = stage_dependencies(name)
@@ -119,7 +143,7 @@ def _run_stages(
                 params=params,
                 workdir=str(project),
                 fingerprint=fp,
-                upstream={dep: futures[dep] for dep in deps},
+                upstream={dep: futures[dep] for dep in deps if dep in futures},
             )
             running[name] = (futures[name], started)
         for name, (future, started) in list(running.items()):
@@ -135,10 +159,43 @@ def _run_stages(
             manifest["wall_seconds"] = time.perf_counter() - started
             manifests[name] = manifest
             logger.info(stage_summary(name, manifest))
-    return {name: manifests[name] for name in STAGE_ORDER}
+    return {name: manifests[name] for name in STAGE_ORDER if only is None or name in only}
 
 
-def run_pipeline(params_file: str, workdir: str | None, overrides: dict[str, Any]) -> dict[str, Any]:
+def project_slot_name(project: Path) -> str:
+    """The global concurrency limit that lets one flow run at a time work in a project folder."""
+    return "kontext-project-" + hashlib.sha256(str(project).encode()).hexdigest()[:12]
+
+
+@contextmanager
+def project_slot(project: Path, logger: Any) -> Iterator[None]:
+    """Hold the project's slot (limit 1, created on first use) while the stages run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.concurrency.sync import concurrency
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    name = project_slot_name(project)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:
+                pass
+    logger.info("taking the project's slot %s (one run at a time in %s)", name, project.name)
+    with concurrency(name, occupy=1, strict=True):
+        yield
+
+
+# Stages that log into the flow run's MLflow run: a stage group without them opens none.
+MLFLOW_STAGES = ("train", "validate", "register")
+
+
+def run_pipeline(
+    params_file: str, workdir: str | None, overrides: dict[str, Any], only: list[str] | None = None
+) -> dict[str, Any]:
     logger = get_run_logger()
     try:
         params, project, used = resolve_run(params_file, workdir, overrides)
@@ -148,6 +205,13 @@ def run_pipeline(params_file: str, workdir: str | None, overrides: dict[str, Any
         raise
     if used:
         logger.info("run overrides over %s: %s", Path(params_file).name, ", ".join(f"{k}={v}" for k, v in used.items()))
+    with project_slot(project, logger):
+        return _pipeline(params, project, used, only, logger)
+
+
+def _pipeline(
+    params: Params, project: Path, used: dict[str, Any], only: list[str] | None, logger: Any
+) -> dict[str, Any]:
     saved_env = {
         k: os.environ.get(k)
         for k in (
@@ -163,21 +227,20 @@ def run_pipeline(params_file: str, workdir: str | None, overrides: dict[str, Any
     if flow_run.ui_url:
         os.environ["KONTEXT_PREFECT_FLOW_RUN_URL"] = str(flow_run.ui_url)
     # Progress as periodic lines in the run log, unless a terminal shows bars or the user chose.
-    if MODE_ENV not in os.environ:
-        import sys
-
-        if not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-            os.environ[MODE_ENV] = "log"
+    if MODE_ENV not in os.environ and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
+        os.environ[MODE_ENV] = "log"
     # All cached: no new MLflow run; the result names the run that produced the outputs.
     leading = _leading_fingerprints(params, project)
     reused = len(leading) == len(STAGE_ORDER) and outputs_intact(
         STAGE_ORDER[-1], project, leading[STAGE_ORDER[-1]].value
     )
+    opens_run = not reused and (only is None or any(name in only for name in MLFLOW_STAGES))
+    run_id: str | None = None
     if reused:
         # registration.json names the run the registered outputs were logged to.
         run_id = json.loads((project / "artifacts/register/registration.json").read_text())["run_id"]
         logger.info("every stage is up to date: no new MLflow run (the outputs come from run %s)", run_id)
-    else:
+    elif opens_run:
         run_id = runs.start_run(params, project, run_name=flow_run.name)
         os.environ[runs.RUN_ID_ENV] = run_id
     client = mlflow.MlflowClient()
@@ -186,45 +249,46 @@ def run_pipeline(params_file: str, workdir: str | None, overrides: dict[str, Any
     manifests: dict[str, dict[str, Any]] = {}
     approval: dict[str, Any] | None = None
     try:
-        if not reused:
+        if opens_run and run_id:
             log_params(client, run_id, params)
             client.set_tag(run_id, "kontext.overrides", json.dumps(used, sort_keys=True))
         with run_log_bridge(flow_run.id):
-            manifests = _run_stages(params, project, leading, logger)
-            registration = manifests["register"]["info"]
-            if not manifests["register"]["skipped"] and registration.get("awaiting_approval"):
+            manifests = _run_stages(params, project, leading, logger, only)
+            register = manifests.get("register", {})
+            if register and not register["skipped"] and register["info"].get("awaiting_approval"):
                 from flows.approval import ask_for_approval
 
-                approval = ask_for_approval(params, project, manifests, run_id)
-                registration.update(approval)
+                approval = ask_for_approval(params, project, manifests, run_id or "")
+                register["info"].update(approval)
         skipped = [n for n, m in manifests.items() if m.get("skipped")]
-        if not reused:
+        if opens_run and run_id:
             tags = lineage_tags(project)
-            tags["kontext.stages_run"] = ",".join(n for n in STAGE_ORDER if n not in skipped) or "none"
-            tags["kontext.adapter_run_id"] = manifests["train"]["info"].get("run_id", "")
+            tags["kontext.stages_run"] = ",".join(n for n in manifests if n not in skipped) or "none"
+            if "train" in manifests:
+                tags["kontext.adapter_run_id"] = manifests["train"]["info"].get("run_id", "")
             runs.set_tags(run_id, tags)
         status = "FINISHED"
     except BaseException as exc:
         failure = f"{type(exc).__name__}: {exc}"
         raise
     finally:
-        if not reused:
+        if opens_run and run_id:
             runs.end_run(run_id, project, status, failure)
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    registration = manifests["register"]["info"]
-    if not manifests["register"].get("skipped"):
+    registration = manifests.get("register", {}).get("info", {})
+    if "register" in manifests and not manifests["register"].get("skipped"):
         logger.info("registered %s: %s", registration["model_uri"], registration.get("reason", ""))
     result = {
         "mlflow_run_id": run_id,
         "mlflow_run_reused": reused,
         "decision": registration.get("decision"),
         "reason": registration.get("reason"),
-        "model_uri": registration["model_uri"],
-        "alias_uri": registration["alias_uri"],
+        "model_uri": registration.get("model_uri"),
+        "alias_uri": registration.get("alias_uri"),
         "overrides": used,
         "approval": approval,
         "stages": {n: ("skipped" if m.get("skipped") else "ran") for n, m in manifests.items()},

@@ -59,6 +59,8 @@ class PrefectSection(Strict):
     timezone: str = "UTC"
     task_retries: int = Field(1, ge=0)
     retry_delay_seconds: int = Field(10, ge=0)
+    # How often the served data watch looks at the datasets (0: only when started by hand).
+    watch_interval_seconds: int = Field(600, ge=0)
 
 
 class PairSection(Strict):
