@@ -230,7 +230,7 @@ def test_approval_pause_resumes_on_approve_and_on_reject(project, workers):
         client, version = _paused_answer(
             project, "approve-me", {"approve": True, "note": "looks right", "reviewer": "ana"}
         )
-        assert client.get_model_version_by_alias("approve-me", "champion").version == "1"
+        assert str(client.get_model_version_by_alias("approve-me", "champion").version) == "1"
         assert version.tags["kontext.approval"] == "approved" and version.tags["kontext.approval_note"] == "looks right"
         client, version = _paused_answer(project, "reject-me", {"approve": False, "note": "grids look off"})
         assert version.tags["kontext.approval"] == "rejected"
@@ -268,29 +268,29 @@ def test_data_change_fires_the_trigger_and_a_run_refetches(project, workers):
 
 def test_two_workers_on_two_pools_each_run_their_stages(project, workers):
     params_file = project["params_file"]
+    # A pair-only setting and a training setting: the data group really runs pair, the gpu group trains.
+    write_params(params_file, pair={"max_missing_fraction": 0.6})
     flow_run = run_deployment(
         "kontext-train-placed/kontext-train-placed",
-        parameters={"params_file": str(params_file), "seed": 7},
+        parameters={"params_file": str(params_file), "learning_rate": 0.001},
         timeout=0,
     )
     done = wait_final(flow_run.id)
     assert done.state.is_completed(), done.state.message
+    assert done.work_pool_name == "kontext-cpu"
     children = _api(
         lambda client: client.read_flow_runs(
             flow_run_filter=FlowRunFilter(parent_task_run_id=FlowRunFilterParentTaskRunId(is_null_=False))
         )
     )
-    children = [
-        c
-        for c in children
-        if c.parameters.get("params_file") == str(params_file) and c.start_time and c.start_time >= done.start_time
-    ]
-    pools = {c.parameters["group"]: c for c in children}
-    assert set(pools) == {"data", "gpu"}
-    assert pools["data"].work_pool_name == "kontext-cpu" and pools["gpu"].work_pool_name == "kontext-gpu"
-    data_tasks = {tr.name for tr in settled(_task_runs, pools["data"].id, lambda trs: len(trs) >= 7)}
-    gpu_tasks = {tr.name for tr in settled(_task_runs, pools["gpu"].id, lambda trs: len(trs) >= 3)}
-    assert gpu_tasks == {"train", "validate", "register"}
-    assert data_tasks == set(STAGE_ORDER) - gpu_tasks
-    assert read_manifest(Path(params_file).parent, "pair")["params"]["seed"] == 7
-    assert read_manifest(Path(params_file).parent, "train")["params"]["seed"] == 7
+    children = [c for c in children if c.start_time and c.start_time >= done.start_time]
+    groups = {c.parameters["group"]: c for c in children}
+    assert set(groups) == {"data", "gpu"}
+    assert groups["data"].work_pool_name == "kontext-cpu" and groups["gpu"].work_pool_name == "kontext-gpu"
+    data_runs = settled(_task_runs, groups["data"].id, lambda trs: len(trs) >= 7)
+    gpu_runs = settled(_task_runs, groups["gpu"].id, lambda trs: len(trs) >= 3)
+    assert {tr.name for tr in gpu_runs} == {"train", "validate", "register"}
+    assert {tr.name for tr in data_runs} == set(STAGE_ORDER) - {"train", "validate", "register"}
+    assert {tr.name for tr in data_runs if tr.state.name == "Completed"} == {"pair"}
+    assert {tr.name for tr in gpu_runs if tr.state.name == "Completed"} == {"train", "validate", "register"}
+    assert read_manifest(Path(params_file).parent, "train")["params"]["learning_rate"] == 0.001
