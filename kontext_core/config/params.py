@@ -63,6 +63,16 @@ class PrefectSection(Strict):
     watch_interval_seconds: int = Field(600, ge=0)
 
 
+class DaskSection(Strict):
+    """Where the per-file work of degrade and cache_vae runs (kontext_core.stages.parallel)."""
+
+    # null: in the stage's own process; "local": a LocalCluster of `workers` processes on this
+    # machine; "tcp://host:8786": a running dask.distributed scheduler.
+    address: str | None = None
+    workers: int = Field(2, ge=1)
+    connect_timeout_seconds: int = Field(30, ge=1)
+
+
 class PairSection(Strict):
     """Pre-flight limits of the `pair` stage."""
 
@@ -210,6 +220,7 @@ class Params(Strict):
     # Decimals the aspect ratio is rounded to when bucketing.
     aspect_bucket_rounding: int = Field(2, ge=1, le=9)
     pair: PairSection = PairSection()
+    dask: DaskSection = DaskSection()
     accelerate: AccelerateSection = AccelerateSection()
     mlflow: MlflowSection = MlflowSection()
     registry: RegistrySection = RegistrySection()
