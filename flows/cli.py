@@ -230,14 +230,21 @@ def run(
     dvc_commit: bool = typer.Option(
         True, "--dvc-commit/--no-dvc-commit", help="in a DVC repository, record the results in dvc.lock"
     ),
+    overrides: list[str] = typer.Option(
+        [],
+        "--set",
+        help="a run setting over the params file, KEY=VALUE (repeatable): the fields of the Prefect UI's form",
+    ),
 ) -> None:
     """Run the whole `kontext-train` flow (ephemeral Prefect server unless PREFECT_API_URL is set)."""
     _setup_logging()
-    from kontext_core.config import load_params
+    from kontext_core.config import read_params_file
+    from kontext_core.config.overrides import layered_params, parse_assignments
 
     params = params.resolve()
     with _one_line_failures():
-        load_params(params)
+        values = parse_assignments(overrides)
+        layered_params(read_params_file(params), values, where=params.name)
     from kontext_core.project_lock import project_lock
 
     _contain_children()
@@ -246,7 +253,7 @@ def run(
     # The lock is taken before Prefect starts, so a second run refuses in one line; the flow takes it
     # again (re-entrant) for runs that do not come through this command.
     with _one_line_failures(), project_lock(params.parent), _quiet_expected_prefect_failures():
-        result = kontext_train(params_file=str(params))
+        result = kontext_train(params_file=str(params), **values)
     from flows.summary import summary_lines
 
     for line in summary_lines(result):
@@ -272,11 +279,11 @@ def serve(params: Path = ParamsOption) -> None:
     _setup_logging()
     from prefect import serve as prefect_serve
 
-    from flows.deployments import build_deployment, build_reproduce_deployment
+    from flows.deployments import build_deployment, build_reproduce_deployment, build_watch_deployment
 
     with _one_line_failures():
         deployment = build_deployment(params)
-    prefect_serve(deployment, build_reproduce_deployment(params))
+    prefect_serve(deployment, build_watch_deployment(params), build_reproduce_deployment(params))
 
 
 @app.command("edit")

@@ -57,3 +57,83 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             f"{metric} {_number(previous)}{earlier}"
         )
     return lines
+
+
+def _short(value: Any) -> str | None:
+    """A manifest info value as a few characters, or None for what does not fit on a line."""
+    if isinstance(value, bool) or isinstance(value, int) or value is None:
+        return str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, str):
+        return value if len(value) <= 60 else None
+    if isinstance(value, dict) and all(isinstance(v, int | float | str | bool) for v in value.values()):
+        parts = [f"{k}={_short(v)}" for k, v in value.items()]
+        return "{" + ", ".join(parts) + "}" if len(parts) <= 8 else None
+    return None
+
+
+def stage_summary(name: str, manifest: dict[str, Any]) -> str:
+    """One line per stage for the run log: ran or skipped, seconds, fingerprint and the stage's counts."""
+    status = "skipped (up to date)" if manifest.get("skipped") else "ran"
+    seconds = manifest.get("wall_seconds")
+    head = f"stage {name}: {status}" + (f" in {seconds:.1f}s" if seconds is not None else "")
+    head += f", fingerprint {str(manifest.get('fingerprint', ''))[:12]}"
+    counts = []
+    for key, value in (manifest.get("info") or {}).items():
+        text = _short(value)
+        if text is not None:
+            counts.append(f"{key}={text}")
+    return head + (": " + ", ".join(counts) if counts else "")
+
+
+def summary_markdown(result: dict[str, Any], params_used: dict[str, Any]) -> str:
+    """The run summary artifact: the settings this run used, the stage table, the outcome."""
+    lines = ["# kontext-train run", ""]
+    overrides = result.get("overrides") or {}
+    lines += ["## Settings", "", "| key | value | from |", "|---|---|---|"]
+    for key, value in params_used.items():
+        lines.append(f"| {key} | `{value}` | {'run override' if key in overrides else 'params file'} |")
+    lines += ["", "## Stages", "", "```", *summary_lines(result), "```", ""]
+    if result.get("approval"):
+        approval = result["approval"]
+        lines.append(
+            f"Approval: **{approval.get('approval')}**"
+            + (f": {approval['approval_note']}" if approval.get("approval_note") else "")
+        )
+        lines.append("")
+    if result.get("mlflow_run_id"):
+        reused = " (reused: nothing ran)" if result.get("mlflow_run_reused") else ""
+        lines.append(f"MLflow run: `{result['mlflow_run_id']}`{reused}")
+    return "\n".join(lines) + "\n"
+
+
+def publish_run_summary(params: Any, result: dict[str, Any]) -> None:
+    """One summary artifact per flow run (also when every stage was cached), plus a link to its MLflow
+    run and a table of the settings the run used."""
+    from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
+
+    from kontext_core.config.overrides import OVERRIDE_KEYS
+    from tasks.artifacts import run_link
+
+    used = {key: getattr(params, key) for key in OVERRIDE_KEYS}
+    overrides = result.get("overrides") or {}
+    create_table_artifact(
+        [
+            {"key": k, "value": str(v), "from": "run override" if k in overrides else "params file"}
+            for k, v in used.items()
+        ],
+        key="kontext-run-settings",
+        description="the run settings this flow run used (overrides layered over the params file)",
+    )
+    create_markdown_artifact(
+        summary_markdown(result, used), key="kontext-run-summary", description="kontext-train run summary"
+    )
+    if not result.get("mlflow_run_id"):
+        return
+    create_link_artifact(
+        run_link(result["mlflow_run_id"]),
+        link_text=f"MLflow run {result['mlflow_run_id']}",
+        key="kontext-mlflow-run",
+        description="the MLflow run of this flow run (params, metrics, grids, lineage)",
+    )

@@ -5,11 +5,14 @@ ran). Anywhere else (a log file, CI, a pipe) a redrawn bar would be hundreds of 
 returns, so it writes plain lines instead, at most one each time another 5 % is done, plus one closing
 line when the loop stopped short of 100 %: a stage's output stays bounded whatever its size.
 
-`KONTEXT_PROGRESS` overrides the choice: `bar`, `lines` or `off` (default `auto`).
+`KONTEXT_PROGRESS` overrides the choice: `bar`, `lines`, `log` or `off` (default `auto`). `log` writes
+the same lines through the `kontext_core.progress` logger (INFO) instead of a stream: a flow run sets it
+so that training progress reaches the orchestrator's run log.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import time
@@ -22,11 +25,12 @@ STEP_PERCENT = 5
 MAX_LINES_PER_BAR = 100 // STEP_PERCENT + 1
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _mode(stream: TextIO) -> str:
     mode = os.environ.get(MODE_ENV, "auto").strip().lower()
-    if mode in ("bar", "lines", "off"):
+    if mode in ("bar", "lines", "log", "off"):
         return mode
     isatty = getattr(stream, "isatty", None)
     return "bar" if isatty is not None and isatty() else "lines"
@@ -133,7 +137,7 @@ class Progress:
         self.n += n
         if self._bar is not None:
             self._bar.update(n)
-        elif self.mode == "lines" and self.total:
+        elif self.mode in ("lines", "log") and self.total:
             step = (100 * min(self.n, self.total) // self.total) // STEP_PERCENT
             if step > self._last_step:
                 self._last_step = step
@@ -145,7 +149,7 @@ class Progress:
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif self.mode == "lines" and (self.total is None or self.n < self.total):
+        elif self.mode in ("lines", "log") and (self.total is None or self.n < self.total):
             # The 100 % line already closes a finished loop; say where one that stopped short ended.
             self._line(stopped=True)
 
@@ -163,8 +167,12 @@ class Progress:
         elif self.total and self.n >= self.total:
             timing = f"done in {timing}"
         extra = "".join(f" {k}={v}" for k, v in self.postfix.items())
-        self.stream.write(f"{head} [{timing}]{extra}{' (stopped)' if stopped else ''}\n")
-        self.stream.flush()
+        line = f"{head} [{timing}]{extra}{' (stopped)' if stopped else ''}"
+        if self.mode == "log":
+            log.info(line)
+        else:
+            self.stream.write(line + "\n")
+            self.stream.flush()
         self.lines += 1
 
 

@@ -39,17 +39,42 @@ def _retry_unless_config_error(task: Task, task_run: Any, state: Any) -> bool:
     return True
 
 
-def _run(name: str, params: Params, workdir: str, fingerprint: Fingerprint) -> dict[str, Any]:
+def _run(
+    name: str,
+    params: Params,
+    workdir: str,
+    fingerprint: Fingerprint,
+    upstream: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    # `upstream` holds the upstream stages' results (their manifests): passing their futures is what
+    # gives the task run its parents in the UI's graph. The stage itself reads its inputs from disk.
     manifest = run_stage(name, workdir=workdir, params=params, fingerprint=fingerprint)
     if not manifest["skipped"]:
-        publish_artifacts(name, Path(workdir), manifest)
+        publish_artifacts(name, Path(workdir), manifest, params)
     return manifest
+
+
+def _stage_function(name: str) -> Any:
+    """`_run` under the stage's own name: Prefect derives the task key from the function's name,
+    so each stage gets its own key (one shared function gave all ten the same one)."""
+
+    def run(
+        name: str,
+        params: Params,
+        workdir: str,
+        fingerprint: Fingerprint,
+        upstream: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        return _run(name, params, workdir, fingerprint, upstream)
+
+    run.__name__ = run.__qualname__ = f"stage_{name}"
+    return run
 
 
 def make_stage_task(name: str) -> Task:
     spec = STAGES[name]
     return task(
-        _run,
+        _stage_function(name),
         name=name,
         task_run_name=name,
         version=spec.code_version(),

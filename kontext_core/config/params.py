@@ -32,6 +32,11 @@ class RegistrySection(Strict):
     metric: Literal["eval_loss", "psnr", "ssim"] = "eval_loss"
     # null: the metric's own direction (kontext_core.validate.metrics); a value that contradicts it is an error.
     greater_is_better: bool | None = None
+    # A flow run pauses before moving the alias to a winning version until a person approves or rejects
+    # it in the Prefect UI; after approval_timeout_seconds, approval_on_timeout decides.
+    require_approval: bool = False
+    approval_timeout_seconds: int = Field(3600, ge=1)
+    approval_on_timeout: Literal["reject", "approve"] = "reject"
 
     @property
     def higher_is_better(self) -> bool:
@@ -55,6 +60,18 @@ class PrefectSection(Strict):
     timezone: str = "UTC"
     task_retries: int = Field(1, ge=0)
     retry_delay_seconds: int = Field(10, ge=0)
+    # How often the served data watch looks at the datasets (0: only when started by hand).
+    watch_interval_seconds: int = Field(600, ge=0)
+
+
+class DaskSection(Strict):
+    """Where the per-file work of degrade and cache_vae runs (kontext_core.stages.parallel)."""
+
+    # null: in the stage's own process; "local": a LocalCluster of `workers` processes on this
+    # machine; "tcp://host:8786": a running dask.distributed scheduler.
+    address: str | None = None
+    workers: int = Field(2, ge=1)
+    connect_timeout_seconds: int = Field(30, ge=1)
 
 
 class PairSection(Strict):
@@ -234,6 +251,7 @@ class Params(Strict):
     # Decimals the aspect ratio is rounded to when bucketing.
     aspect_bucket_rounding: int = Field(2, ge=1, le=9)
     pair: PairSection = PairSection()
+    dask: DaskSection = DaskSection()
     accelerate: AccelerateSection = AccelerateSection()
     mlflow: MlflowSection = MlflowSection()
     registry: RegistrySection = RegistrySection()

@@ -8,6 +8,7 @@ from kontext_core.fsutil import write_json
 from kontext_core.model.source import model_inputs
 from kontext_core.progress import progress, track
 from kontext_core.stages.engine import StageContext, StageSpec
+from kontext_core.stages.parallel import dask_client, encode_batch
 
 VAE_CACHE_DIR = "cache/vae"
 VAE_INDEX = f"{VAE_CACHE_DIR}/index.json"
@@ -98,6 +99,10 @@ def stage_cache_vae(ctx: StageContext) -> None:
     for key, (_, plan) in todo.items():
         by_bucket.setdefault(_out_size(plan), []).append(key)
     batches = [keys[i : i + batch] for keys in by_bucket.values() for i in range(0, len(keys), batch)]
+    with dask_client(ctx.params) as client:
+        if client is not None and batches:
+            _encode_on_dask(client, ctx, batches, todo, batch, store)
+            batches = []
     vae = load_vae(ctx.params, ctx.workdir).to(training_device()) if batches else None
     with ThreadPoolExecutor(max_workers=2) as decoder, progress(len(todo), "cache_vae", "image") as bar:
         decoded = [decoder.map(pixels, batches[0])] if batches else []
@@ -114,6 +119,39 @@ def stage_cache_vae(ctx: StageContext) -> None:
     release(vae, ctx.params)
     write_json(ctx.path(VAE_INDEX), index)
     ctx.info["encoded"] = len(todo)
+
+
+def _encode_on_dask(
+    client: Any,
+    ctx: StageContext,
+    batches: list[list[str]],
+    todo: dict[str, tuple[str, dict[str, Any]]],
+    batch: int,
+    store: Any,
+) -> None:
+    """The same batches encoded on the Dask workers (each loads the VAE once); latents stored here."""
+    import json
+
+    import torch
+    from dask.distributed import as_completed
+
+    params_json = json.dumps(ctx.params.model_dump(mode="json"))
+    futures = client.map(
+        encode_batch,
+        [[todo[key] for key in keys] for keys in batches],
+        params_json=params_json,
+        workdir=str(ctx.workdir),
+        batch=batch,
+        threads=torch.get_num_threads(),
+        pure=False,
+    )
+    members = {future.key: keys for future, keys in zip(futures, batches, strict=True)}
+    with progress(len(todo), "cache_vae (dask)", "image") as bar:
+        for future in as_completed(futures):
+            keys = members[future.key]
+            for key, latent in zip(keys, future.result(), strict=True):
+                store.put(key, {"latents": torch.from_numpy(latent)})
+            bar.update(len(keys))
 
 
 SPEC = StageSpec(

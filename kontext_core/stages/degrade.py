@@ -1,13 +1,16 @@
-"""degrade: generate the references of `conditioning: [...]` sets (content-addressed, resumable, parallel)."""
+"""degrade: generate the references of `conditioning: [...]` sets (content-addressed, resumable, parallel,
+in worker processes or on a Dask cluster: kontext_core.stages.parallel)."""
 
 from __future__ import annotations
 
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 from kontext_core.data.pairing import DEGRADE_DIR
 from kontext_core.stages.engine import StageContext, StageSpec
+from kontext_core.stages.parallel import chunks, dask_client, generate_chunk
 
 DEGRADE_CACHE_DIR = "cache/degrade"
 
@@ -23,12 +26,12 @@ def stage_degrade(ctx: StageContext) -> None:
             if ref["generated"]:
                 spec = {k: v for k, v in ref["generated"].items() if k != "source"}
                 wanted[ref["image"]] = GenerationJob.make(ref["generated"]["source"], spec, pair["key"])
-    files, made = generate_references(
-        sorted(set(wanted.values()), key=lambda j: (j.source, j.spec_json)),
-        ctx.workdir,
-        ctx.params.seed,
-        ctx.path(DEGRADE_CACHE_DIR),
-    )
+    jobs = sorted(set(wanted.values()), key=lambda j: (j.source, j.spec_json))
+    with dask_client(ctx.params) as client:
+        if client is None:
+            files, made = generate_references(jobs, ctx.workdir, ctx.params.seed, ctx.path(DEGRADE_CACHE_DIR))
+        else:
+            files, made = _generate_on_dask(client, jobs, ctx)
     out = ctx.out(DEGRADE_DIR)
     for rel, job in sorted(wanted.items()):
         dest = out / Path(rel).relative_to(DEGRADE_DIR)
@@ -38,6 +41,34 @@ def stage_degrade(ctx: StageContext) -> None:
         except OSError:
             shutil.copyfile(files[job], dest)
     ctx.info.update({"generated": made, "reused": len(wanted) - made})
+
+
+def _generate_on_dask(client: Any, jobs: list[Any], ctx: StageContext) -> tuple[dict[Any, Path], int]:
+    """The jobs not in the persistent cache yet, in chunks on the Dask workers (same calls, same bytes)."""
+    from dask.distributed import as_completed
+
+    from kontext_core.data.generators import output_path
+    from kontext_core.progress import progress
+
+    persist = ctx.path(DEGRADE_CACHE_DIR)
+    files = {job: output_path(job, persist, ctx.workdir, ctx.params.seed) for job in jobs}
+    todo = [job for job in jobs if not files[job].exists()]
+    workers = max(1, len(client.scheduler_info().get("workers", {})))
+    pieces = chunks(todo, 4 * workers)
+    futures = client.map(
+        generate_chunk,
+        pieces,
+        workdir=str(ctx.workdir),
+        seed=ctx.params.seed,
+        persist_dir=str(persist),
+        pure=False,
+    )
+    sizes = {future.key: len(piece) for future, piece in zip(futures, pieces, strict=True)}
+    with progress(len(todo), "degrade (dask)", "image") as bar:
+        for future in as_completed(futures):
+            future.result()
+            bar.update(sizes[future.key])
+    return files, len(todo)
 
 
 SPEC = StageSpec(

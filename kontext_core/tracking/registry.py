@@ -28,6 +28,7 @@ from kontext_core.lifecycle import kill_point
 log = logging.getLogger(__name__)
 
 FINGERPRINT_TAG = "kontext.eval_fingerprint"
+AWAITING = "awaiting approval"
 ADAPTER_FILES = ("pytorch_lora_weights.safetensors", "lycoris_weights.safetensors")
 
 
@@ -46,6 +47,8 @@ class Registration:
     decision: str = ""
     reason: str = ""
     eval_fingerprint: str = ""
+    # registry.require_approval: the challenger won, and the alias moves only when a person approves.
+    awaiting_approval: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -185,6 +188,7 @@ def _registration_of(params: Params, version: Any) -> Registration:
         decision=tags.get(DECISION_TAG, ""),
         reason=tags.get("kontext.decision_reason", ""),
         eval_fingerprint=tags.get(FINGERPRINT_TAG, ""),
+        awaiting_approval=tags.get(DECISION_TAG) == AWAITING,
     )
 
 
@@ -254,6 +258,12 @@ def register_adapter(
             champion, rescored = champion_score(client, params, current, fingerprint, rescore)
         challenger = float(metrics[metric])
         became, reason = decide(params, challenger, champion, str(current.version) if current else None)
+        # registry.require_approval: a promotion waits for a person's answer (flows/approval.py).
+        awaiting = became and params.registry.require_approval
+        if awaiting:
+            became = False
+            alias = params.registry.champion_alias
+            log.info("the new version awaits approval before it becomes @%s: %s", alias, reason)
         registration = Registration(
             model_name=name,
             version="",
@@ -265,9 +275,10 @@ def register_adapter(
             challenger_score=challenger,
             champion_version=str(current.version) if current else None,
             champion_rescored=rescored,
-            decision="promoted" if became else "kept champion",
+            decision=AWAITING if awaiting else "promoted" if became else "kept champion",
             reason=reason,
             eval_fingerprint=fingerprint,
+            awaiting_approval=awaiting,
         )
         info = log_model()
         _ensure_registered_model(client, name)
@@ -288,7 +299,7 @@ def register_adapter(
             registration = _registration_of(params, oldest[0])
         else:
             registration.version = str(created.version)
-        if not registration.became_champion:
+        if not registration.became_champion and not registration.awaiting_approval:
             log.warning("version %s of %s kept out: %s", registration.version, name, registration.reason)
     registration.model_uri = f"models:/{name}/{registration.version}"
     kill_point("register", "version_created")
@@ -362,3 +373,43 @@ def record_decision(
     if reg.champion_metric is not None:
         client.log_metric(run_id, f"registry/champion_{reg.metric}", reg.champion_metric)
     client.log_metric(run_id, f"registry/challenger_{reg.metric}", float(reg.challenger_score or 0.0))
+
+
+def record_approval(
+    params: Params, version: str, approved: bool, note: str = "", by: str = "", run_id: str | None = None
+) -> dict[str, Any]:
+    """A person's answer on a version that awaits approval: approve moves the alias, reject leaves it.
+
+    Both are recorded on the version (tags `kontext.approval*`, the decision, the description) and on
+    the run. Returns the registration fields that changed.
+    """
+    client = mlflow.MlflowClient()
+    name, alias = params.registry.model_name, params.registry.champion_alias
+    decision = "promoted (approved)" if approved else "kept champion (rejected)"
+    if approved:
+        client.set_registered_model_alias(name, alias, version)
+        log.info("version %s of %s approved%s: now @%s", version, name, f" by {by}" if by else "", alias)
+    else:
+        log.warning("version %s of %s rejected%s: @%s unchanged", version, name, f" by {by}" if by else "", alias)
+    tags = {
+        "kontext.approval": "approved" if approved else "rejected",
+        "kontext.approval_note": note,
+        "kontext.approval_by": by,
+        "kontext.decision": decision,
+    }
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    current = client.get_model_version(name, version)
+    answer = f"Approval: {tags['kontext.approval']}" + (f" by {by}" if by else "") + (f": {note}" if note else "") + "."
+    client.update_model_version(name, version, description=f"{current.description or ''}\n\n{answer}".strip())
+    if run_id:
+        client.set_tag(run_id, "kontext.registry.decision", decision)
+        client.set_tag(run_id, "kontext.registry.approval", tags["kontext.approval"])
+    return {
+        "decision": decision,
+        "became_champion": approved,
+        "alias_uri": f"models:/{name}@{alias}" if approved else None,
+        "awaiting_approval": False,
+        "approval": tags["kontext.approval"],
+        "approval_note": note,
+    }

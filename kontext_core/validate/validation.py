@@ -87,9 +87,11 @@ def run_validation(
                 "eval_loss": adapter.eval_loss.per_pair.get(r.pair_id),
                 "eval_loss_base": base.eval_loss.per_pair.get(r.pair_id),
                 "psnr": r.psnr,
+                "psnr_base": b.psnr,
                 "ssim": r.ssim,
+                "ssim_base": b.ssim,
             }
-            for r in adapter.images
+            for b, r in zip(base.images, adapter.images, strict=True)
         ],
     )
     return {**metrics, "eval_fingerprint": fingerprint}

@@ -49,3 +49,29 @@ def test_reproduce_deployment_takes_the_model_uri_from_the_ui(tmp_path):
     project = yaml.safe_load((ROOT / "infra/prefect.yaml").read_text())
     entries = {d["name"]: d for d in project["deployments"]}
     assert entries["kontext-reproduce"]["entrypoint"] == "flows/reproduce_flow.py:kontext_reproduce"
+
+
+def test_prefect_yaml_runs_from_any_checkout_on_two_pools_with_a_data_trigger(tmp_path):
+    from flows.data_watch import DATA_CHANGED_EVENT, project_resource_id
+    from flows.deployments import build_deployment
+    from flows.placement import GROUP_DEPLOYMENTS
+    from kontext_core.config import load_params
+
+    text = (ROOT / "infra/prefect.yaml").read_text()
+    assert "/app" not in text.split("deployments:")[1] and "directory:" not in text
+    project = yaml.safe_load(text)
+    assert project["pull"] == [{"flows.deployments.enter_checkout": {}}]
+    entries = {d["name"]: d for d in project["deployments"]}
+    for entry in entries.values():
+        module, func = entry["entrypoint"].split(":")
+        assert (ROOT / module).exists() and f"def {func}(" in (ROOT / module).read_text()
+    assert {e["work_pool"]["name"] for e in entries.values()} == {"kontext-cpu", "kontext-gpu"}
+    assert entries[GROUP_DEPLOYMENTS["data"]]["work_pool"]["name"] == "kontext-cpu"
+    assert entries[GROUP_DEPLOYMENTS["gpu"]]["work_pool"]["name"] == "kontext-gpu"
+    assert entries["kontext-train-scheduled"]["concurrency_limit"] == 1
+    trigger = entries["kontext-train-scheduled"]["triggers"][0]
+    params = load_params(make_project(tmp_path))
+    assert trigger["expect"] == [DATA_CHANGED_EVENT]
+    assert trigger["match"] == {"prefect.resource.id": project_resource_id(params)}
+    served = build_deployment(tmp_path / "params.yaml")
+    assert served.triggers[0].expect == {DATA_CHANGED_EVENT}

@@ -1,0 +1,104 @@
+"""Per-file work of the data stages on a Dask cluster (dask.distributed), or in this process.
+
+`dask.address` in params.yaml picks the engine: null (the default) runs every stage's per-file work
+in the stage's own process as always; `local` starts a LocalCluster of `dask.workers` worker
+processes on this machine for the stage; `tcp://host:8786` uses a running cluster (its workers need
+the project folder at the same path and this package installed). The outputs are byte for byte the
+same: degrade's images are generated per job exactly as in process, and cache_vae's batches have the
+same members, size, padding and torch thread count; only where they are computed changes. The engine is no stage input:
+switching it re-runs nothing.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kontext_core.config import Params
+
+
+@contextmanager
+def dask_client(params: Params) -> Iterator[Any | None]:
+    """A dask.distributed Client for `dask.address`, or None for the in-process path."""
+    address = params.dask.address
+    if not address:
+        yield None
+        return
+    from dask.distributed import Client, LocalCluster
+
+    if address == "local":
+        cluster = LocalCluster(
+            n_workers=params.dask.workers,
+            threads_per_worker=1,
+            processes=True,
+            host="127.0.0.1",
+            dashboard_address=None,
+            env={"KONTEXT_PROGRESS": "off"},
+        )
+        client = Client(cluster, timeout=params.dask.connect_timeout_seconds)
+        try:
+            yield client
+        finally:
+            client.close()
+            cluster.close()
+        return
+    client = Client(address, timeout=params.dask.connect_timeout_seconds)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def chunks(items: list[Any], count: int) -> list[list[Any]]:
+    """`items` in about `count` contiguous pieces (order kept), none empty."""
+    size = max(1, -(-len(items) // max(1, count)))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def generate_chunk(jobs: list[Any], workdir: str, seed: int, persist_dir: str) -> int:
+    """A Dask task of degrade: the same generator calls as in process, one job after another."""
+    from kontext_core.data.generators import generate_references
+
+    _, made = generate_references(jobs, Path(workdir), seed, Path(persist_dir), workers=1)
+    return made
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_vae(params_json: str, workdir: str) -> Any:
+    """The VAE, loaded once per worker process and project."""
+    from kontext_core.model.load import load_vae, training_device
+
+    params = Params.model_validate(json.loads(params_json))
+    return load_vae(params, Path(workdir)).to(training_device())
+
+
+def encode_batch(
+    items: list[tuple[str, dict[str, Any]]], params_json: str, workdir: str, batch: int, threads: int
+) -> Any:
+    """A Dask task of cache_vae: one batch exactly as the stage encodes it in process (same members,
+    padded to `batch` with copies of the last image); the float32 latents of the real members.
+
+    `threads` is the stage process's torch thread count: CPU convolutions round differently with
+    another intra-op thread count (by ~1e-7), so the worker computes with the same one.
+    """
+    import torch
+
+    torch.set_num_threads(threads)
+
+    from kontext_core.cache.vae_cache import encode_pixels, image_to_tensor
+    from kontext_core.data.buckets import apply_crop, resize_and_crop
+    from kontext_core.data.sources import open_ref
+
+    torch.set_grad_enabled(False)
+    images = []
+    for image, plan in items:
+        img = open_ref(image, Path(workdir))
+        img = resize_and_crop(img, tuple(plan["size"])) if plan.get("centre") else apply_crop(img, plan)
+        images.append(image_to_tensor(img))
+    images += images[-1:] * (batch - len(images))
+    latents = encode_pixels(_worker_vae(params_json, workdir), torch.cat(images))
+    return latents[: len(items)].to(torch.float32).cpu().numpy()
