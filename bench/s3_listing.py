@@ -119,7 +119,8 @@ def bench_listing(endpoint: str, count: int, size: int, tmp: Path) -> None:
     header_bytes, text_bytes = s3.DOWNLOADED.get("header", 0), s3.DOWNLOADED.get("text", 0)
     print(f"header reads (cold, with the listing and {count} captions): {len(records)} images in {cold:.2f} s "
           f"= {len(records) / cold:,.0f} header reads/s; {header_bytes / len(records):,.0f} header bytes per image "
-          f"of {len(blobs[0]):,}/{len(blobs[1]):,} (jpg/png); image bytes: {s3.DOWNLOADED.get('image', 0)}; "
+          f"of {len(blobs[0]):,}/{len(blobs[1]):,} (jpg/png); caption bytes: {text_bytes:,}; "
+          f"image bytes: {s3.DOWNLOADED.get('image', 0)}; "
           f"problems: {len(problems)}")
     s3.DOWNLOADED.clear()
     start = time.perf_counter()
