@@ -119,8 +119,16 @@ def bench_listing(endpoint: str, count: int, size: int, tmp: Path) -> None:
     header_bytes, text_bytes = s3.DOWNLOADED.get("header", 0), s3.DOWNLOADED.get("text", 0)
     print(f"header reads (cold, with the listing and {count} captions): {len(records)} images in {cold:.2f} s "
           f"= {len(records) / cold:,.0f} header reads/s; {header_bytes / len(records):,.0f} header bytes per image "
-          f"of {len(blobs[0]):,}/{len(blobs[1]):,} (jpg/png); image bytes: {s3.DOWNLOADED.get('image', 0)}; "
+          f"of {len(blobs[0]):,}/{len(blobs[1]):,} (jpg/png); caption bytes: {text_bytes:,}; "
+          f"image bytes: {s3.DOWNLOADED.get('image', 0)}; "
           f"problems: {len(problems)}")
+    headers_only = entry_for(endpoint, "bench-headers", "set", tmp, caption_strategy="filename")
+    s3.DOWNLOADED.clear()
+    start = time.perf_counter()
+    plain, _ = backend.records(headers_only, tmp, scan)
+    cold_headers = time.perf_counter() - start
+    print(f"header reads (cold, listing + headers only): {len(plain)} images in {cold_headers:.2f} s = "
+          f"{len(plain) / cold_headers:,.0f} header reads/s ({s3.DOWNLOADED.get('header', 0):,} bytes)")
     s3.DOWNLOADED.clear()
     start = time.perf_counter()
     again, _ = backend.records(entry, tmp, scan)

@@ -10,7 +10,8 @@ partial object is never trusted:
   treats a mismatch as absent (the object is deleted, so the next `put` replaces it).
 
 Local reads go through `LayeredStore`: the local store first, then the bucket (downloaded into the
-local store, verified), and `put` writes both.
+local store, verified), and `put` writes both. The cache stages use it when the dataset file names an
+s3:// cache (`shared_cache`): what one machine encoded, another downloads instead of encoding.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from safetensors.torch import load, save
 
 from kontext_core.cache.store import TensorStore
 from kontext_core.fsutil import atomic_path, sha256_json
-from kontext_core.storage.s3 import S3Error, S3Store, client, count_download, describe, error_code, split_uri
+from kontext_core.storage.s3 import (
+    S3Error,
+    S3Store,
+    client,
+    count_download,
+    describe,
+    error_code,
+    split_uri,
+    store_for_bucket,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +48,8 @@ class S3TensorStore:
     def __init__(self, uri: str, store: S3Store | None = None) -> None:
         bucket, prefix = split_uri(uri)
         self.uri = uri.rstrip("/")
-        self.store = store or S3Store(bucket)
+        # The endpoint and keys of an aws entry naming the bucket, else the AWS chain.
+        self.store = store or store_for_bucket(bucket)
         self.prefix = prefix.strip("/")
 
     @staticmethod
@@ -149,3 +160,8 @@ class LayeredStore:
         if not self.has(key):
             raise KeyError(f"{self.local.path(key)}: not in the cache")
         return self.local.get(key)
+
+
+def shared_cache(local: TensorStore, uri: str | None) -> TensorStore | LayeredStore:
+    """The local store alone, or in front of the shared one at `uri` (an s3:// location)."""
+    return LayeredStore(local, S3TensorStore(uri)) if uri else local

@@ -29,8 +29,8 @@ DEFAULTS_FROM_PARAMS = DATASET_DEFAULT_KEYS
 
 class DatasetEntry(Strict):
     NOT_APPLICABLE: ClassVar[dict[str, str]] = {
-        "cache_dir": "text embeddings are cached content-addressed under cache/text",
-        "cache_dir_vae": "latents are cached content-addressed under cache/vae",
+        "cache_dir": "text embeddings are cached content-addressed under cache/text (an s3:// location is acted on)",
+        "cache_dir_vae": "latents are cached content-addressed under cache/vae (an s3:// location is acted on)",
         "vae_cache_clear_each_epoch": "the VAE cache is persistent; images are not re-augmented per epoch",
         "metadata_backend": "sizes come from image headers (local) or the dataset rows (huggingface)",
         "hash_filenames": "cache entries are always keyed by content hashes",
@@ -195,7 +195,9 @@ class DatasetEntry(Strict):
         keys += [k for k, v in self.simpletuner_extras.items() if not harmless(k, v)]
         # The metadata backend this pipeline uses anyway is no news.
         natural = {"local": "discovery", "aws": "discovery", "huggingface": "huggingface"}.get(self.type)
-        return [k for k in keys if not (k == "metadata_backend" and self.metadata_backend == natural)]
+        keys = [k for k in keys if not (k == "metadata_backend" and self.metadata_backend == natural)]
+        # An s3:// cache location is acted on: the cache stages share their entries through it.
+        return [k for k in keys if not (k in ("cache_dir", "cache_dir_vae") and is_s3(getattr(self, k)))]
 
     def with_defaults(self, params: Params) -> DatasetEntry:
         """This entry with params.yaml's dataset defaults wherever it does not set its own."""
@@ -225,8 +227,26 @@ class DatasetEntry(Strict):
         return self.dataset_type == "image" and not self.disabled
 
 
+def is_s3(location: str | None) -> bool:
+    return bool(location) and str(location).startswith("s3://")
+
+
 class DatasetConfig(Strict):
     entries: list[DatasetEntry]
+
+    def shared_cache_uri(self, kind: Literal["vae", "text"]) -> str | None:
+        """Where the cache stages share entries across machines: the first s3:// `cache_dir_vae` of
+        the enabled image sets (vae), or the text_embeds entry's s3:// `cache_dir` or its `aws`
+        bucket and prefix (text). Entries are content-addressed, so one location serves every set."""
+        for entry in self.enabled():
+            if kind == "vae" and entry.dataset_type != "text_embeds" and is_s3(entry.cache_dir_vae):
+                return entry.cache_dir_vae
+            if kind == "text" and entry.dataset_type == "text_embeds":
+                if is_s3(entry.cache_dir):
+                    return entry.cache_dir
+                if entry.type == "aws" and entry.aws_bucket_name:
+                    return f"s3://{entry.aws_bucket_name}/{(entry.aws_data_prefix or '').strip('/')}".rstrip("/")
+        return None
 
     def by_id(self) -> dict[str, DatasetEntry]:
         return {e.id: e for e in self.entries}

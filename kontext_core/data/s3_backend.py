@@ -9,7 +9,7 @@ it plays `instance_data_dir`'s part, and keys below it pair across sets as relat
 What it reads, and when:
 - listing (all pages) gives every key, ETag and size: the dataset's fingerprint is their hash, so
   nothing is downloaded to decide whether fetch is current;
-- header sizes come from ranged GETs of the first and last bytes (`RangedReader`), remembered in
+- header sizes come from ranged GETs of the first 16 KiB and last 4 KiB (`RangedReader`), remembered in
   the scan cache by (key, ETag), so an unchanged object is never read twice;
 - captions (`caption_strategy: textfile`) are the `.txt` objects beside the images, remembered the
   same way; `filename` and `instanceprompt` work as for local folders;
@@ -47,8 +47,11 @@ from kontext_core.storage.s3 import (
     describe,
     get_bytes,
     head,
+    known_stores,
     list_objects,
+    remember_store,
     split_uri,
+    store_for_bucket,
 )
 
 log = logging.getLogger(__name__)
@@ -58,8 +61,6 @@ SCAN_VERSION = 1
 # Header reads in flight at once (each a ranged GET); the client's pool bounds it too.
 HEADER_THREADS = 16
 
-# bucket -> how to reach it, learnt from the entries this process has seen (see `prepare`).
-_STORES: dict[str, S3Store] = {}
 # (bucket, key) -> (etag, size) from listings, so a digest needs no request.
 _LISTED: dict[tuple[str, str], tuple[str, int]] = {}
 
@@ -84,13 +85,8 @@ def prefix_of(entry: DatasetEntry) -> str:
 
 def remember(entry: DatasetEntry) -> S3Store:
     store = store_of(entry)
-    _STORES[store.bucket] = store
+    remember_store(store)
     return store
-
-
-def store_for_bucket(bucket: str) -> S3Store:
-    """The store an aws entry named for `bucket`, else the AWS chain (AWS_ENDPOINT_URL included)."""
-    return _STORES.get(bucket) or S3Store(bucket=bucket, endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 
 
 def object_digest(etag: str, size: int) -> str:
@@ -183,10 +179,11 @@ class S3Backend(DatasetBackend):
                 remember(entry)
 
     def state(self) -> Any:
-        return dict(_STORES)
+        return known_stores()
 
     def restore(self, state: Any) -> None:
-        _STORES.update(state or {})
+        for store in (state or {}).values():
+            remember_store(store)
 
     def _listing(self, entry: DatasetEntry) -> tuple[S3Store, str, list[ObjectInfo]]:
         store, prefix = remember(entry), prefix_of(entry)

@@ -27,13 +27,16 @@ def stage_cache_text(ctx: StageContext) -> None:
     Missing captions are encoded in batches (every caption is padded to the same length, so a batch's
     rows are bit-identical to one-at-a-time embeddings: tests/integration/test_cache_batching.py).
     """
+    from kontext_core.cache.s3_store import shared_cache
     from kontext_core.cache.store import TensorStore
     from kontext_core.cache.text_cache import MAX_SEQUENCE_LENGTH, encode_captions
     from kontext_core.model.load import load_text_pipeline, release, training_device
     from kontext_core.model.source import model_fingerprint
+    from kontext_core.stages.datasets import shared_cache_uri
 
     pairs = ctx.read_json("pair.pairs")
-    store = TensorStore(ctx.path(TEXT_EMBEDS))
+    # With an s3:// text-embed cache, what another machine encoded is downloaded, not encoded again.
+    store = shared_cache(TensorStore(ctx.path(TEXT_EMBEDS)), shared_cache_uri(ctx.params, ctx.workdir, "text"))
     model_fp = model_fingerprint(ctx.params, ctx.workdir)
     reference_captions = {r["caption"] for p in pairs for r in p["references"] if r.get("caption") is not None}
     captions = sorted({p["caption"] for p in pairs} | reference_captions | {""})

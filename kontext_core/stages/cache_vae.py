@@ -7,6 +7,7 @@ from typing import Any
 from kontext_core.fsutil import write_json
 from kontext_core.model.source import model_inputs
 from kontext_core.progress import progress, track
+from kontext_core.stages.datasets import shared_cache_uri
 from kontext_core.stages.engine import StageContext, StageSpec
 from kontext_core.stages.parallel import dask_client, encode_batch
 
@@ -60,6 +61,7 @@ def stage_cache_vae(ctx: StageContext) -> None:
 
     import torch
 
+    from kontext_core.cache.s3_store import shared_cache
     from kontext_core.cache.store import TensorStore
     from kontext_core.cache.vae_cache import encode_pixels, image_to_tensor
     from kontext_core.data.buckets import apply_crop, resize_and_crop
@@ -68,7 +70,8 @@ def stage_cache_vae(ctx: StageContext) -> None:
     from kontext_core.model.source import model_fingerprint
 
     pairs = ctx.read_json("pair.pairs")
-    store = TensorStore(ctx.path(VAE_LATENTS))
+    # With an s3:// cache_dir_vae, entries another machine encoded are downloaded, not encoded again.
+    store = shared_cache(TensorStore(ctx.path(VAE_LATENTS)), shared_cache_uri(ctx.params, ctx.workdir, "vae"))
     model_fp = model_fingerprint(ctx.params, ctx.workdir)
     batch = vae_batch_size(ctx.params)
     index: dict[str, dict[str, Any]] = {}

@@ -37,3 +37,10 @@ def load_checked_datasets(params: Params, workdir: Path) -> DatasetConfig:
 def dataset_file_input(params: Params, workdir: Path) -> dict[str, Any]:
     """The dataset file's content: pairing and crop keys change pairs without changing fetch's records."""
     return {"data_backend_config": sha256_file(dataset_file(params, workdir))}
+
+
+def shared_cache_uri(params: Params, workdir: Path, kind: str) -> str | None:
+    """The s3:// location the dataset file names for the VAE ("vae") or text-embed ("text") cache."""
+    from kontext_core.config import load_datasets
+
+    return load_datasets(dataset_file(params, workdir), base_dir=workdir).shared_cache_uri(kind)  # type: ignore[arg-type]

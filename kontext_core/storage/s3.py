@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import io
+import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -45,6 +46,24 @@ class S3Store:
     @property
     def where(self) -> str:
         return f"s3://{self.bucket}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+
+
+# bucket -> how to reach it, learnt from the dataset entries this process has seen (an aws entry's
+# endpoint and keys), so a bare `s3://bucket/key` (a table's reference, an s3:// cache) can be read.
+_KNOWN: dict[str, S3Store] = {}
+
+
+def remember_store(store: S3Store) -> None:
+    _KNOWN[store.bucket] = store
+
+
+def known_stores() -> dict[str, S3Store]:
+    return dict(_KNOWN)
+
+
+def store_for_bucket(bucket: str) -> S3Store:
+    """The store an aws entry named for `bucket`, else the AWS chain (AWS_ENDPOINT_URL included)."""
+    return _KNOWN.get(bucket) or S3Store(bucket=bucket, endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
 
 
 def _secret(value: SecretStr | None) -> str | None:
@@ -166,19 +185,19 @@ def get_bytes(store: S3Store, key: str, kind: str, start: int | None = None, end
 
 
 class RangedReader(io.RawIOBase):
-    """A seekable read-only view of one object that fetches only the blocks read (ranged GETs).
+    """A seekable read-only view of one object that fetches only the bytes read (ranged GETs).
 
-    The header probe reads the first bytes and the last few KiB; with 64 KiB blocks a small image
-    costs one request and a large one two, whatever its size.
+    Each miss fetches at least `MIN_FETCH` bytes from the read position. The header probe reads the
+    first bytes and the last 4 KiB (the truncation check): two small requests whatever the image's size.
     """
 
-    BLOCK = 64 * 1024
+    MIN_FETCH = 16 * 1024
 
     def __init__(self, store: S3Store, key: str, size: int) -> None:
         super().__init__()
         self.store, self.key, self.size = store, key, size
         self.pos = 0
-        self.blocks: dict[int, bytes] = {}
+        self.ranges: list[tuple[int, bytes]] = []  # (start, bytes) fetched so far
 
     def readable(self) -> bool:
         return True
@@ -194,19 +213,21 @@ class RangedReader(io.RawIOBase):
         self.pos = max(0, base + offset)
         return self.pos
 
-    def _block(self, index: int) -> bytes:
-        if index not in self.blocks:
-            start = index * self.BLOCK
-            end = min(self.size, start + self.BLOCK) - 1
-            self.blocks[index] = get_bytes(self.store, self.key, "header", start, end)
-        return self.blocks[index]
+    def _chunk(self, want: int) -> bytes:
+        """Bytes from `pos` (up to `want`) out of a fetched range, fetching one if none covers `pos`."""
+        for start, data in self.ranges:
+            if start <= self.pos < start + len(data):
+                return data[self.pos - start : self.pos - start + want]
+        end = min(self.size, self.pos + max(want, self.MIN_FETCH)) - 1
+        data = get_bytes(self.store, self.key, "header", self.pos, end)
+        self.ranges.append((self.pos, data))
+        return data[:want]
 
     def readinto(self, buffer: Any) -> int:
         want = min(len(buffer), max(0, self.size - self.pos))
         got = 0
         while got < want:
-            index, offset = divmod(self.pos, self.BLOCK)
-            chunk = self._block(index)[offset : offset + want - got]
+            chunk = self._chunk(want - got)
             if not chunk:
                 break
             buffer[got : got + len(chunk)] = chunk
@@ -214,7 +235,7 @@ class RangedReader(io.RawIOBase):
             self.pos += len(chunk)
         return got
 
-    def read(self, size: int = -1) -> bytes:
+    def read(self, size: int | None = -1) -> bytes:
         size = self.size - self.pos if size is None or size < 0 else size
         buffer = bytearray(max(0, min(size, self.size - self.pos)))
         n = self.readinto(buffer)
