@@ -114,7 +114,7 @@ def publish_run_summary(params: Any, result: dict[str, Any]) -> None:
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
     from kontext_core.config.overrides import OVERRIDE_KEYS
-    from tasks.artifacts import run_link
+    from tasks.artifacts import safe_run_link
 
     used = {key: getattr(params, key) for key in OVERRIDE_KEYS}
     overrides = result.get("overrides") or {}
@@ -129,10 +129,13 @@ def publish_run_summary(params: Any, result: dict[str, Any]) -> None:
     create_markdown_artifact(
         summary_markdown(result, used), key="kontext-run-summary", description="kontext-train run summary"
     )
-    if not result.get("mlflow_run_id"):
+    # A reused run may live in another store (a fresh clone after `dvc pull` has the outputs, not the
+    # run): no link then, rather than a failed flow.
+    link = safe_run_link(result.get("mlflow_run_id"))
+    if link is None:
         return
     create_link_artifact(
-        run_link(result["mlflow_run_id"]),
+        link,
         link_text=f"MLflow run {result['mlflow_run_id']}",
         key="kontext-mlflow-run",
         description="the MLflow run of this flow run (params, metrics, grids, lineage)",

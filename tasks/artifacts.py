@@ -87,7 +87,7 @@ def validation_markdown(per_pair: list[dict[str, Any]], grids: Path, run_url: st
     return "\n".join(lines) + "\n"
 
 
-def _safe_run_link(run_id: str | None) -> str | None:
+def safe_run_link(run_id: str | None) -> str | None:
     if not run_id:
         return None
     try:
@@ -125,7 +125,7 @@ def publish_artifacts(name: str, workdir: Path, manifest: dict[str, Any], params
             description="per eval pair: eval loss, PSNR and SSIM of the base model and of the LoRA",
         )
         create_markdown_artifact(
-            validation_markdown(per_pair, _product(workdir, "validate.grids"), _safe_run_link(info.get("run_id"))),
+            validation_markdown(per_pair, _product(workdir, "validate.grids"), safe_run_link(info.get("run_id"))),
             key="kontext-validation-grids",
             description="validation grids (reference | base | lora | target) with the scores",
         )
