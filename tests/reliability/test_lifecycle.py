@@ -222,3 +222,17 @@ def test_killing_kontext_run_takes_its_ephemeral_prefect_server_with_it(tmp_path
                 child.kill()
         if run.poll() is None:
             run.kill()
+
+
+def test_a_worker_process_of_the_holder_runs_under_its_lock(tmp_path):
+    code = (
+        "import sys; from kontext_core.project_lock import project_lock\n"
+        "with project_lock(sys.argv[1], wait=0) as first: print('worker ran', first, flush=True)\n"
+    )
+    with project_lock(tmp_path, wait=0):
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        worker = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert worker.returncode == 0, worker.stderr
+    assert worker.stdout.strip() == "worker ran True"
