@@ -4,7 +4,9 @@
 run in the same project refuses at once with a one-line error naming the holder's pid, command and
 start time; with `KONTEXT_LOCK_WAIT=SECONDS` it waits up to that long first (then refuses). The
 kernel drops the lock when its process dies (kill -9 included), so a stale lock file never blocks.
-The lock is re-entrant within one process (Prefect runs the stages in threads of the flow's process).
+The lock is re-entrant within one process (Prefect runs the stages in threads of the flow's process),
+and a descendant of the holder (an `accelerate` worker, a process pool, a task runner's worker)
+runs under its parent's lock.
 
 Across machines (a project on a network file system, or two clones sharing an MLflow server) the
 registry step stays safe on its own: a version is created once per adapter hash
@@ -96,11 +98,30 @@ def project_lock(workdir: Path, wait: float | None = None) -> Iterator[bool]:
                 _held[key] = (fd, depth - 1)
             else:
                 del _held[key]
-                try:
-                    os.ftruncate(fd, 0)
-                finally:
-                    fcntl.flock(fd, fcntl.LOCK_UN)
-                    os.close(fd)
+                if fd >= 0:
+                    try:
+                        os.ftruncate(fd, 0)
+                    finally:
+                        fcntl.flock(fd, fcntl.LOCK_UN)
+                        os.close(fd)
+
+
+def _ancestors() -> set[int]:
+    """The pids above this process (Linux /proc; empty elsewhere)."""
+    found: set[int] = set()
+    pid = os.getppid()
+    while pid > 1 and pid not in found:
+        found.add(pid)
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return found
+
+
+def _held_by_an_ancestor(workdir: Path) -> bool:
+    pid = holder(workdir).get("pid")
+    return isinstance(pid, int) and pid in _ancestors()
 
 
 def _acquire(workdir: Path, wait: float) -> int:
@@ -114,6 +135,10 @@ def _acquire(workdir: Path, wait: float) -> int:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             break
         except BlockingIOError:
+            if _held_by_an_ancestor(workdir):
+                # A worker of the run that holds the lock (accelerate, a process pool, a task runner).
+                os.close(fd)
+                return -1
             if time.monotonic() >= deadline:
                 os.close(fd)
                 hint = f"wait for it or set {WAIT_ENV}=SECONDS to queue behind it"

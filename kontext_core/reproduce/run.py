@@ -26,7 +26,7 @@ from kontext_core.reproduce.record import CannotReproduce, Recorded, read_lineag
 from kontext_core.reproduce.verdict import CANNOT, DIFFERENT, IDENTICAL, Verdict, record
 from kontext_core.stages import STAGE_ORDER, STAGES
 from kontext_core.tracking.environment import DEVICE_TAG, device_type
-from kontext_core.tracking.runs import tracking_uri, use_store
+from kontext_core.tracking.runs import open_store
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ def refusal(recorded: Recorded) -> str | None:
 def reproduce(uri: str, params_file: Path, workdir: Path | None = None, tag: bool = True) -> Verdict:
     """The answer for `uri` (also tagged on the version unless `tag` is false)."""
     project = Path(params_file).resolve().parent
-    use_store(tracking_uri(load_params(params_file), project))
+    open_store(load_params(params_file), project)  # a moved project: its store follows it
     client = mlflow.MlflowClient()
     try:
         recorded = read_lineage(uri, client)

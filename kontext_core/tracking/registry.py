@@ -229,7 +229,8 @@ def register_adapter(
 ) -> Registration:
     """Register the adapter as one recoverable transaction, then move the alias (last).
 
-    1. A version already made from this adapter (tag `kontext.adapter_sha256`) is reused when complete;
+    1. A version already made from this adapter (tag `kontext.adapter_sha256`) is reused when complete
+       (judged on another eval set, it is judged again: new scores and decision, no second version);
        a half-made one (not READY, or without the decision tags a kill left out) is deleted first.
     2. Otherwise the champion is scored, the decision taken, the model logged to the run
        (`log_model` returns mlflow's ModelInfo) and the version created with every tag and the
@@ -248,7 +249,7 @@ def register_adapter(
         else:
             log.warning("version %s of %s was left half-registered (interrupted): deleted", version.version, name)
             client.delete_model_version(name, version.version)
-    if reusable:
+    if reusable and (reusable[0].tags or {}).get(FINGERPRINT_TAG) == fingerprint:
         registration = _registration_of(params, reusable[0])
         log.info("version %s of %s already holds this adapter: reused", registration.version, name)
     else:
@@ -280,25 +281,26 @@ def register_adapter(
             eval_fingerprint=fingerprint,
             awaiting_approval=awaiting,
         )
-        info = log_model()
-        _ensure_registered_model(client, name)
-        tags = version_tags(registration, run_id, fmt, metrics) | {ADAPTER_HASH_TAG: digest}
-        created = client.create_model_version(
-            name,
-            source=info.model_uri,
-            run_id=run_id,
-            tags=tags,
-            description=version_description(registration, run_id),
-            await_creation_for=60,
-            model_id=getattr(info, "model_id", None),
-        )
-        oldest = versions_of_adapter(client, name, digest)
-        if oldest and str(oldest[0].version) != str(created.version):
-            # Registered concurrently elsewhere: one version per adapter, the first one wins.
-            client.delete_model_version(name, created.version)
-            registration = _registration_of(params, oldest[0])
+        if reusable:
+            # The same adapter judged on another exam: its version takes the new scores and decision,
+            # the exam's fingerprint last (an interrupted update is redone), and no second version.
+            registration.version = str(reusable[0].version)
+            tags = version_tags(registration, run_id, fmt, metrics)
+            for key, value in [
+                *((k, v) for k, v in tags.items() if k != FINGERPRINT_TAG),
+                (FINGERPRINT_TAG, fingerprint),
+            ]:
+                client.set_model_version_tag(name, registration.version, key, value)
+            client.update_model_version(
+                name, registration.version, description=version_description(registration, run_id)
+            )
+            log.info(
+                "version %s of %s already holds this adapter: re-judged on this eval set", registration.version, name
+            )
         else:
-            registration.version = str(created.version)
+            registration.version = _create_version(
+                client, params, run_id, registration, log_model, fmt, metrics, digest
+            )
         if not registration.became_champion and not registration.awaiting_approval:
             log.warning("version %s of %s kept out: %s", registration.version, name, registration.reason)
     registration.model_uri = f"models:/{name}/{registration.version}"
@@ -307,6 +309,38 @@ def register_adapter(
     if alias_now:
         move_alias(client, params, registration)
     return registration
+
+
+def _create_version(
+    client: mlflow.MlflowClient,
+    params: Params,
+    run_id: str,
+    registration: Registration,
+    log_model: Callable[[], Any],
+    fmt: str,
+    metrics: dict[str, float],
+    digest: str,
+) -> str:
+    """Log the model and create its version, every tag and the description in the create call; if
+    another machine registered the same adapter meanwhile, keep the oldest version and drop this one."""
+    name = params.registry.model_name
+    info = log_model()
+    _ensure_registered_model(client, name)
+    created = client.create_model_version(
+        name,
+        source=info.model_uri,
+        run_id=run_id,
+        tags=version_tags(registration, run_id, fmt, metrics) | {ADAPTER_HASH_TAG: digest},
+        description=version_description(registration, run_id),
+        await_creation_for=60,
+        model_id=getattr(info, "model_id", None),
+    )
+    oldest = versions_of_adapter(client, name, digest)
+    if oldest and str(oldest[0].version) != str(created.version):
+        client.delete_model_version(name, created.version)
+        log.warning("version %s of %s was registered from the same adapter meanwhile: kept", oldest[0].version, name)
+        return str(oldest[0].version)
+    return str(created.version)
 
 
 def _ensure_registered_model(client: mlflow.MlflowClient, name: str) -> None:

@@ -6,6 +6,7 @@ copy is a separate project with its own registry: what a user gets with `cp -r`.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -15,6 +16,12 @@ import pytest
 
 from tests.conftest import ROOT, make_project
 
+SECRETS = {
+    "AWS_SECRET_ACCESS_KEY": "kontext-test-aws-secret-9f3b",
+    "HF_TOKEN": "hf_kontextTestToken7c21",
+    "MLFLOW_TRACKING_PASSWORD": "kontext-test-mlflow-pw-51de",
+}
+
 
 @pytest.fixture(scope="session")
 def reliable_built(tmp_path_factory, mlflow_template) -> Path:
@@ -23,8 +30,18 @@ def reliable_built(tmp_path_factory, mlflow_template) -> Path:
     project = tmp_path_factory.mktemp("reliable") / "project"
     params_file = make_project(project)
     shutil.copy(mlflow_template, project / "mlflow.db")
-    for name in STAGE_ORDER:
-        run_stage(name, params_file)
+    # Secrets a user's environment holds: none may end up in any file of the project (test_move).
+    saved = {key: os.environ.get(key) for key in SECRETS}
+    os.environ.update(SECRETS)
+    try:
+        for name in STAGE_ORDER:
+            run_stage(name, params_file)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return project
 
 
@@ -39,8 +56,6 @@ def run_python(
     code: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess:
     """`python -c code` in `cwd` with the project importable (a separate process: it can be killed)."""
-    import os
-
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), "KONTEXT_PROGRESS": "off", **(env or {})}
     return subprocess.run(
         [sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout

@@ -185,3 +185,54 @@ def test_stale_prefect_runs_of_the_project_are_marked_crashed(tmp_path, prefect_
         assert crash_stale_flow_runs(params.parent, current=None) == [str(mine.id)]
         assert client.read_flow_run(mine.id).state.type.value == "CRASHED"
         assert client.read_flow_run(theirs.id).state.type.value == "RUNNING"
+
+
+@pytest.mark.slow
+def test_killing_kontext_run_takes_its_ephemeral_prefect_server_with_it(tmp_path):
+    """The probe of the issue: `kill -9` of `kontext run` once its ephemeral Prefect server is up."""
+    import psutil
+
+    params = make_project(tmp_path / "p")
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "KONTEXT_PROGRESS": "off"}
+    env.pop("PREFECT_API_URL", None)
+    kontext = Path(sys.executable).parent / "kontext"
+    run = subprocess.Popen(
+        [str(kontext), "run", "--no-dvc-commit", "--params", str(params)],
+        cwd=tmp_path / "p",
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    children: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and run.poll() is None:
+            children = psutil.Process(run.pid).children(recursive=True)
+            if any("uvicorn" in " ".join(c.cmdline()) or "prefect" in " ".join(c.cmdline()) for c in children):
+                break
+            time.sleep(0.5)
+        server = [c for c in children if "uvicorn" in " ".join(c.cmdline()) or "prefect" in " ".join(c.cmdline())]
+        assert server, "the ephemeral Prefect server did not start in time"
+        os.kill(run.pid, signal.SIGKILL)
+        run.wait(timeout=30)
+        assert all(_wait_dead(child.pid) for child in children), "a child of the killed run is still alive"
+    finally:
+        for child in children:
+            if _alive(child.pid):
+                child.kill()
+        if run.poll() is None:
+            run.kill()
+
+
+def test_a_worker_process_of_the_holder_runs_under_its_lock(tmp_path):
+    code = (
+        "import sys; from kontext_core.project_lock import project_lock\n"
+        "with project_lock(sys.argv[1], wait=0) as first: print('worker ran', first, flush=True)\n"
+    )
+    with project_lock(tmp_path, wait=0):
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        worker = subprocess.run(
+            [sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True, timeout=120
+        )
+    assert worker.returncode == 0, worker.stderr
+    assert worker.stdout.strip() == "worker ran True"

@@ -48,6 +48,17 @@ def test_no_hashed_output_holds_an_absolute_path_of_the_project(reliable_built):
     assert found == []
 
 
+def test_no_secret_of_the_environment_lands_in_any_file_of_the_project(reliable_built):
+    from tests.reliability.conftest import SECRETS
+
+    found = [
+        path.relative_to(reliable_built).as_posix()
+        for path in reliable_built.rglob("*")
+        if path.is_file() and any(value.encode() in path.read_bytes() for value in SECRETS.values())
+    ]
+    assert found == []
+
+
 def test_two_projects_sharing_a_registry_make_one_version_per_adapter(reliable_built, tmp_path, mlflow_template):
     """Two machines (here: two runs) registering the same adapter bytes into one store: one version."""
     from kontext_core.data.sources import open_ref
