@@ -51,11 +51,12 @@ def run_stage(
             raise ValueError("run_stage needs workdir when params are given directly")
         workdir = Path(params_file).resolve().parent
     project = Path(workdir).resolve()
-    prepare_datasets(params, project)
     # One pipeline per project at a time; the first holder in a process clears dead runs' leftovers.
+    # The lock comes first: a refused run reads nothing and says nothing but the refusal.
     with project_lock(project) as first:
         if first:
             clean_leftovers(project)
+        prepare_datasets(params, project)
         return run_spec(STAGES[name], STAGES, params, project, force=force, fingerprint=fingerprint)
 
 
