@@ -11,14 +11,48 @@ switching it re-runs nothing.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from kontext_core.config import Params
+
+# One LocalCluster per process and worker count, started by the first stage that asks and shared by
+# the next (degrade, then cache_vae): its workers keep torch and the VAE imported. Closed at exit.
+_LOCAL: dict[int, tuple[Any, Any]] = {}
+_LOCAL_LOCK = threading.Lock()
+
+
+def _close_local() -> None:
+    for cluster, client in _LOCAL.values():
+        client.close()
+        cluster.close()
+    _LOCAL.clear()
+
+
+def _local_client(params: Params) -> Any:
+    from dask.distributed import Client, LocalCluster
+
+    workers = params.dask.workers
+    with _LOCAL_LOCK:
+        if workers not in _LOCAL:
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                env={"KONTEXT_PROGRESS": "off"},
+            )
+            if not _LOCAL:
+                atexit.register(_close_local)
+            _LOCAL[workers] = (cluster, Client(cluster, timeout=params.dask.connect_timeout_seconds))
+        return _LOCAL[workers][1]
 
 
 @contextmanager
@@ -28,24 +62,11 @@ def dask_client(params: Params) -> Iterator[Any | None]:
     if not address:
         yield None
         return
-    from dask.distributed import Client, LocalCluster
-
     if address == "local":
-        cluster = LocalCluster(
-            n_workers=params.dask.workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            env={"KONTEXT_PROGRESS": "off"},
-        )
-        client = Client(cluster, timeout=params.dask.connect_timeout_seconds)
-        try:
-            yield client
-        finally:
-            client.close()
-            cluster.close()
+        yield _local_client(params)
         return
+    from dask.distributed import Client
+
     client = Client(address, timeout=params.dask.connect_timeout_seconds)
     try:
         yield client

@@ -103,3 +103,20 @@ def test_outside_a_terminal_the_libraries_bars_are_turned_off(monkeypatch):
         diffusers_logging.enable_progress_bar()
         transformers_logging.enable_progress_bar()
         hub_utils.enable_progress_bars()
+
+
+def test_log_mode_sends_the_lines_through_logging(monkeypatch, caplog):
+    import io
+    import logging
+
+    from kontext_core.progress import progress
+
+    monkeypatch.setenv("KONTEXT_PROGRESS", "log")
+    stream = io.StringIO()
+    with caplog.at_level(logging.INFO, logger="kontext_core.progress"):
+        with progress(4, "train", "step", stream=stream) as bar:
+            for _ in range(4):
+                bar.update(1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "kontext_core.progress"]
+    assert stream.getvalue() == ""
+    assert len(lines) == 4 and lines[-1].startswith("train: 100% 4/4 step [done in")
