@@ -10,7 +10,6 @@ quantize) run at the same time.
 import hashlib
 import json
 import os
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,7 +27,6 @@ from flows.run_log import run_log_bridge
 from flows.summary import publish_run_summary, run_outcome, stage_summary
 from kontext_core.config import ConfigError, Params, read_params_file
 from kontext_core.config.overrides import OVERRIDE_KEYS, layered_params
-from kontext_core.progress import MODE_ENV
 from kontext_core.stages import STAGE_ORDER, STAGES, Fingerprint, fingerprint, outputs_intact
 from kontext_core.stages.engine import read_manifest
 from kontext_core.tracking import runs
@@ -216,7 +214,6 @@ def _pipeline(
         k: os.environ.get(k)
         for k in (
             runs.RUN_ID_ENV,
-            MODE_ENV,
             "KONTEXT_PREFECT_FLOW_RUN_ID",
             "KONTEXT_PREFECT_FLOW_RUN_NAME",
             "KONTEXT_PREFECT_FLOW_RUN_URL",
@@ -226,9 +223,6 @@ def _pipeline(
     os.environ["KONTEXT_PREFECT_FLOW_RUN_NAME"] = str(flow_run.name)
     if flow_run.ui_url:
         os.environ["KONTEXT_PREFECT_FLOW_RUN_URL"] = str(flow_run.ui_url)
-    # Progress as periodic lines in the run log, unless a terminal shows bars or the user chose.
-    if MODE_ENV not in os.environ and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        os.environ[MODE_ENV] = "log"
     # All cached: no new MLflow run; the result names the run that produced the outputs.
     leading = _leading_fingerprints(params, project)
     reused = len(leading) == len(STAGE_ORDER) and outputs_intact(

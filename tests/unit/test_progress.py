@@ -105,18 +105,30 @@ def test_outside_a_terminal_the_libraries_bars_are_turned_off(monkeypatch):
         hub_utils.enable_progress_bars()
 
 
-def test_log_mode_sends_the_lines_through_logging(monkeypatch, caplog):
+
+def test_the_same_lines_go_to_the_progress_logger_in_every_display(monkeypatch):
     import io
     import logging
 
-    from kontext_core.progress import progress
+    from kontext_core.progress import log, progress
 
-    monkeypatch.setenv("KONTEXT_PROGRESS", "log")
-    stream = io.StringIO()
-    with caplog.at_level(logging.INFO, logger="kontext_core.progress"):
-        with progress(4, "train", "step", stream=stream) as bar:
-            for _ in range(4):
-                bar.update(1)
-    lines = [r.getMessage() for r in caplog.records if r.name == "kontext_core.progress"]
-    assert stream.getvalue() == ""
-    assert len(lines) == 4 and lines[-1].startswith("train: 100% 4/4 step [done in")
+    got: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record.getMessage())
+
+    handler = Collect(logging.INFO)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        for mode in ("lines", "bar"):
+            monkeypatch.setenv("KONTEXT_PROGRESS", mode)
+            got.clear()
+            with progress(40, "train", "step", stream=io.StringIO()) as bar:
+                for _ in range(40):
+                    bar.update(1)
+            assert len(got) == 20 and got[-1].startswith("train: 100% 40/40 step [done in"), mode
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(logging.NOTSET)
