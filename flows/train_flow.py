@@ -7,12 +7,9 @@ quantize) run at the same time.
 """
 
 # No `from __future__ import annotations`: Prefect reads the signature's types to build the form.
-import hashlib
 import json
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -160,33 +157,6 @@ def _run_stages(
     return {name: manifests[name] for name in STAGE_ORDER if only is None or name in only}
 
 
-def project_slot_name(project: Path) -> str:
-    """The global concurrency limit that lets one flow run at a time work in a project folder."""
-    return "kontext-project-" + hashlib.sha256(str(project).encode()).hexdigest()[:12]
-
-
-@contextmanager
-def project_slot(project: Path, logger: Any) -> Iterator[None]:
-    """Hold the project's slot (limit 1, created on first use) while the stages run."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    name = project_slot_name(project)
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-            except ObjectAlreadyExists:
-                pass
-    logger.info("taking the project's slot %s (one run at a time in %s)", name, project.name)
-    with concurrency(name, occupy=1, strict=True):
-        yield
-
-
 # Stages that log into the flow run's MLflow run: a stage group without them opens none.
 MLFLOW_STAGES = ("train", "validate", "register")
 
@@ -203,8 +173,7 @@ def run_pipeline(
         raise
     if used:
         logger.info("run overrides over %s: %s", Path(params_file).name, ", ".join(f"{k}={v}" for k, v in used.items()))
-    with project_slot(project, logger):
-        return _pipeline(params, project, used, only, logger)
+    return _pipeline(params, project, used, only, logger)
 
 
 def _pipeline(
