@@ -1,5 +1,7 @@
 """Per-file work of the data stages on a Dask cluster (dask.distributed), or in this process.
 
+degrade (reference generation), cache_vae (VAE batches) and cache_text (caption batches) use it.
+
 `dask.address` in params.yaml picks the engine: null (the default) runs every stage's per-file work
 in the stage's own process as always; `local` starts a LocalCluster of `dask.workers` worker
 processes on this machine for the stage; `tcp://host:8786` uses a running cluster (its workers need
@@ -123,3 +125,24 @@ def encode_batch(
     images += images[-1:] * (batch - len(images))
     latents = encode_pixels(_worker_vae(params_json, workdir), torch.cat(images))
     return latents[: len(items)].to(torch.float32).cpu().numpy()
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_text_pipeline(params_json: str, workdir: str) -> Any:
+    """The text encoders, loaded once per worker process and project."""
+    from kontext_core.model.load import load_text_pipeline, training_device
+
+    params = Params.model_validate(json.loads(params_json))
+    return load_text_pipeline(params, Path(workdir)).to(training_device())
+
+
+def encode_caption_batch(captions: list[str], params_json: str, workdir: str, threads: int) -> list[dict[str, Any]]:
+    """A Dask task of cache_text: one batch of captions as the stage encodes it in process."""
+    import torch
+
+    from kontext_core.cache.text_cache import encode_captions
+
+    torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+    pipe = _worker_text_pipeline(params_json, workdir)
+    return [{name: tensor.cpu() for name, tensor in tensors.items()} for tensors in encode_captions(pipe, captions)]
