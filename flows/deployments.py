@@ -53,6 +53,8 @@ def build_deployment(params_file: Path) -> RunnerDeployment:
         schedule=CronSchedule(cron=params.prefect.cron, timezone=params.prefect.timezone),
         parameters={"params_file": str(params_file)},
         triggers=[data_trigger(params)],
+        # One run at a time: runs of one project share its outputs; further runs wait in the queue.
+        concurrency_limit=1,
         tags=["kontext"],
         description="Fine-tune a FLUX.1 Kontext LoRA and register it in MLflow.",
     )

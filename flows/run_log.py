@@ -17,7 +17,8 @@ from uuid import UUID
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging.handlers import APILogHandler
 
-PROJECT_LOGGERS = ("kontext_core", "flows", "tasks")
+# kontext_core.progress does not propagate (its lines are already on screen): it gets the handler itself.
+PROJECT_LOGGERS = ("kontext_core", "kontext_core.progress", "flows", "tasks")
 
 
 class _ThisRun(logging.Filter):

@@ -7,13 +7,9 @@ quantize) run at the same time.
 """
 
 # No `from __future__ import annotations`: Prefect reads the signature's types to build the form.
-import hashlib
 import json
 import os
-import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +25,6 @@ from flows.run_log import run_log_bridge
 from flows.summary import publish_run_summary, run_outcome, stage_summary
 from kontext_core.config import ConfigError, Params, read_params_file
 from kontext_core.config.overrides import OVERRIDE_KEYS, layered_params
-from kontext_core.progress import MODE_ENV
 from kontext_core.stages import STAGE_ORDER, STAGES, Fingerprint, fingerprint, outputs_intact
 from kontext_core.stages.engine import read_manifest
 from kontext_core.tracking import runs
@@ -163,33 +158,6 @@ def _run_stages(
     return {name: manifests[name] for name in STAGE_ORDER if only is None or name in only}
 
 
-def project_slot_name(project: Path) -> str:
-    """The global concurrency limit that lets one flow run at a time work in a project folder."""
-    return "kontext-project-" + hashlib.sha256(str(project).encode()).hexdigest()[:12]
-
-
-@contextmanager
-def project_slot(project: Path, logger: Any) -> Iterator[None]:
-    """Hold the project's slot (limit 1, created on first use) while the stages run."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
-    from prefect.concurrency.sync import concurrency
-    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
-
-    name = project_slot_name(project)
-    with get_client(sync_client=True) as client:
-        try:
-            client.read_global_concurrency_limit_by_name(name)
-        except ObjectNotFound:
-            try:
-                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
-            except ObjectAlreadyExists:
-                pass
-    logger.info("taking the project's slot %s (one run at a time in %s)", name, project.name)
-    with concurrency(name, occupy=1, strict=True):
-        yield
-
-
 # Stages that log into the flow run's MLflow run: a stage group without them opens none.
 MLFLOW_STAGES = ("train", "validate", "register")
 
@@ -210,8 +178,7 @@ def run_pipeline(
         raise
     if used:
         logger.info("run overrides over %s: %s", Path(params_file).name, ", ".join(f"{k}={v}" for k, v in used.items()))
-    with project_slot(project, logger):
-        return _pipeline(params, project, used, only, logger)
+    return _pipeline(params, project, used, only, logger)
 
 
 def _pipeline(
@@ -221,7 +188,6 @@ def _pipeline(
         k: os.environ.get(k)
         for k in (
             runs.RUN_ID_ENV,
-            MODE_ENV,
             "KONTEXT_PREFECT_FLOW_RUN_ID",
             "KONTEXT_PREFECT_FLOW_RUN_NAME",
             "KONTEXT_PREFECT_FLOW_RUN_URL",
@@ -231,9 +197,6 @@ def _pipeline(
     os.environ["KONTEXT_PREFECT_FLOW_RUN_NAME"] = str(flow_run.name)
     if flow_run.ui_url:
         os.environ["KONTEXT_PREFECT_FLOW_RUN_URL"] = str(flow_run.ui_url)
-    # Progress as periodic lines in the run log, unless a terminal shows bars or the user chose.
-    if MODE_ENV not in os.environ and not (hasattr(sys.stderr, "isatty") and sys.stderr.isatty()):
-        os.environ[MODE_ENV] = "log"
     # All cached: no new MLflow run; the result names the run that produced the outputs.
     leading = _leading_fingerprints(params, project)
     reused = len(leading) == len(STAGE_ORDER) and outputs_intact(

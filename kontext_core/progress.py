@@ -5,9 +5,11 @@ ran). Anywhere else (a log file, CI, a pipe) a redrawn bar would be hundreds of 
 returns, so it writes plain lines instead, at most one each time another 5 % is done, plus one closing
 line when the loop stopped short of 100 %: a stage's output stays bounded whatever its size.
 
-`KONTEXT_PROGRESS` overrides the choice: `bar`, `lines`, `log` or `off` (default `auto`). `log` writes
-the same lines through the `kontext_core.progress` logger (INFO) instead of a stream: a flow run sets it
-so that training progress reaches the orchestrator's run log.
+`KONTEXT_PROGRESS` overrides the choice: `bar`, `lines` or `off` (default `auto`).
+
+Whatever the display, the same bounded lines also go to the `kontext_core.progress` logger (INFO).
+It does not propagate (the display already shows them) and has no handler of its own: a flow run
+attaches one to send training progress to the orchestrator's run log (flows/run_log.py).
 """
 
 from __future__ import annotations
@@ -26,11 +28,12 @@ MAX_LINES_PER_BAR = 100 // STEP_PERCENT + 1
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+log.propagate = False
 
 
 def _mode(stream: TextIO) -> str:
     mode = os.environ.get(MODE_ENV, "auto").strip().lower()
-    if mode in ("bar", "lines", "log", "off"):
+    if mode in ("bar", "lines", "off"):
         return mode
     isatty = getattr(stream, "isatty", None)
     return "bar" if isatty is not None and isatty() else "lines"
@@ -137,7 +140,7 @@ class Progress:
         self.n += n
         if self._bar is not None:
             self._bar.update(n)
-        elif self.mode in ("lines", "log") and self.total:
+        if self.mode != "off" and self.total:
             step = (100 * min(self.n, self.total) // self.total) // STEP_PERCENT
             if step > self._last_step:
                 self._last_step = step
@@ -149,7 +152,7 @@ class Progress:
         self._closed = True
         if self._bar is not None:
             self._bar.close()
-        elif self.mode in ("lines", "log") and (self.total is None or self.n < self.total):
+        if self.mode != "off" and (self.total is None or self.n < self.total):
             # The 100 % line already closes a finished loop; say where one that stopped short ended.
             self._line(stopped=True)
 
@@ -168,12 +171,11 @@ class Progress:
             timing = f"done in {timing}"
         extra = "".join(f" {k}={v}" for k, v in self.postfix.items())
         line = f"{head} [{timing}]{extra}{' (stopped)' if stopped else ''}"
-        if self.mode == "log":
-            log.info(line)
-        else:
+        log.info(line)
+        if self.mode == "lines":
             self.stream.write(line + "\n")
             self.stream.flush()
-        self.lines += 1
+            self.lines += 1
 
 
 def progress(total: int | None, desc: str, unit: str = "it", **kwargs: Any) -> Progress:

@@ -65,7 +65,7 @@ class PrefectSection(Strict):
 
 
 class DaskSection(Strict):
-    """Where the per-file work of degrade and cache_vae runs (kontext_core.stages.parallel)."""
+    """Where the per-file work of degrade, cache_vae and cache_text runs (kontext_core.stages.parallel)."""
 
     # null: in the stage's own process; "local": a LocalCluster of `workers` processes on this
     # machine; "tcp://host:8786": a running dask.distributed scheduler.

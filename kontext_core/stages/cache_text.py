@@ -8,6 +8,7 @@ from kontext_core.fsutil import write_json
 from kontext_core.model.source import model_inputs
 from kontext_core.progress import progress
 from kontext_core.stages.engine import StageContext, StageSpec
+from kontext_core.stages.parallel import dask_client, encode_caption_batch
 
 TEXT_CACHE_DIR = "cache/text"
 TEXT_INDEX = f"{TEXT_CACHE_DIR}/index.json"
@@ -42,8 +43,14 @@ def stage_cache_text(ctx: StageContext) -> None:
     captions = sorted({p["caption"] for p in pairs} | reference_captions | {""})
     index = {c: TensorStore.key(caption=c, text=model_fp, length=MAX_SEQUENCE_LENGTH) for c in captions}
     todo = [c for c in captions if not store.has(index[c])]
-    pipe = load_text_pipeline(ctx.params, ctx.workdir).to(training_device()) if todo else None
     batch = text_batch_size(ctx.params)
+    with dask_client(ctx.params) as client:
+        if client is not None and todo:
+            _encode_on_dask(client, ctx, todo, batch, index, store)
+            write_json(ctx.path(TEXT_INDEX), index)
+            ctx.info["encoded"] = len(todo)
+            return
+    pipe = load_text_pipeline(ctx.params, ctx.workdir).to(training_device()) if todo else None
     with progress(len(todo), "cache_text", "caption") as bar:
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
@@ -54,6 +61,33 @@ def stage_cache_text(ctx: StageContext) -> None:
     release(pipe.text_encoder_2 if pipe else None, ctx.params)
     write_json(ctx.path(TEXT_INDEX), index)
     ctx.info["encoded"] = len(todo)
+
+
+def _encode_on_dask(
+    client: Any, ctx: StageContext, todo: list[str], batch: int, index: dict[str, str], store: Any
+) -> None:
+    """The same caption batches encoded on the Dask workers; embeddings stored here."""
+    import json
+
+    import torch
+    from dask.distributed import as_completed
+
+    chunks = [todo[start : start + batch] for start in range(0, len(todo), batch)]
+    futures = client.map(
+        encode_caption_batch,
+        chunks,
+        params_json=json.dumps(ctx.params.model_dump(mode="json")),
+        workdir=str(ctx.workdir),
+        threads=torch.get_num_threads(),
+        pure=False,
+    )
+    members = {future.key: chunk for future, chunk in zip(futures, chunks, strict=True)}
+    with progress(len(todo), "cache_text (dask)", "caption") as bar:
+        for future in as_completed(futures):
+            chunk = members[future.key]
+            for caption, tensors in zip(chunk, future.result(), strict=True):
+                store.put(index[caption], tensors)
+            bar.update(len(chunk))
 
 
 SPEC = StageSpec(

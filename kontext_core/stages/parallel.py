@@ -1,5 +1,7 @@
 """Per-file work of the data stages on a Dask cluster (dask.distributed), or in this process.
 
+degrade (reference generation), cache_vae (VAE batches) and cache_text (caption batches) use it.
+
 `dask.address` in params.yaml picks the engine: null (the default) runs every stage's per-file work
 in the stage's own process as always; `local` starts a LocalCluster of `dask.workers` worker
 processes on this machine for the stage; `tcp://host:8786` uses a running cluster (its workers need
@@ -11,14 +13,48 @@ switching it re-runs nothing.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from kontext_core.config import Params
+
+# One LocalCluster per process and worker count, started by the first stage that asks and shared by
+# the next (degrade, then cache_vae): its workers keep torch and the VAE imported. Closed at exit.
+_LOCAL: dict[int, tuple[Any, Any]] = {}
+_LOCAL_LOCK = threading.Lock()
+
+
+def _close_local() -> None:
+    for cluster, client in _LOCAL.values():
+        client.close()
+        cluster.close()
+    _LOCAL.clear()
+
+
+def _local_client(params: Params) -> Any:
+    from dask.distributed import Client, LocalCluster
+
+    workers = params.dask.workers
+    with _LOCAL_LOCK:
+        if workers not in _LOCAL:
+            cluster = LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=None,
+                env={"KONTEXT_PROGRESS": "off"},
+            )
+            if not _LOCAL:
+                atexit.register(_close_local)
+            _LOCAL[workers] = (cluster, Client(cluster, timeout=params.dask.connect_timeout_seconds))
+        return _LOCAL[workers][1]
 
 
 @contextmanager
@@ -28,24 +64,11 @@ def dask_client(params: Params) -> Iterator[Any | None]:
     if not address:
         yield None
         return
-    from dask.distributed import Client, LocalCluster
-
     if address == "local":
-        cluster = LocalCluster(
-            n_workers=params.dask.workers,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            env={"KONTEXT_PROGRESS": "off"},
-        )
-        client = Client(cluster, timeout=params.dask.connect_timeout_seconds)
-        try:
-            yield client
-        finally:
-            client.close()
-            cluster.close()
+        yield _local_client(params)
         return
+    from dask.distributed import Client
+
     client = Client(address, timeout=params.dask.connect_timeout_seconds)
     try:
         yield client
@@ -102,3 +125,24 @@ def encode_batch(
     images += images[-1:] * (batch - len(images))
     latents = encode_pixels(_worker_vae(params_json, workdir), torch.cat(images))
     return latents[: len(items)].to(torch.float32).cpu().numpy()
+
+
+@functools.lru_cache(maxsize=2)
+def _worker_text_pipeline(params_json: str, workdir: str) -> Any:
+    """The text encoders, loaded once per worker process and project."""
+    from kontext_core.model.load import load_text_pipeline, training_device
+
+    params = Params.model_validate(json.loads(params_json))
+    return load_text_pipeline(params, Path(workdir)).to(training_device())
+
+
+def encode_caption_batch(captions: list[str], params_json: str, workdir: str, threads: int) -> list[dict[str, Any]]:
+    """A Dask task of cache_text: one batch of captions as the stage encodes it in process."""
+    import torch
+
+    from kontext_core.cache.text_cache import encode_captions
+
+    torch.set_num_threads(threads)
+    torch.set_grad_enabled(False)
+    pipe = _worker_text_pipeline(params_json, workdir)
+    return [{name: tensor.cpu() for name, tensor in tensors.items()} for tensors in encode_captions(pipe, captions)]

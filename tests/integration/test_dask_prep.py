@@ -1,4 +1,4 @@
-"""degrade and cache_vae on a Dask LocalCluster write the same bytes as the in-process path."""
+"""degrade, cache_vae and cache_text on a Dask LocalCluster write the same bytes as the in-process path."""
 
 from __future__ import annotations
 
@@ -13,23 +13,23 @@ from tests.conftest import make_project, write_params
 
 pytestmark = pytest.mark.slow
 
-OUTPUTS = ("cache/degrade", "data/degrade", "cache/vae/latents")
+OUTPUTS = ("cache/degrade", "data/degrade", "cache/vae/latents", "cache/text/embeds")
 
 
 def _prep(params_file, force: bool = False) -> dict[str, str]:
-    for name in ("degrade", "cache_vae"):
+    for name in ("degrade", "cache_vae", "cache_text"):
         run_stage(name, params_file, force=force)
     project = params_file.parent
     return {rel: sha256_tree(project / rel) for rel in OUTPUTS}
 
 
-def test_dask_local_cluster_gives_byte_identical_references_and_latents(tmp_path):
+def test_dask_local_cluster_gives_byte_identical_references_latents_and_embeds(tmp_path):
     params_file = make_project(tmp_path / "p", vae_batch_size=2)
     for name in ("init", "fetch", "pair"):
         run_stage(name, params_file)
     single = _prep(params_file)
     project = params_file.parent
-    for rel in ("cache/degrade", "data/degrade", "cache/vae"):
+    for rel in ("cache/degrade", "data/degrade", "cache/vae", "cache/text"):
         shutil.rmtree(project / rel)
     write_params(params_file, dask={"address": "local", "workers": 2})
     assert load_params(params_file).dask.address == "local"

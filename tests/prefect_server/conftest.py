@@ -66,7 +66,6 @@ def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_ENABLED": "false",
         "PREFECT_LOGGING_LEVEL": "WARNING",
-        "KONTEXT_PROGRESS": "log",
     }
     log = (home / "server.log").open("w")
     server = subprocess.Popen(
@@ -82,8 +81,8 @@ def prefect_server(tmp_path_factory) -> Iterator[dict[str, str]]:
             _stop(server)
             raise RuntimeError(f"prefect server did not become healthy: {(home / 'server.log').read_text()[-2000:]}")
         time.sleep(1)
-    saved = {key: os.environ.get(key) for key in ("PREFECT_API_URL", "PREFECT_HOME", "KONTEXT_PROGRESS")}
-    os.environ.update({"PREFECT_API_URL": url, "PREFECT_HOME": str(home), "KONTEXT_PROGRESS": "log"})
+    saved = {key: os.environ.get(key) for key in ("PREFECT_API_URL", "PREFECT_HOME")}
+    os.environ.update({"PREFECT_API_URL": url, "PREFECT_HOME": str(home)})
     try:
         with temporary_settings(updates={PREFECT_API_URL: url, PREFECT_HOME: str(home)}):
             yield env

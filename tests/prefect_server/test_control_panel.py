@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 from uuid import UUID
@@ -207,24 +208,39 @@ def test_ui_run_with_learning_rate_reruns_only_train_validate_register(project, 
     assert json.loads(runs.iloc[0]["tags.kontext.overrides"]) == {"learning_rate": 0.002}
 
 
+async def _paused_runs(client):
+    from prefect.client.schemas.filters import FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+
+    return await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.PAUSED])))
+    )
+
+
 def _paused_answer(project, model_name: str, answer: dict) -> tuple:
+    """A run (in a thread of this process: no worker start-up) pauses; the answer comes through the API
+    as the UI's Resume form sends it."""
     write_params(
         project["params_file"],
         registry={"model_name": model_name, "require_approval": True, "approval_timeout_seconds": 300},
     )
-    flow_run = run_deployment(
-        "kontext-train/kontext-train-scheduled", parameters={"params_file": str(project["params_file"])}, timeout=0
-    )
-    paused = wait_for_state(flow_run.id, lambda s: s.is_paused() or s.is_final(), what="paused")
-    assert paused.state.is_paused(), paused.state.name
-    resume_flow_run(flow_run.id, run_input=answer)
-    done = wait_final(flow_run.id)
-    assert done.state.is_completed(), done.state.message
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(kontext_train(params_file=str(project["params_file"]))))
+    runner.start()
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while not (paused := _api(_paused_runs)):
+        assert runner.is_alive() and time.monotonic() < deadline, "the run ended or hung without pausing"
+        time.sleep(1)
+    assert len(paused) == 1
+    resume_flow_run(paused[0].id, run_input=answer)
+    runner.join(timeout=RUN_TIMEOUT)
+    assert not runner.is_alive() and result["approval"]["approval"] == ("approved" if answer["approve"] else "rejected")
+    assert wait_final(paused[0].id).state.is_completed()
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project['db']}")
     return client, client.get_model_version(model_name, "1")
 
 
-def test_approval_pause_resumes_on_approve_and_on_reject(project, workers):
+def test_approval_pause_resumes_on_approve_and_on_reject(project):
     # A fresh registered model each time: its first version wins, so the run asks before promoting.
     try:
         client, version = _paused_answer(

@@ -68,10 +68,11 @@ def test_prefect_yaml_runs_from_any_checkout_on_two_pools_with_a_data_trigger(tm
     assert {e["work_pool"]["name"] for e in entries.values()} == {"kontext-cpu", "kontext-gpu"}
     assert entries[GROUP_DEPLOYMENTS["data"]]["work_pool"]["name"] == "kontext-cpu"
     assert entries[GROUP_DEPLOYMENTS["gpu"]]["work_pool"]["name"] == "kontext-gpu"
-    assert entries["kontext-train-scheduled"]["concurrency_limit"] == 1
+    assert all(entry["concurrency_limit"] == 1 for entry in entries.values())
     trigger = entries["kontext-train-scheduled"]["triggers"][0]
     params = load_params(make_project(tmp_path))
     assert trigger["expect"] == [DATA_CHANGED_EVENT]
     assert trigger["match"] == {"prefect.resource.id": project_resource_id(params)}
     served = build_deployment(tmp_path / "params.yaml")
     assert served.triggers[0].expect == {DATA_CHANGED_EVENT}
+    assert served.concurrency_limit == 1

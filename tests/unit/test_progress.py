@@ -103,3 +103,32 @@ def test_outside_a_terminal_the_libraries_bars_are_turned_off(monkeypatch):
         diffusers_logging.enable_progress_bar()
         transformers_logging.enable_progress_bar()
         hub_utils.enable_progress_bars()
+
+
+
+def test_the_same_lines_go_to_the_progress_logger_in_every_display(monkeypatch):
+    import io
+    import logging
+
+    from kontext_core.progress import log, progress
+
+    got: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record.getMessage())
+
+    handler = Collect(logging.INFO)
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        for mode in ("lines", "bar"):
+            monkeypatch.setenv("KONTEXT_PROGRESS", mode)
+            got.clear()
+            with progress(40, "train", "step", stream=io.StringIO()) as bar:
+                for _ in range(40):
+                    bar.update(1)
+            assert len(got) == 20 and got[-1].startswith("train: 100% 40/40 step [done in"), mode
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(logging.NOTSET)

@@ -94,3 +94,15 @@ def test_the_pull_step_refuses_a_folder_that_is_not_a_checkout(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="not a kontext-pipeline checkout"):
         enter_checkout(str(tmp_path))
+
+
+def test_kontext_run_refuses_a_bad_setting_in_one_line_before_any_stage(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    params_file = make_project(tmp_path)
+    result = CliRunner().invoke(app, ["run", "--params", str(params_file), "--set", "lora_rank=0"])
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "error: run override lora_rank = 0: Input should be greater than or equal to 1"
+    assert not (tmp_path / "artifacts").exists()
