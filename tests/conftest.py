@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +21,11 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+# Imported once here, while stderr is the session's: transformers binds its log handler's flush to the
+# stderr of its first import and warns at import time; first imported inside a CliRunner call, that
+# stream is closed by the next warning and the warning becomes a "--- Logging error ---" traceback.
+import diffusers.pipelines.flux.pipeline_flux_kontext  # noqa: E402, F401
 
 # Small enough for CI's two cores; the stages and geometry are the same as the demo's.
 FAST = {
@@ -75,6 +82,29 @@ def _isolate_mlflow_env():
     yield
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         os.environ.pop(key, None)
+
+
+def _rebind_closed_log_streams() -> None:
+    loggers = [logging.getLogger(), *(logging.getLogger(name) for name in list(logging.root.manager.loggerDict))]
+    for logger in loggers:
+        for handler in list(getattr(logger, "handlers", [])):
+            console = getattr(handler, "console", None)  # rich (Prefect's console handler)
+            if console is not None and getattr(console.file, "closed", False):
+                console.file = sys.stderr
+            stream = getattr(handler, "stream", None)
+            if isinstance(handler, logging.StreamHandler) and getattr(stream, "closed", False):
+                handler.stream = sys.stderr  # not setStream: it flushes the closed stream first
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handler_on_a_closed_stream():
+    """A CliRunner or capture stream is closed when its test ends, but a handler set up meanwhile
+    (Prefect's console handler, a library's default handler) keeps writing there: a later warning
+    would print a "--- Logging error ---" traceback into another test's output. Such handlers go
+    back to the current stderr, before and after each test."""
+    _rebind_closed_log_streams()
+    yield
+    _rebind_closed_log_streams()
 
 
 @pytest.fixture(scope="session")
