@@ -193,3 +193,37 @@ def test_a_killed_train_stage_leaves_no_running_mlflow_run_after_the_next_repro(
     assert "abandoned" in killed.data.tags["kontext.failure"]
     runs = client.search_runs([r.experiment_id for r in client.search_experiments()])
     assert runs and not [r.info.run_id for r in runs if r.info.status == "RUNNING"]
+
+
+@pytest.mark.reliability
+def test_a_stage_does_not_outlive_a_killed_dvc_repro(repo):
+    """kill -9 of `dvc repro` while `kontext stage train` runs: the stage ends too (it would otherwise
+    keep writing while the next `dvc repro` starts the stage again)."""
+    project, _ = repo
+    write_params(project / "params.yaml", learning_rate=0.003, max_train_steps=400)
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    repro = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dvc"), "repro"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    open_runs = project / "artifacts/mlflow/open_runs.json"
+    deadline = time.monotonic() + 300
+    train = None
+    # Killed while training: the stage has opened its MLflow run.
+    while repro.poll() is None and time.monotonic() < deadline:
+        train = train or _stage_process(project, "train")
+        if train is not None and open_runs.exists() and json.loads(open_runs.read_text()):
+            break
+        time.sleep(0.05)
+    assert train is not None, "dvc repro did not start the train stage"
+    repro.send_signal(signal.SIGKILL)
+    repro.wait(timeout=30)
+    try:
+        train.wait(timeout=30)
+    except psutil.TimeoutExpired:
+        train.kill()
+        pytest.fail("`kontext stage train` outlived the killed `dvc repro`")
