@@ -63,6 +63,7 @@ def kontext_train_placed(
     seed: T.seed = D.seed,
     validation_guidance: T.validation_guidance = D.validation_guidance,
     validation_num_inference_steps: T.validation_num_inference_steps = D.validation_num_inference_steps,
+    validation_prompt: T.validation_prompt = D.validation_prompt,
     validation_resolution: T.validation_resolution = D.validation_resolution,
     data_backend_config: T.data_backend_config = D.data_backend_config,
     pretrained_model_name_or_path: T.pretrained_model_name_or_path = D.pretrained_model_name_or_path,

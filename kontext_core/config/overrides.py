@@ -54,6 +54,12 @@ class RunOverrides(Strict):
     validation_resolution: str | None = Field(
         None, description="WIDTHxHEIGHT of the validation edits (validation_resolution), multiples of 16."
     )
+    validation_prompt: str | None = Field(
+        None,
+        min_length=1,
+        description="An instruction rendered on the eval references at each validation during training "
+        "(validation_prompt; needs validation_step_interval).",
+    )
     data_backend_config: str | None = Field(
         None,
         min_length=1,

@@ -106,3 +106,13 @@ def test_kontext_run_refuses_a_bad_setting_in_one_line_before_any_stage(tmp_path
     assert result.exit_code == 2
     assert result.stderr.strip() == "error: run override lora_rank = 0: Input should be greater than or equal to 1"
     assert not (tmp_path / "artifacts").exists()
+
+
+def test_a_validation_prompt_override_changes_train_like_the_same_edit(tmp_path):
+    params_file = make_project(tmp_path)
+    before = fingerprint("train", load_params(params_file), tmp_path).value
+    layered, used = layered_params(read_params_file(params_file), {"validation_prompt": "make it night"})
+    assert used == {"validation_prompt": "make it night"} and layered.validation_prompt == "make it night"
+    write_params(params_file, validation_prompt="make it night")
+    edited = fingerprint("train", load_params(params_file), tmp_path).value
+    assert fingerprint("train", layered, tmp_path).value == edited != before
