@@ -12,7 +12,10 @@ import json
 import logging
 import multiprocessing
 import os
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +30,23 @@ log = logging.getLogger(__name__)
 CACHE_VERSION = 1
 # Below this many uncached files the scan runs serially: starting workers costs about as much.
 SERIAL_BELOW = 128
+# Chunks handed to a chunk mapper (a Dask cluster): enough to spread over its workers.
+MAPPED_CHUNKS = 32
+
+# mapper(fn, chunks, max_pixels) -> each chunk's headers, in order. Set by the fetch stage when it runs
+# its per-file work elsewhere (dask.address); None: this process and its own pool.
+ChunkMapper = Callable[[Callable[..., list], list[list[str]], int | None], Iterable[list]]
+_CHUNK_MAPPER: ContextVar[ChunkMapper | None] = ContextVar("scan_chunk_mapper", default=None)
+
+
+@contextmanager
+def chunk_mapper(mapper: ChunkMapper | None) -> Iterator[None]:
+    """Header probes of the scans in this block go through `mapper` (None: the usual local path)."""
+    token = _CHUNK_MAPPER.set(mapper)
+    try:
+        yield
+    finally:
+        _CHUNK_MAPPER.reset(token)
 
 # (width, height, None) for a usable image, (None, None, reason) for an unreadable one.
 Header = tuple[int | None, int | None, str | None]
@@ -72,7 +92,15 @@ def probe_many(
 ) -> list[Header]:
     """Probe `paths` in order, over `workers` processes (default: every core) when worth it."""
     workers = workers or cpu_count()
+    mapper = _CHUNK_MAPPER.get()
     with progress(len(paths), desc, "file") as bar:
+        if mapper is not None and paths:
+            size = -(-len(paths) // MAPPED_CHUNKS)
+            headers = []
+            for part in mapper(_probe_chunk, [paths[i : i + size] for i in range(0, len(paths), size)], max_pixels):
+                headers += part
+                bar.update(len(part))
+            return headers
         if workers <= 1 or len(paths) < SERIAL_BELOW:
             headers = []
             for path in paths:

@@ -46,7 +46,18 @@ def dataset_inputs(params: Params, workdir: Path) -> dict[str, Any]:
 def stage_fetch(ctx: StageContext) -> None:
     """Normalised records per dataset: image reference, caption, key and header size; problems beside."""
     from kontext_core.data.backends import backend_for
+    from kontext_core.data.scan import chunk_mapper
+    from kontext_core.stages.parallel import DaskChunkMapper, dask_client
 
+    with dask_client(ctx.params) as client:
+        mapper = DaskChunkMapper(client) if client is not None else None
+        with chunk_mapper(mapper):
+            _fetch(ctx, backend_for)
+    if mapper is not None:
+        ctx.info["dask_scan_tasks"] = mapper.tasks
+
+
+def _fetch(ctx: StageContext, backend_for: Any) -> None:
     datasets = load_checked_datasets(ctx.params, ctx.workdir)
     out = ctx.out(RECORDS_DIR)
     scan_cache = ctx.path(SCAN_CACHE_DIR)

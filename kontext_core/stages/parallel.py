@@ -1,6 +1,7 @@
 """Per-file work of the data stages on a Dask cluster (dask.distributed), or in this process.
 
-degrade (reference generation), cache_vae (VAE batches) and cache_text (caption batches) use it.
+fetch (header probes of local folders), degrade (reference generation), cache_vae (VAE batches) and
+cache_text (caption batches) use it.
 
 `dask.address` in params.yaml picks the engine: null (the default) runs every stage's per-file work
 in the stage's own process as always; `local` starts a LocalCluster of `dask.workers` worker
@@ -74,6 +75,20 @@ def dask_client(params: Params) -> Iterator[Any | None]:
         yield client
     finally:
         client.close()
+
+
+class DaskChunkMapper:
+    """The fetch stage's header probes as Dask tasks (kontext_core.data.scan.chunk_mapper); counts them."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.tasks = 0
+
+    def __call__(self, fn: Any, parts: list[list[str]], max_pixels: int | None) -> Iterator[list]:
+        futures = self.client.map(fn, parts, [max_pixels] * len(parts), pure=False)
+        self.tasks += len(futures)
+        for future in futures:
+            yield future.result()
 
 
 def chunks(items: list[Any], count: int) -> list[list[Any]]:

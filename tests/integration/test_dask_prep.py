@@ -1,4 +1,4 @@
-"""degrade, cache_vae and cache_text on a Dask LocalCluster write the same bytes as the in-process path."""
+"""fetch, degrade, cache_vae and cache_text on a Dask LocalCluster write the same bytes as the in-process path."""
 
 from __future__ import annotations
 
@@ -13,23 +13,27 @@ from tests.conftest import make_project, write_params
 
 pytestmark = pytest.mark.slow
 
-OUTPUTS = ("cache/degrade", "data/degrade", "cache/vae/latents", "cache/text/embeds")
+OUTPUTS = ("data/fetch/records.json", "cache/degrade", "data/degrade", "cache/vae/latents", "cache/text/embeds")
 
 
 def _prep(params_file, force: bool = False) -> dict[str, str]:
-    for name in ("degrade", "cache_vae", "cache_text"):
-        run_stage(name, params_file, force=force)
+    for name in ("fetch", "degrade", "cache_vae", "cache_text"):
+        manifest = run_stage(name, params_file, force=force)
+        if name == "fetch" and force:
+            # The header probes really ran as Dask tasks (every scan is cold: the scan cache is gone).
+            assert manifest["info"]["dask_scan_tasks"] > 0
     project = params_file.parent
     return {rel: sha256_tree(project / rel) for rel in OUTPUTS}
 
 
 def test_dask_local_cluster_gives_byte_identical_references_latents_and_embeds(tmp_path):
     params_file = make_project(tmp_path / "p", vae_batch_size=2)
-    for name in ("init", "fetch", "pair"):
-        run_stage(name, params_file)
+    run_stage("init", params_file)
+    run_stage("fetch", params_file)
+    run_stage("pair", params_file)
     single = _prep(params_file)
     project = params_file.parent
-    for rel in ("cache/degrade", "data/degrade", "cache/vae", "cache/text"):
+    for rel in ("cache/scan", "cache/degrade", "data/degrade", "cache/vae", "cache/text"):
         shutil.rmtree(project / rel)
     write_params(params_file, dask={"address": "local", "workers": 2})
     assert load_params(params_file).dask.address == "local"
