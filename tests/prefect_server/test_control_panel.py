@@ -8,6 +8,7 @@ through the API: the graph's edges, the run log, the artifacts, the MLflow recor
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import threading
 import time
@@ -225,7 +226,12 @@ def _paused_answer(project, model_name: str, answer: dict) -> tuple:
         registry={"model_name": model_name, "require_approval": True, "approval_timeout_seconds": 300},
     )
     result: dict = {}
-    runner = threading.Thread(target=lambda: result.update(kontext_train(params_file=str(project["params_file"]))))
+    # The thread runs in a copy of this context: Prefect's settings (PREFECT_API_URL of the server under
+    # test) live in a context variable, and a bare thread would fall back to another session's API.
+    context = contextvars.copy_context()
+    runner = threading.Thread(
+        target=lambda: result.update(context.run(kontext_train, params_file=str(project["params_file"])))
+    )
     runner.start()
     deadline = time.monotonic() + RUN_TIMEOUT
     while not (paused := _api(_paused_runs)):
