@@ -33,6 +33,9 @@ test: setup
 	$(BIN)/lint-imports
 	$(BIN)/kontext dvc-yaml --check
 	$(BIN)/python -m pytest -q
+	# Against a real `prefect server start`, in a process of their own: Prefect's clients and event
+	# workers are per process, and the rest of the suite already pointed them at its ephemeral API.
+	$(BIN)/python -m pytest -q -m prefect_server
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -163,3 +163,28 @@ def decoded_images(monkeypatch) -> list:
     monkeypatch.setattr(Image.Image, "load", spy(Image.Image.load))
     monkeypatch.setattr(ImageFile.ImageFile, "load", spy(ImageFile.ImageFile.load))
     return decoded
+
+
+SERVER_MARK = "prefect_server"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests against a real `prefect server start` run in a pytest process of their own (`make test`
+    starts it; `pytest -m prefect_server` selects them): Prefect's clients and event workers are
+    per process, and the other tests point them at the session's ephemeral API first."""
+    if SERVER_MARK in (config.getoption("markexpr") or ""):
+        return  # -m chose them (or chose against them) explicitly
+    server = [item for item in items if item.get_closest_marker(SERVER_MARK)]
+    if not server or len(server) == len(items):
+        return
+    config.hook.pytest_deselected(items=server)
+    items[:] = [item for item in items if not item.get_closest_marker(SERVER_MARK)]
+    config._kontext_server_tests_deselected = len(server)
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    count = getattr(config, "_kontext_server_tests_deselected", 0)
+    if count:
+        terminalreporter.write_line(
+            f"{count} {SERVER_MARK} tests left for their own process: pytest -m {SERVER_MARK} (make test runs it)"
+        )

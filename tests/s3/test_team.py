@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from kontext_core.fsutil import sha256_file
-from kontext_core.stages import STAGE_ORDER, run_stage
+from kontext_core.stages import STAGE_ORDER
 from tests.conftest import ROOT, make_project
 from tests.s3.conftest import S3Server, free_port
 
@@ -129,8 +129,14 @@ def team(s3_server: S3Server, mlflow_server, tmp_path_factory, mlflow_template):
     shutil.copy(mlflow_template, base / "local.db")
     make_project(local, mlflow_db=base / "local.db", **SMALL)
     (local / "config" / "local.json").write_text(json.dumps(local_entries(), indent=1))
-    for name in STAGE_ORDER[: STAGE_ORDER.index("train") + 1]:
-        run_stage(name, local / "params.yaml")
+    # In a fresh process, like the aws half's `kontext run`: this test process's torch state (thread
+    # count, set by earlier tests of a full session) must not decide the adapter's last bits.
+    stages = STAGE_ORDER[: STAGE_ORDER.index("train") + 1]
+    script = (
+        "import sys\nfrom kontext_core.stages import run_stage\n"
+        "for name in sys.argv[2:]:\n    run_stage(name, sys.argv[1])\n"
+    )
+    sh(local, sys.executable, "-c", script, str(local / "params.yaml"), *stages, env=dict(os.environ))
 
     s3_server.make_bucket(DATA_BUCKET)
     s3_server.upload_folder(local / "data" / "samples", DATA_BUCKET, "samples")
