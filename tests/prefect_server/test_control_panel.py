@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -269,8 +270,12 @@ def test_data_change_fires_the_trigger_and_a_run_refetches(project, workers):
     params_file = project["params_file"]
     before = {fr.id for fr in _api(_flow_runs_of, "kontext-train-scheduled")}
     assert kontext_data_watch(params_file=str(params_file))["changed"] == []  # first look: baseline
+    # A new picture joins a dataset folder (editing a file `init` wrote would be damage that init
+    # repairs; a new file is the user's own data).
     caption = sorted((params_file.parent / "data/samples").rglob("*.txt"))[0]
-    caption.write_text(caption.read_text().strip() + " at dusk\n")
+    picture = caption.with_suffix(".png")
+    shutil.copy(picture, picture.with_name(f"{picture.stem}_dusk.png"))
+    caption.with_name(f"{picture.stem}_dusk.txt").write_text(caption.read_text().strip() + " at dusk\n")
     watched = kontext_data_watch(params_file=str(params_file))
     assert watched["changed"] and watched["event"]
     deadline = time.monotonic() + 120
