@@ -155,12 +155,9 @@ def _stage_process(project: Path, stage: str) -> psutil.Process | None:
     return None
 
 
-# Last in the module: it leaves the shared repository with changed params.
-def test_a_killed_train_stage_leaves_no_running_mlflow_run_after_the_next_repro(repo):
-    import mlflow
-
-    project, _ = repo
-    write_params(project / "params.yaml", learning_rate=0.002, max_train_steps=400)
+def _repro_until_training(project: Path) -> tuple[subprocess.Popen, psutil.Process]:
+    """`dvc repro` started, returned once its `kontext stage train` has opened its MLflow run (the
+    moment a kill leaves that run RUNNING); with the train stage's process."""
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     repro = subprocess.Popen(
@@ -173,13 +170,23 @@ def test_a_killed_train_stage_leaves_no_running_mlflow_run_after_the_next_repro(
     open_runs = project / "artifacts/mlflow/open_runs.json"
     deadline = time.monotonic() + 300
     train = None
-    # Kill once the stage has opened its MLflow run (the run that would otherwise stay RUNNING).
     while repro.poll() is None and time.monotonic() < deadline:
         train = train or _stage_process(project, "train")
         if train is not None and open_runs.exists() and json.loads(open_runs.read_text()):
             break
         time.sleep(0.05)
     assert train is not None, "dvc repro did not start the train stage"
+    return repro, train
+
+
+# Last in the module: it leaves the shared repository with changed params.
+def test_a_killed_train_stage_leaves_no_running_mlflow_run_after_the_next_repro(repo):
+    import mlflow
+
+    project, _ = repo
+    write_params(project / "params.yaml", learning_rate=0.002, max_train_steps=400)
+    repro, train = _repro_until_training(project)
+    open_runs = project / "artifacts/mlflow/open_runs.json"
     killed_run = json.loads(open_runs.read_text())[-1]
     train.send_signal(signal.SIGKILL)
     assert repro.wait(timeout=120) != 0
@@ -201,25 +208,7 @@ def test_a_stage_does_not_outlive_a_killed_dvc_repro(repo):
     keep writing while the next `dvc repro` starts the stage again)."""
     project, _ = repo
     write_params(project / "params.yaml", learning_rate=0.003, max_train_steps=400)
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
-    repro = subprocess.Popen(
-        [str(Path(sys.executable).parent / "dvc"), "repro"],
-        cwd=project,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    open_runs = project / "artifacts/mlflow/open_runs.json"
-    deadline = time.monotonic() + 300
-    train = None
-    # Killed while training: the stage has opened its MLflow run.
-    while repro.poll() is None and time.monotonic() < deadline:
-        train = train or _stage_process(project, "train")
-        if train is not None and open_runs.exists() and json.loads(open_runs.read_text()):
-            break
-        time.sleep(0.05)
-    assert train is not None, "dvc repro did not start the train stage"
+    repro, train = _repro_until_training(project)
     repro.send_signal(signal.SIGKILL)
     repro.wait(timeout=30)
     try:
