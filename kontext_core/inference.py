@@ -9,6 +9,7 @@ import mlflow
 import torch
 from diffusers import FluxKontextPipeline
 
+from kontext_core.cache.text_cache import sequence_length
 from kontext_core.config import Params
 from kontext_core.data.images import open_rgb
 from kontext_core.fsutil import atomic_path
@@ -95,6 +96,7 @@ def run_edit(
         _auto_resize=False,
         guidance_scale=guidance if guidance is not None else (params.validation_guidance if params else 2.5),
         num_inference_steps=steps or (params.validation_num_inference_steps if params else 28),
+        max_sequence_length=sequence_length(params),
         generator=torch.Generator("cpu").manual_seed(seed),
     ).images[0]
     out = Path(out)

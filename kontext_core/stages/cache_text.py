@@ -23,14 +23,14 @@ def text_batch_size(params: Any) -> int:
 
 
 def stage_cache_text(ctx: StageContext) -> None:
-    """T5 (512 tokens) and CLIP pooled embeddings of every caption, plus the empty caption.
+    """T5 (`tokenizer_max_length`, 512 by default) and CLIP pooled embeddings of every caption, plus the empty caption.
 
     Missing captions are encoded in batches (every caption is padded to the same length, so a batch's
     rows are bit-identical to one-at-a-time embeddings: tests/integration/test_cache_batching.py).
     """
     from kontext_core.cache.s3_store import shared_cache
     from kontext_core.cache.store import TensorStore
-    from kontext_core.cache.text_cache import MAX_SEQUENCE_LENGTH, encode_captions
+    from kontext_core.cache.text_cache import encode_captions, sequence_length
     from kontext_core.model.load import load_text_pipeline, release, training_device
     from kontext_core.model.source import model_fingerprint
     from kontext_core.stages.datasets import shared_cache_uri
@@ -41,7 +41,8 @@ def stage_cache_text(ctx: StageContext) -> None:
     model_fp = model_fingerprint(ctx.params, ctx.workdir)
     reference_captions = {r["caption"] for p in pairs for r in p["references"] if r.get("caption") is not None}
     captions = sorted({p["caption"] for p in pairs} | reference_captions | {""})
-    index = {c: TensorStore.key(caption=c, text=model_fp, length=MAX_SEQUENCE_LENGTH) for c in captions}
+    length = sequence_length(ctx.params)
+    index = {c: TensorStore.key(caption=c, text=model_fp, length=length) for c in captions}
     todo = [c for c in captions if not store.has(index[c])]
     batch = text_batch_size(ctx.params)
     with dask_client(ctx.params) as client:
@@ -54,7 +55,7 @@ def stage_cache_text(ctx: StageContext) -> None:
     with progress(len(todo), "cache_text", "caption") as bar:
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
-            for caption, tensors in zip(chunk, encode_captions(pipe, chunk), strict=True):
+            for caption, tensors in zip(chunk, encode_captions(pipe, chunk, length), strict=True):
                 store.put(index[caption], tensors)
             bar.update(len(chunk))
     release(pipe.text_encoder if pipe else None, ctx.params)
@@ -93,7 +94,7 @@ def _encode_on_dask(
 SPEC = StageSpec(
     "cache_text",
     stage_cache_text,
-    params_keys=["pretrained_model_name_or_path", "revision"],
+    params_keys=["pretrained_model_name_or_path", "revision", "tokenizer_max_length"],
     reads=["pair.pairs"],
     outs=[],
     products={"index": TEXT_INDEX, "embeds": TEXT_EMBEDS},

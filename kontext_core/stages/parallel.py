@@ -155,9 +155,11 @@ def encode_caption_batch(captions: list[str], params_json: str, workdir: str, th
     """A Dask task of cache_text: one batch of captions as the stage encodes it in process."""
     import torch
 
-    from kontext_core.cache.text_cache import encode_captions
+    from kontext_core.cache.text_cache import encode_captions, sequence_length
 
     torch.set_num_threads(threads)
     torch.set_grad_enabled(False)
     pipe = _worker_text_pipeline(params_json, workdir)
-    return [{name: tensor.cpu() for name, tensor in tensors.items()} for tensors in encode_captions(pipe, captions)]
+    length = sequence_length(Params.model_validate(json.loads(params_json)))
+    encoded = encode_captions(pipe, captions, length)
+    return [{name: tensor.cpu() for name, tensor in tensors.items()} for tensors in encoded]

@@ -50,6 +50,8 @@ TRAIN_KEYS = [
     "gradient_checkpointing",
     "gradient_checkpointing_interval",
     "conditioning_multidataset_sampling",
+    # The cached captions' length, and validation during training encodes its prompts the same way.
+    "tokenizer_max_length",
     "accelerate.num_processes",
     *EMA_KEYS,
     # Validation during training logs images by step into the training run.

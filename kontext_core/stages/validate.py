@@ -18,6 +18,7 @@ VALIDATION_KEYS = [
     "flux_guidance_value",
     "conditioning_multidataset_sampling",
     "base_model_precision",
+    "tokenizer_max_length",
 ]
 
 

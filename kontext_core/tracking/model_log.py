@@ -8,6 +8,7 @@ from typing import Any
 import mlflow
 from PIL import Image
 
+from kontext_core.cache.text_cache import sequence_length
 from kontext_core.config import Params
 from kontext_core.tracking.pyfunc_model import KontextEditModel, image_to_b64, portable_base_model, signature
 
@@ -97,6 +98,7 @@ def _log(params: Params, run_id: str, base: dict, artifacts: dict, example: Any,
             "defaults": {
                 "num_inference_steps": params.validation_num_inference_steps,
                 "guidance_scale": params.validation_guidance,
+                "max_sequence_length": sequence_length(params),
             },
         },
         signature=signature(),

@@ -2,7 +2,8 @@
 
 Inputs (one row per edit): `image`, a base64 PNG/JPEG, and `prompt`. Edit settings are MLflow
 params: `num_inference_steps`, `guidance_scale`, `seed`, `max_area`. Output: a column `image` of
-base64 PNGs at the input's size (scaled down to `max_area`, edges multiples of 16).
+base64 PNGs at the input's size (scaled down to `max_area`, edges multiples of 16). Prompts are
+encoded to the T5 length the adapter was trained with (`max_sequence_length` in the model config).
 
 The base model is recorded portably in the model config (`base_model`): a hub id with its revision,
 or a path relative to a declared root (`base_model_root`: the project directory when loading, the
@@ -22,7 +23,13 @@ import mlflow
 from PIL import Image
 
 ROOT_ENV = "KONTEXT_BASE_MODEL_ROOT"
-DEFAULT_PARAMS: dict[str, Any] = {"num_inference_steps": 28, "guidance_scale": 2.5, "seed": 0, "max_area": 1024 * 1024}
+DEFAULT_PARAMS: dict[str, Any] = {
+    "num_inference_steps": 28,
+    "guidance_scale": 2.5,
+    "seed": 0,
+    "max_area": 1024 * 1024,
+    "max_sequence_length": 512,
+}
 
 
 def image_to_b64(image: Image.Image) -> str:
@@ -106,6 +113,7 @@ class KontextEditModel(mlflow.pyfunc.PythonModel):
                 _auto_resize=False,
                 guidance_scale=float(settings["guidance_scale"]),
                 num_inference_steps=int(settings["num_inference_steps"]),
+                max_sequence_length=int(settings["max_sequence_length"]),
                 generator=torch.Generator("cpu").manual_seed(int(settings["seed"])),
             ).images[0]
             outputs.append(image_to_b64(result))

@@ -16,6 +16,7 @@ import torch
 from diffusers import FluxKontextPipeline
 from PIL import Image
 
+from kontext_core.cache.text_cache import sequence_length
 from kontext_core.config import Params
 from kontext_core.data.buckets import RESAMPLE, apply_crop, resize_and_crop
 from kontext_core.progress import track
@@ -54,6 +55,7 @@ def edit_image(
         max_area=width * height,
         _auto_resize=False,
         guidance_scale=params.validation_guidance,
+        max_sequence_length=sequence_length(params),
         num_inference_steps=params.validation_num_inference_steps,
         generator=torch.Generator("cpu").manual_seed(seed),
         **kwargs,
