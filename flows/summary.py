@@ -20,6 +20,9 @@ def run_outcome(manifests: dict[str, dict[str, Any]], metric: str) -> dict[str, 
         "metric": metric,
         "metric_value": validate.get(metric),
         "metric_base": validate.get(f"{metric}_base"),
+        # What the grids show, whatever the registry ranks by: PSNR of the edits against the targets.
+        "psnr": validate.get("psnr"),
+        "psnr_base": validate.get("psnr_base"),
         "model_uri": register.get("model_uri"),
         "became_champion": register.get("became_champion"),
         "previous_champion_metric": register.get("champion_metric"),
@@ -45,6 +48,11 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
         f"validation {metric}: {_number(outcome.get('metric_value'))} "
         f"(base model without the adapter: {_number(outcome.get('metric_base'))})"
     )
+    if metric != "psnr" and outcome.get("psnr") is not None:
+        lines.append(
+            f"validation psnr: lora {_number(outcome.get('psnr'), 2)} dB, "
+            f"base {_number(outcome.get('psnr_base'), 2)} dB (edits against the targets)"
+        )
     previous = outcome.get("previous_champion_metric")
     # A skipped register stage reports the decision its last run made.
     earlier = " (decided by an earlier run)" if result["stages"].get("register") == "skipped" else ""

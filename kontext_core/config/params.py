@@ -97,6 +97,9 @@ class TinyModelSection(Strict):
     # Pretraining on the sample data (0: keep that part's random weights, as `kontext init-model tiny`).
     pretrain_vae_steps: int = Field(0, ge=0)
     pretrain_transformer_steps: int = Field(0, ge=0)
+    # Picture edge the pretraining uses: the sample datasets' `resolution`, so the base is taught at
+    # the size it is then fine-tuned and validated at.
+    resolution: int = Field(32, ge=16, le=256, multiple_of=16)
 
 
 class SampleDataSection(Strict):
@@ -218,6 +221,9 @@ class Params(Strict):
     checkpoints_total_limit: int | None = Field(None, ge=1)
     # "latest" or a checkpoint folder; null starts fresh.
     resume_from_checkpoint: str | None = None
+    # T5 tokens per caption (SimpleTuner's key): FLUX.1 Kontext [dev] reads 512; the text cache,
+    # training and every edit use the same length.
+    tokenizer_max_length: int | None = Field(None, ge=1, le=512)
     validation_guidance: float = 2.5
     validation_guidance_real: float = 1.0
     validation_resolution: str = "1024x1024"

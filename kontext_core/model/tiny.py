@@ -54,17 +54,21 @@ TINY_VAE_GROUPS = 8
 
 
 def build_tiny_pipeline(
-    seed: int = 0, vae_widths: tuple[int, ...] = TINY_VAE_WIDTHS, vae_groups: int = TINY_VAE_GROUPS
+    seed: int = 0,
+    vae_widths: tuple[int, ...] = TINY_VAE_WIDTHS,
+    vae_groups: int = TINY_VAE_GROUPS,
+    transformer_config: dict | None = None,
 ) -> FluxKontextPipeline:
+    """The tiny pipeline; the VAE downsamples by 2 ** (len(vae_widths) - 1) (8 for the default four)."""
     torch.manual_seed(seed)
     tokenizer = build_clip_tokenizer()
     tokenizer_2 = build_t5_tokenizer()
-    transformer = FluxTransformer2DModel(**TINY_TRANSFORMER_CONFIG)
+    transformer = FluxTransformer2DModel(**(transformer_config or TINY_TRANSFORMER_CONFIG))
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
+        down_block_types=("DownEncoderBlock2D",) * len(vae_widths),
+        up_block_types=("UpDecoderBlock2D",) * len(vae_widths),
         block_out_channels=tuple(vae_widths),
         layers_per_block=1,
         latent_channels=16,

@@ -19,9 +19,6 @@ from kontext_core.train.pretrain_tiny import PRETRAINED_VAE_GROUPS, PRETRAINED_V
 from kontext_core.train.pretrain_vae import reconstruction_psnr, train_vae
 
 ROOT = Path(__file__).resolve().parents[2]
-# The offline T5 tokenizer's Unigram scores still differ between processes (issue 11 fixes that);
-# the weights trained here must not. The CLIP tokenizer (`tokenizer/`) is compared like the weights.
-TOKENIZER_DIRS = ("tokenizer_2",)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +30,7 @@ def _file_hashes(model_dir: Path) -> dict[str, str]:
     return {
         path.relative_to(model_dir).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
         for path in sorted(model_dir.rglob("*"))
-        if path.is_file() and path.relative_to(model_dir).parts[0] not in TOKENIZER_DIRS
+        if path.is_file()
     }
 
 
@@ -60,6 +57,7 @@ def test_pretrained_tiny_model_is_byte_identical_across_processes(samples, tmp_p
     (first, first_psnr), (second, second_psnr) = outputs
     assert "vae/diffusion_pytorch_model.safetensors" in first
     assert "transformer/diffusion_pytorch_model.safetensors" in first
+    assert "tokenizer_2/tokenizer.json" in first
     assert first == second
     assert first_psnr == second_psnr
 

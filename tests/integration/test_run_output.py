@@ -54,6 +54,8 @@ def test_run_output_is_bounded_and_ends_with_a_stage_summary(tmp_path, mlflow_db
     assert re.search(r"^final loss: \d+\.\d{4} \(mean of the last fifth of 60 steps\)$", first.stdout, re.M)
     metric = r"^validation eval_loss: \d+\.\d{4} \(base model without the adapter: \d+\.\d{4}\)$"
     assert re.search(metric, first.stdout, re.M)
+    psnr = r"^validation psnr: lora \d+\.\d{2} dB, base \d+\.\d{2} dB \(edits against the targets\)$"
+    assert re.search(psnr, first.stdout, re.M)
     assert "champion: models:/kontext-lora/1 is the new champion (no champion before)" in first.stdout
 
     # A no-op run: every stage skipped, each still with its time; no progress at all.

@@ -24,7 +24,7 @@ def test_logged_params_round_trip_with_run_time_overrides():
     assert {o.key: (o.in_file, o.logged) for o in overrides} == {
         "learning_rate": ("0.003", "0.0005"),
         "revision": ("None", "main"),
-        "flux_lora_target": ("all", "['to_q', 'to_k']"),
+        "flux_lora_target": (file_params["flux_lora_target"], "['to_q', 'to_k']"),
         "accelerate.num_processes": ("1", "2"),
     }
 
