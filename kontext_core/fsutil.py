@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,6 +131,23 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
 def write_json(dest: Path, obj: Any) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_json_array(dest: Path, items: Iterable[Any]) -> int:
+    """Write `items` as a JSON array, one element at a time; returns how many were written.
+
+    The bytes are those `write_json(dest, list(items))` writes (indent 2, sorted keys), but only one
+    element is held as text at a time: a table of a million rows is written without building it whole.
+    """
+    count = 0
+    with atomic_path(dest) as tmp, open(tmp, "w") as fh:
+        for item in items:
+            text = json.dumps(item, indent=2, sort_keys=True, default=str)
+            # JSON strings escape their newlines, so every line break here is structure: indent by one level.
+            fh.write(("[\n  " if count == 0 else ",\n  ") + text.replace("\n", "\n  "))
+            count += 1
+        fh.write("[]\n" if count == 0 else "\n]\n")
+    return count
 
 
 def write_text(dest: Path, text: str) -> None:
