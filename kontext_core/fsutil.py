@@ -85,8 +85,12 @@ def _fix_modes(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temp file path beside `dest`; on success it is synced and replaces `dest`."""
+def atomic_path(dest: Path, sync_dir: bool = True) -> Iterator[Path]:
+    """Yield a temp file path beside `dest`; on success it is synced and replaces `dest`.
+
+    `sync_dir=False` leaves the folder's fsync (which makes the rename itself durable) to the caller,
+    who syncs each folder once after many files (`TensorStore.deferred_dir_sync`): the content is
+    still synced before its name appears, so a crash loses at most the name, never trusted bytes."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -98,7 +102,8 @@ def atomic_path(dest: Path) -> Iterator[Path]:
             os.chmod(tmp, file_mode())
             fsync_path(tmp)
         os.replace(tmp, dest)
-        fsync_path(dest.parent)
+        if sync_dir:
+            fsync_path(dest.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

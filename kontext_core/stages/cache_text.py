@@ -51,7 +51,7 @@ def stage_cache_text(ctx: StageContext) -> None:
             ctx.info["encoded"] = len(todo)
             return
     pipe = load_text_pipeline(ctx.params, ctx.workdir).to(training_device()) if todo else None
-    with progress(len(todo), "cache_text", "caption") as bar:
+    with progress(len(todo), "cache_text", "caption") as bar, store.deferred_dir_sync():
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
             for caption, tensors in zip(chunk, encode_captions(pipe, chunk), strict=True):
@@ -82,7 +82,7 @@ def _encode_on_dask(
         pure=False,
     )
     members = {future.key: chunk for future, chunk in zip(futures, chunks, strict=True)}
-    with progress(len(todo), "cache_text (dask)", "caption") as bar:
+    with progress(len(todo), "cache_text (dask)", "caption") as bar, store.deferred_dir_sync():
         for future in as_completed(futures):
             chunk = members[future.key]
             for caption, tensors in zip(chunk, future.result(), strict=True):

@@ -107,7 +107,11 @@ def stage_cache_vae(ctx: StageContext) -> None:
             _encode_on_dask(client, ctx, batches, todo, batch, store)
             batches = []
     vae = load_vae(ctx.params, ctx.workdir).to(training_device()) if batches else None
-    with ThreadPoolExecutor(max_workers=2) as decoder, progress(len(todo), "cache_vae", "image") as bar:
+    with (
+        ThreadPoolExecutor(max_workers=2) as decoder,
+        progress(len(todo), "cache_vae", "image") as bar,
+        store.deferred_dir_sync(),
+    ):
         decoded = [decoder.map(pixels, batches[0])] if batches else []
         for number, keys in enumerate(batches):
             if number + 1 < len(batches):
@@ -149,7 +153,7 @@ def _encode_on_dask(
         pure=False,
     )
     members = {future.key: keys for future, keys in zip(futures, batches, strict=True)}
-    with progress(len(todo), "cache_vae (dask)", "image") as bar:
+    with progress(len(todo), "cache_vae (dask)", "image") as bar, store.deferred_dir_sync():
         for future in as_completed(futures):
             keys = members[future.key]
             for key, latent in zip(keys, future.result(), strict=True):
