@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -83,3 +86,38 @@ class TensorStore:
                 f"cache entry {path} is damaged ({safetensors_problem(path) or exc}): "
                 "run `kontext verify`, then the cache stage again"
             ) from None
+
+
+class BackgroundWriter:
+    """Puts into a store on one thread, so a cache stage's next batch encodes while the last one is
+    written and synced (file writes and fsync wait on the disk, not the CPU). At most `backlog`
+    batches wait; the first error is raised on the caller's next call or on leaving the block, and
+    leaving the block waits for every write."""
+
+    def __init__(self, store: Any, backlog: int = 4) -> None:
+        self.store = store
+        self.backlog = backlog
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future[None]] = deque()
+
+    def __enter__(self) -> BackgroundWriter:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer")
+        return self
+
+    def put_many(self, entries: list[tuple[str, dict[str, torch.Tensor]]]) -> None:
+        assert self._pool is not None, "use BackgroundWriter as a context manager"
+        self._pending.append(self._pool.submit(self._write, entries))
+        while len(self._pending) > self.backlog or (self._pending and self._pending[0].done()):
+            self._pending.popleft().result()
+
+    def _write(self, entries: list[tuple[str, dict[str, torch.Tensor]]]) -> None:
+        for key, tensors in entries:
+            self.store.put(key, tensors)
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        assert self._pool is not None
+        try:
+            while self._pending and exc_type is None:  # leaving on an error: that error is the one raised
+                self._pending.popleft().result()
+        finally:
+            self._pool.shutdown(wait=True, cancel_futures=True)
