@@ -13,10 +13,12 @@ reported apart as the largest child). Its last line is machine-readable:
     scale: time per item 10x/1x = R1, peak RSS 10x/1x = R2
 
 R1 is the five stages' total time per image at the largest `--sizes` over the smallest; R2 the
-largest per-stage peak RSS at the largest size over the smallest.
+largest per-stage peak RSS at the largest size over the smallest. With `--sizes 0` only the
+header-only stages run, and the last line is theirs.
 
     python bench/scale.py                       # 1,000 and 10,000 images; fetch and pair at 10,000 and 100,000
     python bench/scale.py --sizes 500,5000 --header-sizes 0
+    python bench/scale.py --sizes 0 --header-sizes 1000,10000 --image-size 16   # fetch and pair alone
     python bench/scale.py --quick               # a CI smoke run: 20 and 200 images, no header-only size
 """
 
@@ -181,7 +183,7 @@ def report(results: list[dict], stages: list[str]) -> tuple[float, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", default="1000,10000", help="image counts, smallest first")
+    parser.add_argument("--sizes", default="1000,10000", help="image counts, smallest first (0: fetch and pair only)")
     parser.add_argument(
         "--header-sizes", default="10000,100000", help="counts for fetch and pair alone, smallest first (0: none)"
     )
@@ -196,7 +198,7 @@ def main() -> None:
         return
     if args.quick:
         args.sizes, args.header_sizes = "20,200", "0"
-    sizes = [int(s) for s in args.sizes.split(",") if s]
+    sizes = [int(s) for s in args.sizes.split(",") if s and int(s) > 0]
     header_sizes = [int(s) for s in args.header_sizes.split(",") if s and int(s) > 0]
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores; {args.image_size}px images")
     results = []
@@ -205,12 +207,15 @@ def main() -> None:
         print(f"  ran {count} images", flush=True)
     if header_sizes:
         header = [run_child(c, args.image_size, HEADER_STAGES) for c in header_sizes]
-        if len(header) == 1:
+        if len(header) == 1 and results:
             header.insert(0, results[0])
         print("header-only stages:")
-        report(header, HEADER_STAGES)
-    print("all five stages:")
-    r1, r2 = report(results, STAGES)
+        r1, r2 = report(header, HEADER_STAGES)
+    if results:
+        print("all five stages:")
+        r1, r2 = report(results, STAGES)
+    elif not header_sizes:
+        parser.error("nothing to run: --sizes and --header-sizes are both empty")
     print(f"scale: time per item 10x/1x = {r1:.2f}, peak RSS 10x/1x = {r2:.2f}")
 
 

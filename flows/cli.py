@@ -9,6 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -32,13 +33,17 @@ def _contain_children() -> None:
         contain_children()
 
 
-def _setup_logging() -> None:
+def _setup_logging(quiet_bars: bool = True) -> None:
+    """Log format and levels; with `quiet_bars`, the libraries' own bars switched off (which imports
+    torch, transformers and diffusers: a command that may need none of them passes False, and calls
+    `quiet_library_bars` itself before it loads them)."""
     logging.basicConfig(level=os.environ.get("KONTEXT_LOG_LEVEL", "INFO"), format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "httpcore", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    from kontext_core.progress import quiet_library_bars
+    if quiet_bars:
+        from kontext_core.progress import quiet_library_bars
 
-    quiet_library_bars()
+        quiet_library_bars()
     # A fresh ephemeral Prefect server migrates its database first: slow on a 2-core machine.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 
@@ -235,25 +240,38 @@ def run(
         "--set",
         help="a run setting over the params file, KEY=VALUE (repeatable): the fields of the Prefect UI's form",
     ),
+    force_flow: bool = typer.Option(
+        False,
+        "--force-flow",
+        help="start the Prefect flow (and its run record) even when every stage is up to date",
+    ),
 ) -> None:
-    """Run the whole `kontext-train` flow (ephemeral Prefect server unless PREFECT_API_URL is set)."""
-    _setup_logging()
+    """Run the whole `kontext-train` flow (ephemeral Prefect server unless PREFECT_API_URL is set).
+
+    When every stage is up to date it starts neither Prefect nor MLflow: it says so and prints the
+    summary of the stages' last runs."""
+    _setup_logging(quiet_bars=False)  # the up-to-date check needs no ML library
     from kontext_core.config import read_params_file
     from kontext_core.config.overrides import layered_params, parse_assignments
 
     params = params.resolve()
     with _one_line_failures():
         values = parse_assignments(overrides)
-        layered_params(read_params_file(params), values, where=params.name)
+        run_params, used = layered_params(read_params_file(params), values, where=params.name)
     from kontext_core.project_lock import project_lock
 
     _contain_children()
-    from flows.train_flow import kontext_train
+    # The lock is taken before anything is checked or started, so a second run refuses in one line; the
+    # flow takes it again (re-entrant) for runs that do not come through this command.
+    with _one_line_failures(), project_lock(params.parent):
+        result = None if force_flow else _up_to_date_result(run_params, params.parent, used)
+        if result is None:
+            from flows.train_flow import kontext_train
+            from kontext_core.progress import quiet_library_bars
 
-    # The lock is taken before Prefect starts, so a second run refuses in one line; the flow takes it
-    # again (re-entrant) for runs that do not come through this command.
-    with _one_line_failures(), project_lock(params.parent), _quiet_expected_prefect_failures():
-        result = kontext_train(params_file=str(params), **values)
+            quiet_library_bars()
+            with _quiet_expected_prefect_failures():
+                result = kontext_train(params_file=str(params), **values)
     from flows.summary import summary_lines
 
     for line in summary_lines(result):
@@ -266,11 +284,41 @@ def run(
         typer.echo(f"decision: {result['decision']}: {result['reason']}")
     if result["alias_uri"]:
         typer.echo(f"champion: {result['alias_uri']}")
+    if result.get("fast_path"):
+        typer.echo("up to date: nothing ran (no Prefect or MLflow run started)")
     if dvc_commit:
         from kontext_core.dvc_lock import record_in_dvc_lock
 
         if note := record_in_dvc_lock(params.parent, params):
             typer.echo(note)
+
+
+def _up_to_date_result(params: Any, project: Path, used: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's result when every stage would be skipped, taken without Prefect or MLflow; else None.
+
+    Called holding the project lock. It clears what interrupted runs left (as the flow does) and asks
+    each stage the engine's own question (kontext_core.stages.uptodate), so it skips exactly when
+    every stage task would skip; anything else, including an error, takes the flow's path.
+    """
+    from flows.summary import pipeline_result, registered_run_id
+    from kontext_core.lifecycle import clean_leftovers
+    from kontext_core.stages.registry import prepare_datasets
+    from kontext_core.stages.uptodate import all_up_to_date
+
+    clean_leftovers(project)
+    prepare_datasets(params, project)
+    manifests = all_up_to_date(params, project)
+    if manifests is None:
+        return None
+    try:
+        run_id = registered_run_id(project)
+    except (OSError, ValueError, KeyError):
+        return None
+    for manifest in manifests.values():
+        manifest["prefect_state"] = None
+    result = pipeline_result(manifests, params.registry.metric, run_id=run_id, reused=True, overrides=used)
+    result["fast_path"] = True
+    return result
 
 
 @app.command("serve")

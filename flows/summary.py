@@ -3,6 +3,8 @@ training loss, the validation metric and the champion decision, read from the st
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 
@@ -26,6 +28,39 @@ def run_outcome(manifests: dict[str, dict[str, Any]], metric: str) -> dict[str, 
         "model_uri": register.get("model_uri"),
         "became_champion": register.get("became_champion"),
         "previous_champion_metric": register.get("champion_metric"),
+    }
+
+
+def registered_run_id(project: Path) -> str:
+    """The MLflow run the registered outputs were logged to (named by the register stage's output)."""
+    from kontext_core.stages.register import REGISTER_DIR
+
+    return json.loads((project / REGISTER_DIR / "registration.json").read_text())["run_id"]
+
+
+def pipeline_result(
+    manifests: dict[str, dict[str, Any]],
+    metric: str,
+    *,
+    run_id: str | None,
+    reused: bool,
+    overrides: dict[str, Any],
+) -> dict[str, Any]:
+    """What a `kontext-train` run returns (and `kontext run` prints), from the stages' manifests."""
+    registration = manifests.get("register", {}).get("info", {})
+    return {
+        "mlflow_run_id": run_id,
+        "mlflow_run_reused": reused,
+        "decision": registration.get("decision"),
+        "reason": registration.get("reason"),
+        "model_uri": registration.get("model_uri"),
+        "alias_uri": registration.get("alias_uri"),
+        "overrides": overrides,
+        "approval": None,
+        "stages": {n: ("skipped" if m.get("skipped") else "ran") for n, m in manifests.items()},
+        "prefect_states": {n: m.get("prefect_state") for n, m in manifests.items()},
+        "seconds": {n: round(m["wall_seconds"], 3) for n, m in manifests.items()},
+        "outcome": run_outcome(manifests, metric),
     }
 
 

@@ -22,11 +22,12 @@ from pydantic import Field
 from flows.form import D, T
 from flows.lifecycle import locked_project
 from flows.run_log import run_log_bridge
-from flows.summary import publish_run_summary, run_outcome, stage_summary
+from flows.summary import pipeline_result, publish_run_summary, registered_run_id, stage_summary
 from kontext_core.config import ConfigError, Params, read_params_file
 from kontext_core.config.overrides import OVERRIDE_KEYS, layered_params
 from kontext_core.stages import STAGE_ORDER, STAGES, Fingerprint, fingerprint, outputs_intact
 from kontext_core.stages.engine import read_manifest
+from kontext_core.stages.uptodate import check_in_order
 from kontext_core.tracking import runs
 from kontext_core.tracking.lineage import lineage_tags, log_params
 from tasks.stage_tasks import STAGE_TASKS
@@ -52,10 +53,8 @@ def _leading_fingerprints(params: Params, project: Path) -> dict[str, Fingerprin
     """
     taken: dict[str, Fingerprint] = {}
     try:
-        for name in STAGE_ORDER:
-            taken[name] = fingerprint(name, params, project)
-            if not outputs_intact(name, project, taken[name].value):
-                break
+        for check in check_in_order(params, project):
+            taken[check.name] = check.fingerprint
     except Exception:  # a config or missing-input error: the stage loop reports it properly
         pass
     return taken
@@ -206,7 +205,7 @@ def _pipeline(
     run_id: str | None = None
     if reused:
         # registration.json names the run the registered outputs were logged to.
-        run_id = json.loads((project / "artifacts/register/registration.json").read_text())["run_id"]
+        run_id = registered_run_id(project)
         logger.info("every stage is up to date: no new MLflow run (the outputs come from run %s)", run_id)
     elif opens_run:
         run_id = runs.start_run(params, project, run_name=flow_run.name)
@@ -250,20 +249,8 @@ def _pipeline(
     registration = manifests.get("register", {}).get("info", {})
     if "register" in manifests and not manifests["register"].get("skipped"):
         logger.info("registered %s: %s", registration["model_uri"], registration.get("reason", ""))
-    result = {
-        "mlflow_run_id": run_id,
-        "mlflow_run_reused": reused,
-        "decision": registration.get("decision"),
-        "reason": registration.get("reason"),
-        "model_uri": registration.get("model_uri"),
-        "alias_uri": registration.get("alias_uri"),
-        "overrides": used,
-        "approval": approval,
-        "stages": {n: ("skipped" if m.get("skipped") else "ran") for n, m in manifests.items()},
-        "prefect_states": {n: m["prefect_state"] for n, m in manifests.items()},
-        "seconds": {n: round(m["wall_seconds"], 3) for n, m in manifests.items()},
-        "outcome": run_outcome(manifests, params.registry.metric),
-    }
+    result = pipeline_result(manifests, params.registry.metric, run_id=run_id, reused=reused, overrides=used)
+    result["approval"] = approval
     publish_run_summary(params, result)
     return result
 

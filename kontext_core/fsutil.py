@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -85,8 +85,12 @@ def _fix_modes(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(dest: Path) -> Iterator[Path]:
-    """Yield a temp file path beside `dest`; on success it is synced and replaces `dest`."""
+def atomic_path(dest: Path, sync_dir: bool = True) -> Iterator[Path]:
+    """Yield a temp file path beside `dest`; on success it is synced and replaces `dest`.
+
+    `sync_dir=False` leaves the folder's fsync (which makes the rename itself durable) to the caller,
+    who syncs each folder once after many files (`TensorStore.deferred_dir_sync`): the content is
+    still synced before its name appears, so a crash loses at most the name, never trusted bytes."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
@@ -98,7 +102,8 @@ def atomic_path(dest: Path) -> Iterator[Path]:
             os.chmod(tmp, file_mode())
             fsync_path(tmp)
         os.replace(tmp, dest)
-        fsync_path(dest.parent)
+        if sync_dir:
+            fsync_path(dest.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -131,6 +136,23 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
 def write_json(dest: Path, obj: Any) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_json_array(dest: Path, items: Iterable[Any]) -> int:
+    """Write `items` as a JSON array, one element at a time; returns how many were written.
+
+    The bytes are those `write_json(dest, list(items))` writes (indent 2, sorted keys), but only one
+    element is held as text at a time: a table of a million rows is written without building it whole.
+    """
+    count = 0
+    with atomic_path(dest) as tmp, open(tmp, "w") as fh:
+        for item in items:
+            text = json.dumps(item, indent=2, sort_keys=True, default=str)
+            # JSON strings escape their newlines, so every line break here is structure: indent by one level.
+            fh.write(("[\n  " if count == 0 else ",\n  ") + text.replace("\n", "\n  "))
+            count += 1
+        fh.write("[]\n" if count == 0 else "\n]\n")
+    return count
 
 
 def write_text(dest: Path, text: str) -> None:

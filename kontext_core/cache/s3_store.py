@@ -16,6 +16,7 @@ s3:// cache (`shared_cache`): what one machine encoded, another downloads instea
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 from pathlib import Path
@@ -150,6 +151,9 @@ class LayeredStore:
         with atomic_path(self.local.path(key)) as tmp:
             Path(tmp).write_bytes(data)
         return True
+
+    def deferred_dir_sync(self) -> contextlib.AbstractContextManager[None]:
+        return self.local.deferred_dir_sync()
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> Path:
         dest = self.local.put(key, tensors)

@@ -16,6 +16,7 @@ become the pair's caption.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -239,9 +240,26 @@ def build_pairs(
 
     `from_stored` turns a table path into a real path, for records without a header size.
     `degrade_dir` and `to_stored` are kept for callers of the older signature; generated images are
-    named by `generated_path`.
+    named by `generated_path`. The pair stage streams the table instead (`iter_pairs`).
     """
     report = PairReport()
+    pairs = list(iter_pairs(params, datasets, records, fetch_problems, report, from_stored))
+    return pairs, report
+
+
+def iter_pairs(
+    params: Params,
+    datasets: DatasetConfig,
+    records: Mapping[str, list[Record]],
+    fetch_problems: list[Problem],
+    report: PairReport,
+    from_stored: Any = Path,
+) -> Iterator[dict[str, Any]]:
+    """Yield the pair table one pair at a time, in table order, filling `report` on the way.
+
+    The report is complete (limits checked, failures listed) once the iterator is exhausted. Only the
+    records and the report are held; each pair is handed on as soon as it is made.
+    """
     referenced = datasets.referenced_ids()
     for problem in fetch_problems:
         role = "reference" if problem.dataset_id in referenced else "edit"
@@ -250,7 +268,6 @@ def build_pairs(
         if problem.kind in _LOST_KINDS:
             stats.images += 1
             stats.unreadable.append({"path": problem.path, "reason": problem.reason})
-    pairs: list[dict[str, Any]] = []
     # One bar over every edit set's records: the stage's output stays one bounded display.
     bar = progress(sum(len(records.get(e.id, [])) for e in datasets.edit_sets()), "pair", "image")
     for edit in datasets.edit_sets():
@@ -270,7 +287,7 @@ def build_pairs(
         for record in edit_records:
             pair = pairer.pair(record)
             if pair is not None:
-                pairs.append(pair)
+                yield pair
             bar.update()
         edit_keys = {r.key for r in edit_records}
         for ref_id, index in pairer.ref_index.items():
@@ -291,4 +308,3 @@ def build_pairs(
                 )
     bar.close()
     report.check_limits(params.pair.max_missing_fraction)
-    return pairs, report

@@ -14,11 +14,13 @@ def base_dtype_name(params: Params, device_type: str | None = None) -> str:
     On a CPU bf16 means float32 everywhere (quantized base, adapter, autocast off): the run trains,
     stays byte-reproducible, and a SimpleTuner config written for a GPU runs unchanged.
     """
+    if params.mixed_precision != "bf16":
+        return "float32"  # decided without importing torch (fingerprints are taken before any stage runs)
     if device_type is None:
         import torch
 
         device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    return "bfloat16" if params.mixed_precision == "bf16" and device_type != "cpu" else "float32"
+    return "bfloat16" if device_type != "cpu" else "float32"
 
 
 def quantize_inputs(params: Params, workdir: Path) -> dict[str, Any]:

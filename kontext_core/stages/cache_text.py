@@ -29,7 +29,7 @@ def stage_cache_text(ctx: StageContext) -> None:
     rows are bit-identical to one-at-a-time embeddings: tests/integration/test_cache_batching.py).
     """
     from kontext_core.cache.s3_store import shared_cache
-    from kontext_core.cache.store import TensorStore
+    from kontext_core.cache.store import BackgroundWriter, TensorStore
     from kontext_core.cache.text_cache import encode_captions, sequence_length
     from kontext_core.model.load import load_text_pipeline, release, training_device
     from kontext_core.model.source import model_fingerprint
@@ -52,11 +52,16 @@ def stage_cache_text(ctx: StageContext) -> None:
             ctx.info["encoded"] = len(todo)
             return
     pipe = load_text_pipeline(ctx.params, ctx.workdir).to(training_device()) if todo else None
-    with progress(len(todo), "cache_text", "caption") as bar:
+    # Entries are written (and synced) on a thread while the next batch encodes.
+    with (
+        progress(len(todo), "cache_text", "caption") as bar,
+        store.deferred_dir_sync(),
+        BackgroundWriter(store) as writer,
+    ):
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
-            for caption, tensors in zip(chunk, encode_captions(pipe, chunk, length), strict=True):
-                store.put(index[caption], tensors)
+            embeds = encode_captions(pipe, chunk, length)
+            writer.put_many([(index[caption], tensors) for caption, tensors in zip(chunk, embeds, strict=True)])
             bar.update(len(chunk))
     release(pipe.text_encoder if pipe else None, ctx.params)
     release(pipe.text_encoder_2 if pipe else None, ctx.params)
@@ -83,7 +88,7 @@ def _encode_on_dask(
         pure=False,
     )
     members = {future.key: chunk for future, chunk in zip(futures, chunks, strict=True)}
-    with progress(len(todo), "cache_text (dask)", "caption") as bar:
+    with progress(len(todo), "cache_text (dask)", "caption") as bar, store.deferred_dir_sync():
         for future in as_completed(futures):
             chunk = members[future.key]
             for caption, tensors in zip(chunk, future.result(), strict=True):

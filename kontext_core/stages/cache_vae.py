@@ -62,7 +62,7 @@ def stage_cache_vae(ctx: StageContext) -> None:
     import torch
 
     from kontext_core.cache.s3_store import shared_cache
-    from kontext_core.cache.store import TensorStore
+    from kontext_core.cache.store import BackgroundWriter, TensorStore
     from kontext_core.cache.vae_cache import encode_pixels, image_to_tensor
     from kontext_core.data.buckets import apply_crop, resize_and_crop
     from kontext_core.data.sources import open_ref
@@ -107,7 +107,13 @@ def stage_cache_vae(ctx: StageContext) -> None:
             _encode_on_dask(client, ctx, batches, todo, batch, store)
             batches = []
     vae = load_vae(ctx.params, ctx.workdir).to(training_device()) if batches else None
-    with ThreadPoolExecutor(max_workers=2) as decoder, progress(len(todo), "cache_vae", "image") as bar:
+    # The writer (listed last) is drained first on the way out, then the shard folders are synced.
+    with (
+        ThreadPoolExecutor(max_workers=2) as decoder,
+        progress(len(todo), "cache_vae", "image") as bar,
+        store.deferred_dir_sync(),
+        BackgroundWriter(store) as writer,
+    ):
         decoded = [decoder.map(pixels, batches[0])] if batches else []
         for number, keys in enumerate(batches):
             if number + 1 < len(batches):
@@ -116,8 +122,9 @@ def stage_cache_vae(ctx: StageContext) -> None:
             decoded[number] = None  # the batch's pixels are not needed again
             images += images[-1:] * (batch - len(images))
             latents = encode_pixels(vae, torch.cat(images))
-            for key, latent in zip(keys, latents[: len(keys)], strict=True):
-                store.put(key, {"latents": latent.to(torch.float32)})
+            # Written (and synced) on a thread while the next batch encodes.
+            rows = zip(keys, latents[: len(keys)], strict=True)
+            writer.put_many([(key, {"latents": latent.to(torch.float32)}) for key, latent in rows])
             bar.update(len(keys))
     release(vae, ctx.params)
     write_json(ctx.path(VAE_INDEX), index)
@@ -149,7 +156,7 @@ def _encode_on_dask(
         pure=False,
     )
     members = {future.key: keys for future, keys in zip(futures, batches, strict=True)}
-    with progress(len(todo), "cache_vae (dask)", "image") as bar:
+    with progress(len(todo), "cache_vae (dask)", "image") as bar, store.deferred_dir_sync():
         for future in as_completed(futures):
             keys = members[future.key]
             for key, latent in zip(keys, future.result(), strict=True):

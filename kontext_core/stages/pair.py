@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
 
 from kontext_core.config import DATASET_DEFAULT_KEYS
-from kontext_core.fsutil import write_json, write_text
+from kontext_core.fsutil import write_json, write_json_array, write_text
 from kontext_core.stages.datasets import dataset_file_input, load_checked_datasets
 from kontext_core.stages.engine import StageContext, StageSpec
 
@@ -16,19 +19,32 @@ PREFLIGHT_FAILED_DIR = "artifacts/preflight_failed"
 
 def stage_pair(ctx: StageContext) -> None:
     """The pair table (edit <-> references <-> caption, bucket, crop plans) and the pre-flight report."""
-    from kontext_core.data.pairing import build_pairs
+    from kontext_core.data.pairing import iter_pairs
     from kontext_core.data.records import Problem, Record
+    from kontext_core.data.report import PairReport
 
     datasets = load_checked_datasets(ctx.params, ctx.workdir)
     fetched = ctx.read_json("fetch.records")
-    records = {k: [Record(**r) for r in v] for k, v in fetched["records"].items()}
-    problems = [Problem(**p) for p in fetched["problems"]]
-    pairs, report = build_pairs(ctx.params, datasets, records, problems, from_stored=ctx.from_stored)
+    # Each dataset's parsed rows are dropped as soon as they are records: never both held whole.
+    raw = fetched.pop("records")
+    records = {key: [Record(**r) for r in raw.pop(key)] for key in list(raw)}
+    problems = [Problem(**p) for p in fetched.pop("problems")]
+    del fetched, raw
+    report = PairReport()
+    splits: Counter[str] = Counter()
+
+    def counted(pairs: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        for pair in pairs:
+            splits[pair["split"]] += 1
+            yield pair
+
     out = ctx.out(PAIR_DIR)
-    write_json(out / "pairs.json", pairs)
+    # The table is written pair by pair as it is made (same bytes as one json.dumps of the list).
+    pairs = iter_pairs(ctx.params, datasets, records, problems, report, from_stored=ctx.from_stored)
+    write_json_array(out / "pairs.json", counted(pairs))
     write_json(out / "report.json", report.to_dict())
     write_text(out / "report.md", report.to_markdown())
-    train_pairs = sum(p["split"] == "train" for p in pairs)
+    train_pairs = splits["train"]
     if report.failures or not train_pairs:
         # The staged outputs are discarded on failure: keep the report where the message points.
         failed = ctx.path(PREFLIGHT_FAILED_DIR)
@@ -38,7 +54,7 @@ def stage_pair(ctx: StageContext) -> None:
         reasons = "; ".join(report.failures) or "no training dataset"
         raise RuntimeError(f"pair: {what}: {reasons}; see {failed / 'report.md'}")
     shutil.rmtree(ctx.path(PREFLIGHT_FAILED_DIR), ignore_errors=True)
-    ctx.info["pairs"] = {"train": train_pairs, "eval": sum(p["split"] == "eval" for p in pairs)}
+    ctx.info["pairs"] = {"train": train_pairs, "eval": splits["eval"]}
     ctx.info["problems"] = len(report.problems)
 
 
