@@ -5,11 +5,16 @@ A diffusers LoRA file keeps its alpha in the header metadata; ComfyUI ignores th
 alpha != rank would load at the wrong strength. The kohya layout names each module
 `lora_transformer_<module path with _>` with `lora_down` (= lora_A), `lora_up` (= lora_B) and
 `alpha`; diffusers' `load_lora_weights` reads it too, which is how the export is tested.
+
+diffusers maps only the attention modules of this layout (and the top-level embedders); an adapter
+with block feed-forwards (`flux_lora_target: all+ffs`) is still written whole, with a warning that
+diffusers' reader will refuse it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -21,6 +26,10 @@ from kontext_core.fsutil import atomic_path
 LORA_FILE = "pytorch_lora_weights.safetensors"
 KOHYA_FILE = "kontext_lora_kohya.safetensors"
 PREFIX = "lora_transformer_"
+# Block modules diffusers' reader of the `lora_transformer_` layout has no mapping for.
+UNMAPPED_BLOCK_MODULES = (".ff.", ".ff_context.", ".proj_mlp", ".proj_out")
+
+log = logging.getLogger(__name__)
 
 
 def lora_alpha_and_rank(adapter_file: Path) -> tuple[float | None, int | None]:
@@ -60,7 +69,19 @@ def export_kohya(adapter: Path, out: Path) -> Path:
             f"{adapter}: no {LORA_FILE} (kohya export is for standard LoRA; LyCORIS files are read by UIs as they are)"
         )
     alpha, _ = lora_alpha_and_rank(source)
-    state = to_kohya(load_file(str(source)), alpha)
+    weights = load_file(str(source))
+    unmapped = sorted(
+        {k.partition(".lora_")[0] for k in weights if "blocks." in k and any(m in k for m in UNMAPPED_BLOCK_MODULES)}
+    )
+    if unmapped:
+        log.warning(
+            "%s: %d block feed-forward modules (e.g. %s) are exported, but diffusers' load_lora_weights does not "
+            "map them in this layout (train with flux_lora_target: all for a file diffusers loads)",
+            source,
+            len(unmapped),
+            unmapped[0].removeprefix("transformer."),
+        )
+    state = to_kohya(weights, alpha)
     with atomic_path(Path(out)) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "ss_network_module": "networks.lora"})
     return Path(out)

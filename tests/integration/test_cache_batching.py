@@ -29,7 +29,7 @@ def test_cache_batches_write_deterministic_bytes(tmp_path):
     from diffusers import AutoencoderKL, FluxKontextPipeline
 
     from kontext_core.cache.store import TensorStore
-    from kontext_core.cache.text_cache import encode_caption
+    from kontext_core.cache.text_cache import encode_caption, sequence_length
     from kontext_core.cache.vae_cache import encode_image
     from kontext_core.config import load_params
     from kontext_core.data.buckets import apply_crop, resize_and_crop
@@ -82,5 +82,5 @@ def test_cache_batches_write_deterministic_bytes(tmp_path):
     pipe.text_encoder_2.eval()
     reference = TensorStore(tmp_path / "one-by-one")
     for caption, key in index.items():
-        reference.put(key, encode_caption(pipe, caption))
+        reference.put(key, encode_caption(pipe, caption, sequence_length(load_params(params_file))))
     assert _files(tmp_path / "one-by-one") == _files(project / "cache/text/embeds")
