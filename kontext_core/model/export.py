@@ -7,7 +7,7 @@ alpha != rank would load at the wrong strength. The kohya layout names each modu
 `alpha`; diffusers' `load_lora_weights` reads it too, which is how the export is tested.
 
 diffusers maps only the attention modules of this layout (and the top-level embedders); an adapter
-with block feed-forwards (`flux_lora_target: all+ffs`) is still written whole, with a warning that
+with block feed-forwards (`flux_lora_target: all+ffs`, the demo's) is still written whole, with a note that
 diffusers' reader will refuse it.
 """
 
@@ -74,7 +74,7 @@ def export_kohya(adapter: Path, out: Path) -> Path:
         {k.partition(".lora_")[0] for k in weights if "blocks." in k and any(m in k for m in UNMAPPED_BLOCK_MODULES)}
     )
     if unmapped:
-        log.warning(
+        log.info(
             "%s: %d block feed-forward modules (e.g. %s) are exported, but diffusers' load_lora_weights does not "
             "map them in this layout (train with flux_lora_target: all for a file diffusers loads)",
             source,
