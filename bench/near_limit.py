@@ -104,7 +104,7 @@ def bench_vae(params_file: Path, repeats: int) -> float:
 
 
 def bench_text(params_file: Path, repeats: int) -> float:
-    from kontext_core.cache.text_cache import MAX_SEQUENCE_LENGTH
+    from kontext_core.cache.text_cache import sequence_length
     from kontext_core.config import load_params
     from kontext_core.model.load import load_text_pipeline
     from kontext_core.stages.cache_text import text_batch_size
@@ -115,6 +115,7 @@ def bench_text(params_file: Path, repeats: int) -> float:
     captions = sorted({p["caption"] for p in pairs} | {""})
     pipe = load_text_pipeline(params, project)
     batch = text_batch_size(params)
+    length = sequence_length(params)  # the stage's own T5 length (tokenizer_max_length)
     chunks = [captions[i : i + batch] for i in range(0, len(captions), batch)]
     clip_ids = [
         pipe.tokenizer(c, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True,
@@ -122,7 +123,7 @@ def bench_text(params_file: Path, repeats: int) -> float:
         for c in chunks
     ]
     t5_ids = [
-        pipe.tokenizer_2(c, padding="max_length", max_length=MAX_SEQUENCE_LENGTH, truncation=True,
+        pipe.tokenizer_2(c, padding="max_length", max_length=length, truncation=True,
                          return_tensors="pt").input_ids
         for c in chunks
     ]
