@@ -30,7 +30,7 @@ from diffusers import FluxKontextPipeline
 
 from kontext_core.config import TinyModelSection
 from kontext_core.fsutil import atomic_dir
-from kontext_core.model.tiny import CLIP_HIDDEN, T5_D_MODEL, build_tiny_pipeline
+from kontext_core.model.tiny import TINY_TRANSFORMER_CONFIG, build_tiny_pipeline
 from kontext_core.train.pretrain_data import augmented_views, load_pretrain_images, to_pixels
 from kontext_core.train.pretrain_edit import caption_embeddings, positional_copy_init, train_identity
 from kontext_core.train.pretrain_vae import latent_stats, normalised, reconstruction_psnr, train_vae
@@ -44,18 +44,13 @@ VAE_LEARNING_RATE = 3e-3
 TRANSFORMER_LEARNING_RATE = 1e-3
 PRETRAINED_VAE_WIDTHS = (16, 32)
 PRETRAINED_VAE_GROUPS = 8
-PRETRAINED_TRANSFORMER_CONFIG = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=1,
-    num_single_layers=2,
-    attention_head_dim=128,
-    num_attention_heads=1,
-    joint_attention_dim=T5_D_MODEL,
-    pooled_projection_dim=CLIP_HIDDEN,
-    guidance_embeds=True,
-    axes_dims_rope=(16, 56, 56),
-)
+# The unit tests' tiny transformer with FLUX.1's own head: one head of 128, rotary axes 16/56/56.
+PRETRAINED_TRANSFORMER_CONFIG = {
+    **TINY_TRANSFORMER_CONFIG,
+    "attention_head_dim": 128,
+    "num_attention_heads": 1,
+    "axes_dims_rope": (16, 56, 56),
+}
 
 
 @dataclass(frozen=True)
