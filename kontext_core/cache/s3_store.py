@@ -156,9 +156,13 @@ class LayeredStore:
         return self.local.deferred_dir_sync()
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> Path:
-        dest = self.local.put(key, tensors)
-        self.remote.put_bytes(key, dest.read_bytes())
-        return dest
+        return self.put_many([(key, tensors)])[0]
+
+    def put_many(self, entries: list[tuple[str, dict[str, torch.Tensor]]]) -> list[Path]:
+        written = self.local.put_many(entries)
+        for (key, _), dest in zip(entries, written, strict=True):
+            self.remote.put_bytes(key, dest.read_bytes())
+        return written
 
     def get(self, key: str) -> dict[str, torch.Tensor]:
         if not self.has(key):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import threading
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -17,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
-from kontext_core.fsutil import atomic_path, fsync_path, safetensors_problem, sha256_json
+from kontext_core.fsutil import file_mode, fsync_path, safetensors_problem, sha256_json, sync_open_files, write_all
 
 log = logging.getLogger(__name__)
 
@@ -67,13 +69,52 @@ class TensorStore:
         return False
 
     def put(self, key: str, tensors: dict[str, torch.Tensor]) -> Path:
-        dest = self.path(key)
-        deferred = self._unsynced_dirs is not None
-        with atomic_path(dest, sync_dir=not deferred) as tmp:
-            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp)
-        if deferred and self._unsynced_dirs is not None:
-            self._unsynced_dirs.add(dest.parent)
-        return dest
+        return self.put_many([(key, tensors)])[0]
+
+    def put_many(self, entries: list[tuple[str, dict[str, torch.Tensor]]]) -> list[Path]:
+        """Write entries atomically: each file's bytes go under a hidden temp name, all of them are
+        synced to disk together, then each is renamed into place. A crash leaves every entry either
+        absent or whole; syncing the group at once costs one journal commit instead of one per entry
+        (`sync_open_files`). The bytes are those of `safetensors.torch.save_file`."""
+        staged: list[tuple[Path, Path]] = []
+        opened: list[int] = []
+        mode = file_mode()
+        try:
+            try:
+                for key, tensors in entries:
+                    dest = self.path(key)
+                    data = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()})
+                    # Unique per process and thread; a leftover of a killed run is overwritten or swept.
+                    tmp = dest.with_name(f".{dest.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+                    staged.append((tmp, dest))
+                    opened.append(self._create(tmp, mode))
+                    write_all(opened[-1], data)
+                sync_open_files(opened)
+            finally:
+                for fd in opened:
+                    os.close(fd)
+            for tmp, dest in staged:
+                os.replace(tmp, dest)
+        except BaseException:
+            for tmp, _ in staged:  # nothing half-written keeps a name, and no temp file is left
+                tmp.unlink(missing_ok=True)
+            raise
+        folders = {dest.parent for _, dest in staged}
+        if self._unsynced_dirs is not None:
+            self._unsynced_dirs.update(folders)
+        else:
+            for folder in sorted(folders):
+                fsync_path(folder)
+        return [self.path(key) for key, _ in entries]
+
+    @staticmethod
+    def _create(tmp: Path, mode: int) -> int:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+        try:
+            return os.open(tmp, flags, mode)
+        except FileNotFoundError:  # a new shard folder
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(tmp, flags, mode)
 
     def get(self, key: str) -> dict[str, torch.Tensor]:
         path = self.path(key)
@@ -88,36 +129,55 @@ class TensorStore:
             ) from None
 
 
-class BackgroundWriter:
-    """Puts into a store on one thread, so a cache stage's next batch encodes while the last one is
-    written and synced (file writes and fsync wait on the disk, not the CPU). At most `backlog`
-    batches wait; the first error is raised on the caller's next call or on leaving the block, and
-    leaving the block waits for every write."""
+class CacheWriter:
+    """Collects a cache stage's entries and writes them in groups of `group` through the store's
+    `put_many` (one disk sync per group, not per entry), on one thread while the next batches encode:
+    the writer mostly waits on the disk, and its Python part (serialising, a few system calls per
+    entry) is small. Measured on 2 busy cores: T5 embeddings at 512 tokens, 0.86 of the bare encoder
+    with the thread against 0.74 in line; VAE latents at 64 px, no worse (docs/benchmarks.md).
+    `background=False` writes in line. At most `backlog` groups wait. The first error is raised on
+    the caller's next call or on leaving the block; leaving the block normally writes what is
+    collected and waits for every write. Entries collected when the block is left on an error are
+    not written: the next run encodes them again."""
 
-    def __init__(self, store: Any, backlog: int = 4) -> None:
-        self.store = store
-        self.backlog = backlog
+    def __init__(
+        self, store: Any, group: int = 64, background: bool = True, backlog: int = 2, max_bytes: int = 64 << 20
+    ) -> None:
+        self.store, self.group, self.background = store, group, background
+        self.backlog, self.max_bytes = backlog, max_bytes
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: deque[Future[None]] = deque()
+        self._pending: deque[Future[Any]] = deque()
+        self._collected: list[tuple[str, dict[str, torch.Tensor]]] = []
+        self._collected_bytes = 0
 
-    def __enter__(self) -> BackgroundWriter:
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer")
+    def __enter__(self) -> CacheWriter:
+        if self.background:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer")
         return self
 
     def put_many(self, entries: list[tuple[str, dict[str, torch.Tensor]]]) -> None:
-        assert self._pool is not None, "use BackgroundWriter as a context manager"
-        self._pending.append(self._pool.submit(self._write, entries))
-        while len(self._pending) > self.backlog or (self._pending and self._pending[0].done()):
+        self._collected += entries
+        self._collected_bytes += sum(t.numel() * t.element_size() for _, ts in entries for t in ts.values())
+        if len(self._collected) >= self.group or self._collected_bytes >= self.max_bytes:
+            self._flush()
+        while self._pending and (len(self._pending) > self.backlog or self._pending[0].done()):
             self._pending.popleft().result()
 
-    def _write(self, entries: list[tuple[str, dict[str, torch.Tensor]]]) -> None:
-        for key, tensors in entries:
-            self.store.put(key, tensors)
+    def _flush(self) -> None:
+        entries, self._collected, self._collected_bytes = self._collected, [], 0
+        if not entries:
+            return
+        if self._pool is None:
+            self.store.put_many(entries)
+        else:
+            self._pending.append(self._pool.submit(self.store.put_many, entries))
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        assert self._pool is not None
         try:
-            while self._pending and exc_type is None:  # leaving on an error: that error is the one raised
-                self._pending.popleft().result()
+            if exc_type is None:  # leaving on an error: that error is the one raised
+                self._flush()
+                while self._pending:
+                    self._pending.popleft().result()
         finally:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            if self._pool is not None:
+                self._pool.shutdown(wait=True, cancel_futures=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 from kontext_core.fsutil import write_json
@@ -52,17 +53,16 @@ def stage_cache_vae(ctx: StageContext) -> None:
     """VAE latents of every target and reference, cropped by their plans, content-addressed under cache/vae.
 
     Missing entries are encoded by bucket in batches of exactly `vae_batch_size` (a bucket's last
-    batch is padded with copies of its last image) while a thread decodes and crops the next batch
-    (decoding and resizing release the GIL). An image's latents depend on the batch size only, not on
-    its neighbours or its place in the batch, so a resumed run writes the same bytes as a fresh one
-    (tests/integration/test_cache_batching.py).
+    batch is padded with copies of its last image). A thread writes the entries (`CacheWriter`);
+    where decoding threads pay (`decode_threads_pay`: a GPU, or a CPU core torch leaves free) two
+    threads decode and crop the next batch while this one encodes, otherwise decoding runs in line.
+    An image's latents depend on the batch size only, not on its neighbours or its place in the
+    batch, so a resumed run writes the same bytes as a fresh one (tests/integration/test_cache_batching.py).
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     import torch
 
     from kontext_core.cache.s3_store import shared_cache
-    from kontext_core.cache.store import BackgroundWriter, TensorStore
+    from kontext_core.cache.store import CacheWriter, TensorStore
     from kontext_core.cache.vae_cache import encode_pixels, image_to_tensor
     from kontext_core.data.buckets import apply_crop, resize_and_crop
     from kontext_core.data.sources import open_ref
@@ -106,29 +106,51 @@ def stage_cache_vae(ctx: StageContext) -> None:
         if client is not None and batches:
             _encode_on_dask(client, ctx, batches, todo, batch, store)
             batches = []
-    vae = load_vae(ctx.params, ctx.workdir).to(training_device()) if batches else None
+    device = training_device()
+    vae = load_vae(ctx.params, ctx.workdir).to(device) if batches else None
     # The writer (listed last) is drained first on the way out, then the shard folders are synced.
     with (
-        ThreadPoolExecutor(max_workers=2) as decoder,
         progress(len(todo), "cache_vae", "image") as bar,
         store.deferred_dir_sync(),
-        BackgroundWriter(store) as writer,
+        CacheWriter(store) as writer,
     ):
-        decoded = [decoder.map(pixels, batches[0])] if batches else []
-        for number, keys in enumerate(batches):
-            if number + 1 < len(batches):
-                decoded.append(decoder.map(pixels, batches[number + 1]))
-            images = list(decoded[number])
-            decoded[number] = None  # the batch's pixels are not needed again
+        for keys, images in _decoded(batches, pixels, prefetch=decode_threads_pay(device)):
             images += images[-1:] * (batch - len(images))
             latents = encode_pixels(vae, torch.cat(images))
-            # Written (and synced) on a thread while the next batch encodes.
             rows = zip(keys, latents[: len(keys)], strict=True)
             writer.put_many([(key, {"latents": latent.to(torch.float32)}) for key, latent in rows])
             bar.update(len(keys))
     release(vae, ctx.params)
     write_json(ctx.path(VAE_INDEX), index)
     ctx.info["encoded"] = len(todo)
+
+
+def decode_threads_pay(device: Any) -> bool:
+    """Whether decoding on threads beside the encoder speeds cache_vae up: yes on an accelerator or
+    when torch leaves a CPU core free. No when torch's threads take every core: a decoding thread
+    then preempts one of them and each parallel region waits for it (measured on 2 cores, 4,000
+    images: two decoding threads cost 15 % more than decoding in line; docs/benchmarks.md)."""
+    import os
+
+    import torch
+
+    return device.type != "cpu" or (os.cpu_count() or 1) > torch.get_num_threads()
+
+
+def _decoded(batches: list[list[str]], pixels: Any, prefetch: bool) -> Iterator[tuple[list[str], list[Any]]]:
+    """(keys, pixel tensors) of each batch in order: decoded in line, or by two threads one batch ahead."""
+    if not prefetch:
+        for keys in batches:
+            yield keys, [pixels(key) for key in keys]
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=2) as decoder:
+        ahead = decoder.map(pixels, batches[0]) if batches else None
+        for number, keys in enumerate(batches):
+            current = ahead
+            ahead = decoder.map(pixels, batches[number + 1]) if number + 1 < len(batches) else None
+            yield keys, list(current)
 
 
 def _encode_on_dask(

@@ -84,3 +84,39 @@ def test_cache_batches_write_deterministic_bytes(tmp_path):
     for caption, key in index.items():
         reference.put(key, encode_caption(pipe, caption, sequence_length(load_params(params_file))))
     assert _files(tmp_path / "one-by-one") == _files(project / "cache/text/embeds")
+
+
+def test_token_id_encoding_equals_encode_prompt_and_reports_cut_captions(built_project):
+    """cache_text tokenizes a block of captions at once and calls the encoders on the ids, a batch at a
+    time: each batch's rows are bit-identical to diffusers' `encode_prompt` on that batch, cut
+    captions included, whatever block the ids were tokenized in."""
+    from diffusers import FluxKontextPipeline
+
+    from kontext_core.cache.text_cache import cut_captions, encode_captions, encode_token_ids, tokenize_captions
+
+    pipe = FluxKontextPipeline.from_pretrained(built_project / "models/tiny-kontext", transformer=None, vae=None)
+    pipe.text_encoder.eval()
+    pipe.text_encoder_2.eval()
+    long = "a red fox jumps over the lazy dog near a river bank " * 12
+    captions = ["", "make the sky purple", long, "café 字 — émoji-free, punctuated!"]
+    for length in (16, 64):
+        clip_ids, t5_ids = tokenize_captions(pipe, captions, length)
+        assert t5_ids.shape == (4, length) and clip_ids.shape == (4, pipe.tokenizer_max_length)
+        for start, stop in ((0, 2), (2, 4), (0, 4)):
+            rows = encode_token_ids(pipe, clip_ids[start:stop], t5_ids[start:stop])
+            assert len(rows) == stop - start
+            with torch.no_grad():
+                embeds, pooled, _ = pipe.encode_prompt(
+                    prompt=captions[start:stop], prompt_2=captions[start:stop], max_sequence_length=length
+                )
+            for i, row in enumerate(rows):
+                assert torch.equal(row["prompt_embeds"], embeds[i].float())
+                assert torch.equal(row["pooled_prompt_embeds"], pooled[i].float())
+        assert all(
+            torch.equal(a[name], b[name])
+            for a, b in zip(encode_captions(pipe, captions, length), rows, strict=True)
+            for name in a
+        )
+        over_t5 = [c for c in captions if len(pipe.tokenizer_2(c).input_ids) > length]
+        assert long in over_t5 and "" not in over_t5
+        assert cut_captions(pipe, captions, length) == {"clip": [long], "t5": over_t5}
