@@ -169,8 +169,11 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
 
 
 def write_json(dest: Path, obj: Any) -> None:
-    with atomic_path(dest) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """`obj` as indented JSON with sorted keys, streamed to the file: the bytes of one `json.dumps`,
+    without the whole text in memory (a 100,000-image records file is tens of MB of it)."""
+    with atomic_path(dest) as tmp, open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, default=str)
+        fh.write("\n")
 
 
 def write_json_array(dest: Path, items: Iterable[Any]) -> int:
