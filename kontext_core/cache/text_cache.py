@@ -64,7 +64,7 @@ def encode_token_ids(
 ) -> list[dict[str, torch.Tensor]]:
     """The embeddings `encode_prompt` returns for these token ids (`tokenize_captions`), row by row:
     CLIP's pooled output and T5's last hidden state, in each encoder's dtype, then float32. Bit-
-    identical to `encode_prompt` on the same captions (tests/integration/test_cache_batching.py)."""
+    identical to `encode_prompt` on the same batch of captions (tests/integration/test_cache_batching.py)."""
     clip, t5 = pipe.text_encoder, pipe.text_encoder_2
     pooled = clip(clip_ids.to(clip.device), output_hidden_states=False).pooler_output.to(dtype=clip.dtype)
     embeds = t5(t5_ids.to(t5.device), output_hidden_states=False)[0].to(dtype=t5.dtype)
