@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from stat import S_ISLNK
-from typing import Any
+from typing import Any, BinaryIO
 
 
 def umask() -> int:
@@ -144,6 +144,42 @@ def atomic_path(dest: Path, sync_dir: bool = True) -> Iterator[Path]:
             tmp.unlink()
 
 
+class PendingFile:
+    """A file being written by `pending_file`: `write` bytes; `keep = False` drops it at the end."""
+
+    def __init__(self, file: BinaryIO) -> None:
+        self.file = file
+        self.keep = True
+
+    def write(self, data: bytes) -> None:
+        self.file.write(data)
+
+    def tell(self) -> int:
+        return self.file.tell()
+
+
+@contextlib.contextmanager
+def pending_file(dest: Path) -> Iterator[PendingFile]:
+    """A binary file written beside `dest` as the caller goes; on a clean exit it is synced and
+    replaces `dest`, unless the caller set `keep = False` (nothing changed). On an error, or when not
+    kept, it is removed and `dest` stays as it was."""
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            pending = PendingFile(fh)
+            yield pending
+        if pending.keep:
+            os.chmod(tmp, file_mode())
+            fsync_path(tmp)
+            os.replace(tmp, dest)
+            fsync_path(dest.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: Path) -> Iterator[Path]:
     """Yield a temp directory beside `dest`; on success it replaces `dest` whole."""
@@ -225,7 +261,11 @@ def _real_path(path: Path) -> tuple[str, os.stat_result]:
     return real, stat
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 20, remember: bool = True) -> str:
+    """SHA-256 of the file's bytes, remembered for this process by (real path, size, mtime_ns).
+
+    `remember=False` for a caller that keeps its own memo on disk (a dataset's digest): a 100,000-image
+    folder would otherwise hold tens of MB of hashes here for as long as the process lives."""
     real, stat = _real_path(path)
     key = (real, stat.st_size, stat.st_mtime_ns)
     if key in _FILE_HASHES:
@@ -234,8 +274,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
-    _FILE_HASHES[key] = digest.hexdigest()
-    return _FILE_HASHES[key]
+    if remember:
+        _FILE_HASHES[key] = digest.hexdigest()
+    return digest.hexdigest()
 
 
 def forget_file_hashes(path: Path) -> None:

@@ -76,6 +76,15 @@ def write_params(params_file: Path, **overrides) -> None:
     params_file.write_text(yaml.safe_dump(_merge(params, overrides), sort_keys=False))
 
 
+def fetched_records(project: Path) -> dict:
+    """What fetch wrote under data/fetch: {"records": {dataset id: [record dicts]}, "problems": [...]}."""
+    from kontext_core.data.record_table import RecordTable
+
+    table = RecordTable(project / "data/fetch/records.jsonl", project / "data/fetch/summary.json")
+    records = {key: [record.to_dict() for record in value] for key, value in table.lists().items()}
+    return {"records": records, "problems": [problem.to_dict() for problem in table.problems]}
+
+
 @pytest.fixture(autouse=True)
 def _isolate_mlflow_env():
     """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; keep one test's store out of the next."""

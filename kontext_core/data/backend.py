@@ -4,7 +4,7 @@ one by the entry's `type` and, for an image reference kept in a table, by the re
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,15 @@ class DatasetBackend(ABC):
         self, entry: DatasetEntry, workdir: Path, scan_cache_dir: Path | None
     ) -> tuple[list[Record], list[Problem]]:
         """One record per usable image; unreadable inputs become problems, never records."""
+
+    def stream(self, entry: DatasetEntry, workdir: Path, scan_cache_dir: Path | None) -> Iterator[Record | Problem]:
+        """The same records (in key order) and problems, handed on one at a time: what fetch reads.
+
+        This default builds both lists first; a backend whose listings can be large (local folders)
+        streams instead, so fetch's memory stays flat however many images a dataset has."""
+        records, problems = self.records(entry, workdir, scan_cache_dir)
+        yield from problems
+        yield from records
 
     @abstractmethod
     def fingerprint(self, entry: DatasetEntry, workdir: Path, memo_file: Path) -> Any:

@@ -11,14 +11,23 @@ from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from kontext_core.config import DatasetEntry
 from kontext_core.data.captions import uses_only_instance_prompt, with_instance_prompt
 from kontext_core.data.images import IMAGE_EXTENSIONS
-from kontext_core.data.records import BAD_CAPTION, MISSING_CAPTION, OUTSIDE_ROOT, UNREADABLE, Problem, Record
-from kontext_core.data.scan import scan_headers
+from kontext_core.data.records import (
+    BAD_CAPTION,
+    MISSING_CAPTION,
+    OUTSIDE_ROOT,
+    UNREADABLE,
+    Problem,
+    Record,
+    split_records,
+)
+from kontext_core.data.scan import SCAN_BLOCK, HeaderScan
 
 
 def resolve(path: str, base_dir: Path) -> Path:
@@ -30,7 +39,7 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FoundImage:
     key: str  # posix path relative to the root: what pairing matches on
     path: str  # as listed under the root (a symlink stays a symlink)
@@ -120,39 +129,48 @@ def _strategy_caption(entry: DatasetEntry, path: str, root: Path) -> tuple[str |
     return None, None
 
 
+def iter_local_records(
+    entry: DatasetEntry, base_dir: Path, scan_cache: Path | None = None, workers: int | None = None
+) -> Iterator[Record | Problem]:
+    """Records (in key order) and problems of a `local` entry, one at a time; `scan_cache` keeps
+    header sizes between runs.
+
+    Only the folder's listing is held whole: headers are read a block at a time (`HeaderScan`) and
+    each record is handed on as soon as it is made, so fetch's memory does not grow with the images.
+    """
+    root = resolve(entry.instance_data_dir or "", base_dir).resolve()
+    if not root.is_dir():
+        yield Problem(entry.id, str(root), "instance_data_dir is not a folder", UNREADABLE)
+        return
+    found, outside, unlisted = find_images(root)
+    for path in outside:
+        yield Problem(entry.id, str(path), "symlink points outside instance_data_dir (refused)", OUTSIDE_ROOT)
+    for folder, reason in unlisted:
+        yield Problem(entry.id, str(folder), reason, UNREADABLE)
+    with HeaderScan(scan_cache, workers=workers, desc=f"fetch {entry.id}", base=base_dir, total=len(found)) as scan:
+        for start in range(0, len(found), SCAN_BLOCK):
+            block = found[start : start + SCAN_BLOCK]
+            headers = scan.scan([image.real for image in block])
+            for image, (width, height, reason) in zip(block, headers, strict=True):
+                if reason is not None:
+                    yield Problem(entry.id, image.path, reason, UNREADABLE)
+                    continue
+                caption, caption_problem = _caption(entry, image.path, root)
+                if caption_problem is not None:
+                    yield caption_problem
+                yield Record(
+                    dataset_id=entry.id,
+                    key=image.key,
+                    image=image.path,
+                    caption=caption,
+                    source=image.path,
+                    width=width,
+                    height=height,
+                )
+
+
 def local_records(
     entry: DatasetEntry, base_dir: Path, scan_cache: Path | None = None, workers: int | None = None
 ) -> tuple[list[Record], list[Problem]]:
-    """Records and problems of a `local` entry; `scan_cache` keeps header sizes between runs."""
-    root = resolve(entry.instance_data_dir or "", base_dir).resolve()
-    problems: list[Problem] = []
-    if not root.is_dir():
-        return [], [Problem(entry.id, str(root), "instance_data_dir is not a folder", UNREADABLE)]
-    found, outside, unlisted = find_images(root)
-    problems += [
-        Problem(entry.id, str(p), "symlink points outside instance_data_dir (refused)", OUTSIDE_ROOT) for p in outside
-    ]
-    problems += [Problem(entry.id, str(folder), reason, UNREADABLE) for folder, reason in unlisted]
-    paths = [image.real for image in found]
-    headers = scan_headers(paths, scan_cache, workers=workers, desc=f"fetch {entry.id}", base=base_dir).headers
-    records: list[Record] = []
-    for image in found:
-        width, height, reason = headers[image.real]
-        if reason is not None:
-            problems.append(Problem(entry.id, image.path, reason, UNREADABLE))
-            continue
-        caption, caption_problem = _caption(entry, image.path, root)
-        if caption_problem is not None:
-            problems.append(caption_problem)
-        records.append(
-            Record(
-                dataset_id=entry.id,
-                key=image.key,
-                image=image.path,
-                caption=caption,
-                source=image.path,
-                width=width,
-                height=height,
-            )
-        )
-    return records, problems
+    """Records and problems of a `local` entry, as two lists (`iter_local_records` hands them on one at a time)."""
+    return split_records(iter_local_records(entry, base_dir, scan_cache, workers))

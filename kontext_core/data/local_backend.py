@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -10,8 +11,8 @@ from PIL import Image
 from kontext_core.config import DatasetEntry
 from kontext_core.data.backend import DatasetBackend
 from kontext_core.data.images import image_size, open_rgb
-from kontext_core.data.local import local_records, resolve
-from kontext_core.data.records import Problem, Record
+from kontext_core.data.local import iter_local_records, resolve
+from kontext_core.data.records import Problem, Record, split_records
 from kontext_core.data.scan import folder_digest
 from kontext_core.fsutil import sha256_file
 
@@ -37,8 +38,11 @@ class LocalBackend(DatasetBackend):
     def records(
         self, entry: DatasetEntry, workdir: Path, scan_cache_dir: Path | None
     ) -> tuple[list[Record], list[Problem]]:
+        return split_records(self.stream(entry, workdir, scan_cache_dir))
+
+    def stream(self, entry: DatasetEntry, workdir: Path, scan_cache_dir: Path | None) -> Iterator[Record | Problem]:
         cache = scan_cache_dir / f"{entry.id}.json" if scan_cache_dir is not None else None
-        return local_records(entry, workdir, cache)
+        return iter_local_records(entry, workdir, cache)
 
     def fingerprint(self, entry: DatasetEntry, workdir: Path, memo_file: Path) -> Any:
         root = resolve(entry.instance_data_dir or "", workdir)

@@ -24,6 +24,7 @@ from kontext_core.config import ConditioningGenerator, DatasetConfig, DatasetEnt
 from kontext_core.data.buckets import crop_plan, meets_minimum
 from kontext_core.data.degrade import generated_dataset_id, generator_spec, pick_caption
 from kontext_core.data.images import ImageReadError, image_size
+from kontext_core.data.record_table import RecordLists, RecordSource
 from kontext_core.data.records import Problem, Record
 from kontext_core.data.report import (
     MISSING_REFERENCE,
@@ -70,14 +71,14 @@ def sampling_of(entry: DatasetEntry) -> dict[str, Any]:
     }
 
 
-def limit_samples(entry: DatasetEntry, records: list[Record]) -> list[Record]:
-    """SimpleTuner's `max_num_samples`: a fixed subset, drawn with the dataset id as the seed."""
-    if entry.max_num_samples is None or len(records) <= entry.max_num_samples:
-        return records
-    keys = sorted(r.key for r in records)
+def sampled_keys(entry: DatasetEntry, records: RecordSource) -> set[str] | None:
+    """SimpleTuner's `max_num_samples`: the keys of a fixed subset, drawn with the dataset id as the
+    seed; None when every record is kept."""
+    if entry.max_num_samples is None or records.count(entry.id) <= entry.max_num_samples:
+        return None
+    keys = sorted(r.key for r in records.iter(entry.id))
     random.Random(entry.id).shuffle(keys)
-    kept = set(keys[: entry.max_num_samples])
-    return [r for r in records if r.key in kept]
+    return set(keys[: entry.max_num_samples])
 
 
 def generated_path(gen_id: str, key: str) -> str:
@@ -95,14 +96,23 @@ def _header_size(record: Record, from_stored: Any) -> tuple[int, int]:
 class _EditSetPairer:
     """Pairs one edit set; keeps the per-dataset statistics in the report."""
 
-    def __init__(self, params: Params, datasets: DatasetConfig, edit: DatasetEntry, records, report, from_stored):
+    def __init__(
+        self,
+        params: Params,
+        datasets: DatasetConfig,
+        edit: DatasetEntry,
+        records: RecordSource,
+        report: PairReport,
+        from_stored: Any,
+    ):
         self.params = params
         self.edit = edit
         self.report = report
         self.from_stored = from_stored
         by_id = datasets.by_id()
         self.ref_entries = {ref_id: inherit_resolution(by_id[ref_id], edit) for ref_id in edit.conditioning_ids}
-        self.ref_index = {ref_id: {r.key: r for r in records.get(ref_id, [])} for ref_id in edit.conditioning_ids}
+        # A reference set is looked up by key, so it is held; the edit set itself streams past.
+        self.ref_index = {ref_id: {r.key: r for r in records.iter(ref_id)} for ref_id in edit.conditioning_ids}
         self.generators: list[ConditioningGenerator] = list(edit.conditioning or [])
         self.set_count = len(self.ref_entries) + len(self.generators)
         self.random_sampling = params.conditioning_multidataset_sampling == "random"
@@ -230,7 +240,7 @@ class _EditSetPairer:
 def build_pairs(
     params: Params,
     datasets: DatasetConfig,
-    records: dict[str, list[Record]],
+    records: RecordSource | Mapping[str, list[Record]],
     fetch_problems: list[Problem],
     degrade_dir: Path | None = None,
     to_stored: Any = str,
@@ -250,7 +260,7 @@ def build_pairs(
 def iter_pairs(
     params: Params,
     datasets: DatasetConfig,
-    records: Mapping[str, list[Record]],
+    records: RecordSource | Mapping[str, list[Record]],
     fetch_problems: list[Problem],
     report: PairReport,
     from_stored: Any = Path,
@@ -258,8 +268,11 @@ def iter_pairs(
     """Yield the pair table one pair at a time, in table order, filling `report` on the way.
 
     The report is complete (limits checked, failures listed) once the iterator is exhausted. Only the
-    records and the report are held; each pair is handed on as soon as it is made.
+    report, the reference sets being paired against and the edit set's keys (when it has reference
+    sets) are held: edit records stream from `records` and each pair is handed on as soon as it is made.
     """
+    if isinstance(records, Mapping):
+        records = RecordLists(records)
     referenced = datasets.referenced_ids()
     for problem in fetch_problems:
         role = "reference" if problem.dataset_id in referenced else "edit"
@@ -268,12 +281,14 @@ def iter_pairs(
         if problem.kind in _LOST_KINDS:
             stats.images += 1
             stats.unreadable.append({"path": problem.path, "reason": problem.reason})
+    sampled = {edit.id: sampled_keys(edit, records) for edit in datasets.edit_sets()}
     # One bar over every edit set's records: the stage's output stays one bounded display.
-    bar = progress(sum(len(records.get(e.id, [])) for e in datasets.edit_sets()), "pair", "image")
+    bar = progress(sum(_count(records, e.id, sampled[e.id]) for e in datasets.edit_sets()), "pair", "image")
     for edit in datasets.edit_sets():
         pairer = _EditSetPairer(params, datasets, edit, records, report, from_stored)
-        edit_records = limit_samples(edit, records.get(edit.id, []))
-        pairer.stats.images += len(edit_records)
+        kept = sampled[edit.id]
+        count = _count(records, edit.id, kept)
+        pairer.stats.images += count
         if pairer.set_count == 0:
             pairer.stats.no_reference_set = True
             report.add_problem(
@@ -282,14 +297,18 @@ def iter_pairs(
                 "edit set has no conditioning_data and no conditioning generator",
                 NO_REFERENCE_SET,
             )
-            bar.update(len(edit_records))
+            bar.update(count)
             continue
-        for record in edit_records:
+        edit_keys: set[str] = set()
+        for record in records.iter(edit.id):
+            if kept is not None and record.key not in kept:
+                continue
+            if pairer.ref_index:
+                edit_keys.add(record.key)
             pair = pairer.pair(record)
             if pair is not None:
                 yield pair
             bar.update()
-        edit_keys = {r.key for r in edit_records}
         for ref_id, index in pairer.ref_index.items():
             ref_stats = report.stats(ref_id, "reference")
             ref_stats.images = len(index) + sum(
@@ -308,3 +327,7 @@ def iter_pairs(
                 )
     bar.close()
     report.check_limits(params.pair.max_missing_fraction)
+
+
+def _count(records: RecordSource, dataset_id: str, kept: set[str] | None) -> int:
+    return records.count(dataset_id) if kept is None else len(kept)

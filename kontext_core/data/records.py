@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -38,3 +39,15 @@ class Problem:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def split_records(items: Iterable[Record | Problem]) -> tuple[list[Record], list[Problem]]:
+    """A backend's stream of records and problems as two lists, each in stream order."""
+    records: list[Record] = []
+    problems: list[Problem] = []
+    for item in items:
+        if isinstance(item, Record):
+            records.append(item)
+        else:
+            problems.append(item)
+    return records, problems

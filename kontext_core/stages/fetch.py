@@ -1,12 +1,17 @@
-"""fetch: normalised records per dataset (image reference, caption, key, header size), problems beside."""
+"""fetch: normalised records per dataset (image reference, caption, key, header size), problems beside.
+
+Records are streamed from each backend to `records.jsonl` as they are made (kontext_core.data.record_table).
+"""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from kontext_core.config import DATASET_DEFAULT_KEYS, Params
+from kontext_core.data.record_table import RECORDS_NAME, SUMMARY_NAME
 from kontext_core.fsutil import sha256_file, write_json
 from kontext_core.stages.datasets import dataset_file, load_checked_datasets
 from kontext_core.stages.engine import StageContext, StageSpec
@@ -14,7 +19,9 @@ from kontext_core.stages.engine import StageContext, StageSpec
 log = logging.getLogger(__name__)
 
 RECORDS_DIR = "data/fetch"
-RECORDS_FILE = f"{RECORDS_DIR}/records.json"
+RECORDS_FILE = f"{RECORDS_DIR}/{RECORDS_NAME}"
+# Per dataset: record count and where its lines lie in RECORDS_FILE; and the problems found.
+SUMMARY_FILE = f"{RECORDS_DIR}/{SUMMARY_NAME}"
 # The datasets' content identities: stages that decode pixels read them, so an image edited in place
 # (same name, same size, so the same records and pairs) still re-runs them.
 DIGESTS_FILE = f"{RECORDS_DIR}/digests.json"
@@ -58,29 +65,34 @@ def stage_fetch(ctx: StageContext) -> None:
 
 
 def _fetch(ctx: StageContext, backend_for: Any) -> None:
+    from kontext_core.data.record_table import write_record_table
+    from kontext_core.data.records import Problem, Record
+
     datasets = load_checked_datasets(ctx.params, ctx.workdir)
-    out = ctx.out(RECORDS_DIR)
     scan_cache = ctx.path(SCAN_CACHE_DIR)
     scan_cache.mkdir(parents=True, exist_ok=True)
-    records: dict[str, list[dict]] = {}
-    problems: list[dict] = []
-    for entry in datasets.enabled():
-        if entry.dataset_type == "text_embeds":
-            continue
-        recs, probs = backend_for(entry).records(entry, ctx.workdir, scan_cache)
-        for rec in recs:
-            rec.image = backend_for(entry).stored_ref(rec.image, ctx.to_stored)
-            rec.source = backend_for(entry).stored_ref(rec.source, ctx.to_stored)
-        records[entry.id] = [r.to_dict() for r in recs]
-        problems += [p.to_dict() for p in probs]
-        log.info("fetch %s: %d records, %d problems", entry.id, len(recs), len(probs))
+    entries = [entry for entry in datasets.enabled() if entry.dataset_type != "text_embeds"]
+
+    def stored(entry: Any) -> Iterator[Record | Problem]:
+        backend = backend_for(entry)
+        records = problems = 0
+        for item in backend.stream(entry, ctx.workdir, scan_cache):
+            if isinstance(item, Record):
+                item.image = backend.stored_ref(item.image, ctx.to_stored)
+                item.source = backend.stored_ref(item.source, ctx.to_stored)
+                records += 1
+            else:
+                problems += 1
+            yield item
+        log.info("fetch %s: %d records, %d problems", entry.id, records, problems)
+
+    counts, problems = write_record_table(ctx.out(RECORDS_DIR), ((e.id, stored(e)) for e in entries))
     # Drop caches of datasets no longer configured, so the persisted store does not grow forever.
     for stale in [*scan_cache.glob("*.json"), *ctx.path(DATASET_HASH_DIR).glob("*.json")]:
-        if stale.stem not in records:
+        if stale.stem not in counts:
             stale.unlink()
-    write_json(out / "records.json", {"records": records, "problems": problems})
-    write_json(out / "digests.json", dataset_inputs(ctx.params, ctx.workdir))
-    ctx.info["records"] = {k: len(v) for k, v in records.items()}
+    write_json(ctx.out(RECORDS_DIR) / "digests.json", dataset_inputs(ctx.params, ctx.workdir))
+    ctx.info["records"] = counts
     ctx.info["problems"] = len(problems)
 
 
@@ -92,7 +104,7 @@ SPEC = StageSpec(
     # The demo's datasets are init's sample data; a user's own folders are extra inputs.
     reads=["init.samples"],
     outs=[RECORDS_DIR],
-    products={"records": RECORDS_FILE, "digests": DIGESTS_FILE},
+    products={"records": RECORDS_FILE, "summary": SUMMARY_FILE, "digests": DIGESTS_FILE},
     extra_inputs=dataset_inputs,
     persist=[SCAN_CACHE_DIR],
 )

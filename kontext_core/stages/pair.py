@@ -20,16 +20,12 @@ PREFLIGHT_FAILED_DIR = "artifacts/preflight_failed"
 def stage_pair(ctx: StageContext) -> None:
     """The pair table (edit <-> references <-> caption, bucket, crop plans) and the pre-flight report."""
     from kontext_core.data.pairing import iter_pairs
-    from kontext_core.data.records import Problem, Record
+    from kontext_core.data.record_table import RecordTable
     from kontext_core.data.report import PairReport
 
     datasets = load_checked_datasets(ctx.params, ctx.workdir)
-    fetched = ctx.read_json("fetch.records")
-    # Each dataset's parsed rows are dropped as soon as they are records: never both held whole.
-    raw = fetched.pop("records")
-    records = {key: [Record(**r) for r in raw.pop(key)] for key in list(raw)}
-    problems = [Problem(**p) for p in fetched.pop("problems")]
-    del fetched, raw
+    # Read a dataset at a time as pairing reaches it: an edit set streams, a reference set is indexed.
+    records = RecordTable(ctx.input("fetch.records"), ctx.input("fetch.summary"))
     report = PairReport()
     splits: Counter[str] = Counter()
 
@@ -40,7 +36,7 @@ def stage_pair(ctx: StageContext) -> None:
 
     out = ctx.out(PAIR_DIR)
     # The table is written pair by pair as it is made (same bytes as one json.dumps of the list).
-    pairs = iter_pairs(ctx.params, datasets, records, problems, report, from_stored=ctx.from_stored)
+    pairs = iter_pairs(ctx.params, datasets, records, records.problems, report, from_stored=ctx.from_stored)
     write_json_array(out / "pairs.json", counted(pairs))
     write_json(out / "report.json", report.to_dict())
     write_text(out / "report.md", report.to_markdown())
@@ -69,7 +65,7 @@ SPEC = StageSpec(
         "pair",
         *DATASET_DEFAULT_KEYS,
     ],
-    reads=["fetch.records"],
+    reads=["fetch.records", "fetch.summary"],
     outs=[PAIR_DIR],
     products={
         "pairs": f"{PAIR_DIR}/pairs.json",

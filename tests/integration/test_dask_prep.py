@@ -13,7 +13,7 @@ from tests.conftest import make_project, write_params
 
 pytestmark = pytest.mark.slow
 
-OUTPUTS = ("data/fetch/records.json", "cache/degrade", "data/degrade", "cache/vae/latents", "cache/text/embeds")
+OUTPUTS = ("data/fetch/records.jsonl", "cache/degrade", "data/degrade", "cache/vae/latents", "cache/text/embeds")
 
 
 def _prep(params_file, force: bool = False) -> dict[str, str]:

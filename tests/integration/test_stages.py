@@ -16,7 +16,7 @@ from kontext_core.config import load_params
 from kontext_core.data.sources import open_ref
 from kontext_core.fsutil import sha256_file
 from kontext_core.stages import STAGE_ORDER, STAGES, fingerprint, read_manifest, run_stage
-from tests.conftest import write_params
+from tests.conftest import fetched_records, write_params
 
 
 def _json(project: Path, rel: str):
@@ -30,7 +30,7 @@ def _use_store(project: Path) -> None:
 
 
 def test_fetch_splits_composites_and_reads_folders(built_project):
-    fetched = _json(built_project, "data/fetch/records.json")["records"]
+    fetched = fetched_records(built_project)["records"]
     assert {k: len(v) for k, v in fetched.items()} == {
         "subjects-scene": 4,
         "subjects-plain": 4,

@@ -40,10 +40,10 @@ def _damage(project: Path) -> dict[str, str]:
     adapter = _first(project / "models/adapter", "*.safetensors")
     adapter.unlink()  # a file deleted inside a folder that still exists
     damaged["train"] = adapter.relative_to(project).as_posix()
-    records = project / "data/fetch/records.json"
+    records = project / "data/fetch/records.jsonl"
     text = records.read_text()
     records.write_text(text.replace('"', "'", 1))  # same size, other content
-    damaged["fetch"] = "data/fetch/records.json"
+    damaged["fetch"] = "data/fetch/records.jsonl"
     reference = _first(project / "cache/degrade", "*.png")
     _truncate(reference, 20)
     damaged["degrade"] = reference.relative_to(project).as_posix()

@@ -22,7 +22,7 @@ import pytest
 
 from kontext_core.fsutil import sha256_file
 from kontext_core.stages import STAGE_ORDER
-from tests.conftest import ROOT, make_project
+from tests.conftest import ROOT, fetched_records, make_project
 from tests.s3.conftest import S3Server, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
@@ -170,7 +170,7 @@ def test_aws_sets_give_the_same_pairs_and_adapter_bytes_as_local_folders(team):
     assert f"stages run: {', '.join(STAGE_ORDER)}" in console
     assert "registered model: models:/kontext-lora/1" in console
     assert _pairs(project) == _pairs(local)
-    records = json.loads((project / "data" / "fetch" / "records.json").read_text())["records"]
+    records = fetched_records(project)["records"]
     assert records["pairs-edited"][0]["image"].startswith(f"s3://{DATA_BUCKET}/samples/pairs/edited/")
     adapter = sorted((project / "models" / "adapter").glob("*.safetensors"))
     assert adapter and [sha256_file(p) for p in adapter] == [

@@ -1,4 +1,4 @@
-"""The fetch stage on a small project: records.json, problem kinds, disabled entries, the scan cache."""
+"""The fetch stage on a small project: the record table, problem kinds, disabled entries, the scan cache."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ import datasets
 from PIL import Image
 
 from kontext_core.config import params_from_dict
+from kontext_core.data.images import default_max_pixels
+from kontext_core.data.scan import load_scan_cache
 from kontext_core.stages import SCAN_CACHE_DIR, STAGES, StageContext
 from kontext_core.stages.fetch import dataset_inputs as _dataset_inputs
 from kontext_core.stages.fetch import stage_fetch
+from tests.conftest import fetched_records
 
 
 def _project(tmp: Path) -> Path:
@@ -56,7 +59,7 @@ def test_fetch_writes_records_and_kinds_and_persists_the_scan_cache(tmp_path):
     params = params_from_dict({"data_backend_config": "datasets.json"})
     stage_fetch(StageContext(name="fetch", params=params, workdir=project))
 
-    fetched = json.loads((project / "data/fetch/records.json").read_text())
+    fetched = fetched_records(project)
     assert set(fetched["records"]) == {"photos", "rows"}  # disabled and text_embeds entries are skipped
     photos = fetched["records"]["photos"]
     assert [(r["key"], r["image"], r["caption"], r["width"], r["height"]) for r in photos] == [
@@ -73,8 +76,8 @@ def test_fetch_writes_records_and_kinds_and_persists_the_scan_cache(tmp_path):
             "kind": "unreadable",
         }
     ]
-    cache = json.loads((project / SCAN_CACHE_DIR / "photos.json").read_text())
-    assert len(cache["entries"]) == 3
+    cache = load_scan_cache(project / SCAN_CACHE_DIR / "photos.json", default_max_pixels())
+    assert sorted(cache) == ["photos/a.png", "photos/b.png", "photos/broken.png"]
     assert SCAN_CACHE_DIR in STAGES["fetch"].persist
 
 
@@ -100,8 +103,8 @@ def test_dataset_fingerprint_reuses_file_hashes_by_size_and_mtime(tmp_path):
     project = _project(tmp_path)
     params = params_from_dict({"data_backend_config": "datasets.json"})
     first = _dataset_inputs(params, project)["dataset:photos"]
-    memo = json.loads((project / DATASET_HASH_DIR / "photos.json").read_text())["entries"]
-    assert {Path(p).name for p in memo} == {"a.png", "a.txt", "b.png", "b.txt", "broken.png"}
+    memo = (project / DATASET_HASH_DIR / "photos.json").read_text().splitlines()
+    assert [json.loads(line)[0] for line in memo[1:]] == ["a.png", "a.txt", "b.png", "b.txt", "broken.png"]
 
     # A new process (no in-memory hashes) trusts the memo for a file whose size and mtime are unchanged:
     # rewriting a caption with same-length text and restoring its mtime goes unnoticed, by design.

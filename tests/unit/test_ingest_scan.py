@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -10,7 +9,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from kontext_core.data.scan import SERIAL_BELOW, scan_headers
+from kontext_core.data.images import default_max_pixels
+from kontext_core.data.scan import SERIAL_BELOW, load_scan_cache, scan_headers
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMES = (
@@ -39,8 +39,7 @@ def test_cache_answers_unchanged_files_and_rescans_changed_ones(tmp_path):
     cold = scan_headers(paths, cache)
     assert (cold.scanned, cold.cached) == (6, 0)
     assert cold.headers[paths[1]] == (9, 8, None)
-    stored = json.loads(cache.read_text())
-    assert set(stored["entries"]) == set(paths)
+    assert set(load_scan_cache(cache, default_max_pixels())) == set(paths)
 
     warm = scan_headers(paths, cache)
     assert (warm.scanned, warm.cached) == (0, 6)
@@ -52,7 +51,7 @@ def test_cache_answers_unchanged_files_and_rescans_changed_ones(tmp_path):
     third = scan_headers(paths[:5], cache)
     assert (third.scanned, third.cached) == (1, 4)
     assert third.headers[paths[0]] == (30, 20, None)
-    assert set(json.loads(cache.read_text())["entries"]) == set(paths[:5])
+    assert set(load_scan_cache(cache, default_max_pixels())) == set(paths[:5])
     assert not [p for p in cache.parent.iterdir() if p.name != "d.json"]  # no temp files left behind
 
 
