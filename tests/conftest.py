@@ -134,6 +134,28 @@ def mlflow_db(tmp_path, mlflow_template) -> Path:
 
 
 @pytest.fixture(scope="session")
+def demo_init(tmp_path_factory, mlflow_template):
+    """The init stage run once on the shipped params.yaml: the demo's pretraining takes a minute.
+    Returns `copy_into(project)`, which copies its outputs and manifest into
+    a project, as a copied project has them; that project's init is then verified and skipped when its
+    parameters give the same fingerprint (what a test using it asserts), and run again otherwise."""
+    from kontext_core.stages import MANIFEST_DIR, SAMPLE_DATA_DIR, TINY_MODEL_DIR, run_stage
+
+    source = tmp_path_factory.mktemp("demo-init")
+    shutil.copytree(ROOT / "config", source / "config")
+    shutil.copy(ROOT / "params.yaml", source / "params.yaml")
+    run_stage("init", source / "params.yaml")
+
+    def copy_into(project: Path) -> None:
+        for rel in (TINY_MODEL_DIR, SAMPLE_DATA_DIR):
+            shutil.copytree(source / rel, project / rel)
+        (project / MANIFEST_DIR).mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / MANIFEST_DIR / "init.json", project / MANIFEST_DIR / "init.json")
+
+    return copy_into
+
+
+@pytest.fixture(scope="session")
 def built_project(tmp_path_factory, mlflow_template) -> Path:
     """A project on which every stage has run once, in order, without an orchestrator."""
     from kontext_core.stages import STAGE_ORDER, run_stage

@@ -20,16 +20,20 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def demo_project(tmp_path_factory, mlflow_template) -> Path:
-    """Every stage run once on the demo's own parameters; only the MLflow store is the test's."""
+def demo_project(tmp_path_factory, mlflow_template, demo_init) -> Path:
+    """Every stage run once on the demo's own parameters; only the MLflow store is the test's. The
+    init outputs are the session's (same parameters), copied in: init verifies them and skips."""
     project = tmp_path_factory.mktemp("demo")
     shutil.copytree(ROOT / "config", project / "config")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     shutil.copy(mlflow_template, project / "mlflow.db")
     params["mlflow"]["tracking_uri"] = f"sqlite:///{project / 'mlflow.db'}"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    demo_init(project)
     for name in STAGE_ORDER:
-        run_stage(name, project / "params.yaml")
+        manifest = run_stage(name, project / "params.yaml")
+        assert not manifest["skipped"] or name == "init", name
+        assert manifest["skipped"] or name != "init", "the copied init outputs were not taken"
     return project
 
 
