@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import functools
 import json
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -38,11 +39,28 @@ def _close_local() -> None:
     _LOCAL.clear()
 
 
+@contextmanager
+def _environ_kept() -> Iterator[None]:
+    """Undo what Dask's nanny writes into this process's environment before it spawns a worker
+    (OMP_NUM_THREADS=1, MKL_NUM_THREADS=1, PYTHONHASHSEED, ...; it never restores them): every
+    later subprocess, such as `accelerate launch` for train, would inherit one thread, run slower
+    and compute other bytes than a run without Dask. The workers keep the settings they spawned with."""
+    saved = dict(os.environ)
+    try:
+        yield
+    finally:
+        for key in set(os.environ) - set(saved):
+            del os.environ[key]
+        for key, value in saved.items():
+            if os.environ.get(key) != value:
+                os.environ[key] = value
+
+
 def _local_client(params: Params) -> Any:
     from dask.distributed import Client, LocalCluster
 
     workers = params.dask.workers
-    with _LOCAL_LOCK:
+    with _LOCAL_LOCK, _environ_kept():
         if workers not in _LOCAL:
             cluster = LocalCluster(
                 n_workers=workers,
@@ -66,7 +84,9 @@ def dask_client(params: Params) -> Iterator[Any | None]:
         yield None
         return
     if address == "local":
-        yield _local_client(params)
+        # Kept around the stage's use too: the nanny writes them again when it restarts a worker.
+        with _environ_kept():
+            yield _local_client(params)
         return
     from dask.distributed import Client
 

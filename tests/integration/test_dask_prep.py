@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -37,6 +38,10 @@ def test_dask_local_cluster_gives_byte_identical_references_latents_and_embeds(t
         shutil.rmtree(project / rel)
     write_params(params_file, dask={"address": "local", "workers": 2})
     assert load_params(params_file).dask.address == "local"
+    environ = dict(os.environ)
     on_dask = _prep(params_file, force=True)
     assert on_dask == single
+    # Dask's nanny sets OMP_NUM_THREADS=1 (and more) in this process before spawning its workers:
+    # left there, a later train subprocess would run on one thread and compute other bytes.
+    assert dict(os.environ) == environ
     assert all(value != "missing" for value in on_dask.values())

@@ -167,6 +167,12 @@ def test_a_killed_run_resumes_to_the_adapter_of_an_uninterrupted_run(pairs_proje
 
     straight = _copy(pairs_project, tmp_path / "straight", mlflow_template, **overrides).parent
     assert run_stage("train", straight / "params.yaml")["info"]["resumed_from"] is None
+    # Checkpoint by checkpoint first, so a failure says whether the killed process's steps or the
+    # resumed ones drifted.
+    for step in range(steps[-1], 60, 10):
+        [mine] = (killed / "models/checkpoints").glob(f"*/checkpoint-{step}/adapter.safetensors")
+        [theirs] = (straight / "models/checkpoints").glob(f"*/checkpoint-{step}/adapter.safetensors")
+        assert sha256_file(mine) == sha256_file(theirs), f"checkpoint-{step} differs"
     assert sha256_file(killed / ADAPTER) == sha256_file(straight / ADAPTER)
     assert _losses(killed) == _losses(straight)
 
