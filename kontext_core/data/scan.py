@@ -66,7 +66,8 @@ class ScanResult:
 
 def _probe_one(path: str, max_pixels: int | None) -> Header:
     try:
-        width, height = probe_header(Path(path), max_pixels)
+        # The str as given: a Path per file costs a quarter of a small file's probe.
+        width, height = probe_header(path, max_pixels)
     except ImageReadError as exc:
         return None, None, str(exc)
     return width, height, None
