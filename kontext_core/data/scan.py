@@ -93,14 +93,6 @@ def pool_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context("fork" if "fork" in methods else methods[0])
 
 
-def probe_many(
-    paths: list[str], max_pixels: int | None, workers: int | None = None, desc: str = "scan"
-) -> list[Header]:
-    """Probe `paths` in order, over `workers` processes (default: every core) when worth it."""
-    with progress(len(paths), desc, "file") as bar, _Prober(max_pixels, workers) as prober:
-        return prober.probe(paths, bar)
-
-
 class _Prober:
     """Probes blocks of files in order, on one process pool started at the first block worth it."""
 

@@ -60,7 +60,7 @@ def _local_client(params: Params) -> Any:
     from dask.distributed import Client, LocalCluster
 
     workers = params.dask.workers
-    with _LOCAL_LOCK, _environ_kept():
+    with _LOCAL_LOCK:
         if workers not in _LOCAL:
             cluster = LocalCluster(
                 n_workers=workers,
@@ -84,7 +84,7 @@ def dask_client(params: Params) -> Iterator[Any | None]:
         yield None
         return
     if address == "local":
-        # Kept around the stage's use too: the nanny writes them again when it restarts a worker.
+        # Around the cluster's start and the stage's use: the nanny writes them again when it restarts a worker.
         with _environ_kept():
             yield _local_client(params)
         return
