@@ -189,7 +189,7 @@ def _encode_on_dask(
 SPEC = StageSpec(
     "cache_vae",
     stage_cache_vae,
-    params_keys=["pretrained_model_name_or_path", "revision", "vae_batch_size"],
+    params_keys=["pretrained_model_name_or_path", "vae_batch_size"],
     # Generated references are opened through the pair table's paths into degrade's output.
     reads=["pair.pairs", "degrade.references", "fetch.digests"],
     outs=[],
