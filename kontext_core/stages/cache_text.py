@@ -130,5 +130,6 @@ SPEC = StageSpec(
     outs=[],
     products={"index": TEXT_INDEX, "embeds": TEXT_EMBEDS},
     extra_inputs=model_inputs,
+    dvc_params=["revision"],
     persist=[TEXT_CACHE_DIR],
 )

@@ -195,5 +195,6 @@ SPEC = StageSpec(
     outs=[],
     products={"index": VAE_INDEX, "latents": VAE_LATENTS},
     extra_inputs=model_inputs,
+    dvc_params=["revision"],
     persist=[VAE_CACHE_DIR],
 )

@@ -49,4 +49,5 @@ SPEC = StageSpec(
     outs=[QUANTIZED_DIR],
     products={"model": QUANTIZED_DIR},
     extra_inputs=quantize_inputs,
+    dvc_params=["revision"],
 )
