@@ -79,3 +79,31 @@ def test_hub_dataset_fingerprint_records_its_commit(offline_home, tmp_path):
     moved = write_subjects_hub_cache(offline_home, count=2, size=16, shards=1, seed=1)
     assert moved != commit
     assert HuggingFaceBackend().fingerprint(entry, tmp_path, tmp_path / "memo.json")["commit"] == moved
+
+
+def test_lineage_names_the_base_that_quantize_read_not_a_stale_later_manifest(tmp_path):
+    import json
+
+    from kontext_core.tracking.lineage import BASE_MODEL_TAG, MANIFEST_DIR, lineage_tags
+
+    manifests = tmp_path / MANIFEST_DIR
+    manifests.mkdir(parents=True)
+    old, new = {"hub_id": REPO, "commit": "a" * 40}, {"hub_id": REPO, "commit": "b" * 40}
+    # refs/main moved: quantize has run again, validate (after train) not yet.
+    for stage, base in (("cache_vae", new), ("quantize", new), ("validate", old)):
+        manifest = {"stage": stage, "fingerprint": stage, "inputs": {"base_model": base}}
+        (manifests / f"{stage}.json").write_text(json.dumps(manifest))
+    assert json.loads(lineage_tags(tmp_path)[BASE_MODEL_TAG]) == new
+
+
+def test_reproduce_pins_revision_to_the_recorded_commit_of_a_hub_base():
+    import json
+
+    from kontext_core.reproduce.params import pin_hub_revision
+
+    logged = {"pretrained_model_name_or_path": REPO, "revision": "None", "seed": "42"}
+    tag = json.dumps({"hub_id": REPO, "commit": "c" * 40})
+    assert pin_hub_revision(logged, tag) == {**logged, "revision": "c" * 40}
+    assert pin_hub_revision(logged, json.dumps({"local": "d" * 64})) == logged
+    assert pin_hub_revision({**logged, "pretrained_model_name_or_path": "other/id"}, tag)["revision"] == "None"
+    assert pin_hub_revision(logged, None) == logged

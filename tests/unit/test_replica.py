@@ -124,3 +124,18 @@ def test_hub_cache_is_laid_out_as_huggingface_hub_leaves_it_and_loads_offline(re
     with safe_open(replica / "vae/diffusion_pytorch_model.safetensors", framework="pt") as fh:
         key = "encoder.conv_in.weight"
         assert torch.equal(pipe.vae.state_dict()[key].to(torch.bfloat16), fh.get_tensor(key))
+
+
+def test_cli_writes_the_replica_into_a_hub_cache_and_refuses_bad_options_in_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["init-model", "replica", "--hub-cache", str(tmp_path / "hf"), "--seed", "3"])
+    assert result.exit_code == 0, result.output
+    commit = result.output.strip().splitlines()[-1]
+    assert (repo_folder(tmp_path / "hf" / "hub", REPO_ID) / "refs" / "main").read_text() == commit
+    bad = runner.invoke(app, ["init-model", "replica", "--width", "huge", "--out", str(tmp_path / "x")])
+    assert bad.exit_code == 2 and "--width: 'huge' is not one of real, small" in bad.output
+    assert not (tmp_path / "x").exists()
