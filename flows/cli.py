@@ -159,6 +159,11 @@ def init_model(
         help="replica: write it into this HF_HOME's hub cache as black-forest-labs/FLUX.1-Kontext-dev "
         "(blobs/, snapshots/<commit>/, refs/main) instead of a plain folder; prints the commit",
     ),
+    dataset: bool = typer.Option(
+        False,
+        "--dataset",
+        help="replica with --hub-cache: also write a Subjects200K-shaped dataset there as Yuanshi/Subjects200K",
+    ),
 ) -> None:
     """Build a randomly initialised FLUX.1 Kontext pipeline and save it in diffusers format."""
     _setup_logging()
@@ -179,6 +184,12 @@ def init_model(
     try:
         if hub_cache is not None:
             typer.echo(write_hub_cache(hub_cache, **shape))
+            if dataset:
+                from kontext_core.data.subjects_replica import SUBJECTS_REPO, write_subjects_hub_cache
+
+                typer.echo(f"{SUBJECTS_REPO} {write_subjects_hub_cache(hub_cache, seed=seed)}")
+        elif dataset:
+            _fail("init-model --dataset: needs --hub-cache (the dataset is written as a hub dataset)")
         else:
             typer.echo(str(write_replica(out or Path("models/kontext-replica"), **shape)))
     except ValueError as exc:

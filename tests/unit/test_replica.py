@@ -132,10 +132,15 @@ def test_cli_writes_the_replica_into_a_hub_cache_and_refuses_bad_options_in_one_
     from flows.cli import app
 
     runner = CliRunner()
-    result = runner.invoke(app, ["init-model", "replica", "--hub-cache", str(tmp_path / "hf"), "--seed", "3"])
+    args = ["init-model", "replica", "--hub-cache", str(tmp_path / "hf"), "--seed", "3", "--dataset"]
+    result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    commit = result.output.strip().splitlines()[-1]
+    commit, dataset_line = result.output.strip().splitlines()[-2:]
     assert (repo_folder(tmp_path / "hf" / "hub", REPO_ID) / "refs" / "main").read_text() == commit
+    dataset_commit = dataset_line.removeprefix("Yuanshi/Subjects200K ")
+    assert (repo_folder(tmp_path / "hf" / "hub", "Yuanshi/Subjects200K", "dataset") / "refs" / "main").read_text() == (
+        dataset_commit
+    )
     bad = runner.invoke(app, ["init-model", "replica", "--width", "huge", "--out", str(tmp_path / "x")])
     assert bad.exit_code == 2 and "--width: 'huge' is not one of real, small" in bad.output
     assert not (tmp_path / "x").exists()
