@@ -116,3 +116,46 @@ def test_every_stage_by_hub_id_offline_and_moving_main_reruns_exactly_the_model_
 
     # Nothing moved: nothing runs.
     assert _run_all(params_file, hf_home) == []
+
+
+def test_reproduce_rebuilds_the_recorded_commit_after_main_moved(tmp_path, mlflow_template, monkeypatch):
+    """The version names the commit, not `main`: moved on since, the rebuild still reads the
+    snapshot the version was trained on, and the adapter is the same bytes."""
+    import shutil
+    import subprocess as sp
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    hf_home = tmp_path / "hf"
+    first = write_hub_cache(hf_home, seed=0)
+    write_subjects_hub_cache(hf_home, count=4, size=64)
+    project = tmp_path / "repo"
+    params_file = make_project(project, pretrained_model_name_or_path=REPO_ID)  # relative sqlite:///mlflow.db
+    _hub_dataset_file(project)
+    for name in ("kontext_core", "pyproject.toml", ".gitignore"):
+        source = ROOT / name
+        if source.is_dir():
+            shutil.copytree(source, project / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(source, project / name)
+    shutil.copy(mlflow_template, project / "mlflow.db")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-qm", "project"]):
+        sp.run([*git, *args], cwd=project, check=True, capture_output=True)
+    assert "register" in _run_all(params_file, hf_home)
+
+    assert write_hub_cache(hf_home, seed=1) != first  # main moves on
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    result = CliRunner().invoke(
+        app,
+        ["reproduce", "models:/kontext-lora@champion", "--params", str(params_file), "--workdir", str(tmp_path / "w")],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("models:/kontext-lora@champion: identical\n"), result.output
+    rebuilt = json.loads((tmp_path / "w" / "artifacts/manifests/quantize.json").read_text())
+    assert rebuilt["inputs"]["base_model"]["commit"] == first
