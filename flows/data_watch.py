@@ -2,7 +2,7 @@
 
 It takes the same dataset identities the `fetch` stage fingerprints (`dataset_inputs`: the dataset
 file's hash and, per dataset, what its backend reports: a folder digest for local folders and files,
-the object listing for S3, the revision for hub ids), compares them with what it saw last time
+the object listing for S3, the commit a hub id's revision resolves to), compares them with what it saw last time
 (`cache/watch/datasets.json`) and, when something changed, emits `kontext.data.changed` for the
 project. The `kontext-train` deployment's trigger (flows/deployments.py, infra/prefect.yaml) starts a
 training run on that event; in that run fetch and what follows re-run, the stages before it are skipped.

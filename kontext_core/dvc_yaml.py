@@ -2,7 +2,8 @@
 
 Each DVC stage runs `kontext stage NAME`; its deps are the upstream outputs, the user files the
 stage reads (from params.yaml and the dataset file: kontext_core.dvc_deps) and the stage's code
-files; its params the same subset that makes up the stage fingerprint.
+files; its params the same subset that makes up the stage fingerprint (plus `dvc_params`, keys an extra
+input resolves, e.g. `revision`).
 
 Metrics and plots are small and `cache: false`: git keeps them (they are not gitignored), so
 `dvc metrics diff`, `dvc plots diff` and `dvc exp show` compare commits and experiments.
@@ -53,8 +54,8 @@ def build_dvc_yaml(root: Path) -> dict[str, Any]:
                 deps.append(path)
         deps += _code_files(spec.module)
         stage: dict[str, Any] = {"cmd": f"kontext stage {name}", "deps": list(dict.fromkeys(deps))}
-        if spec.params_keys:
-            stage["params"] = list(spec.params_keys)
+        if spec.params_keys or spec.dvc_params:
+            stage["params"] = list(dict.fromkeys([*spec.params_keys, *spec.dvc_params]))
         outs: list[Any] = list(spec.outs) + [{path: {"persist": True}} for path in spec.persist]
         outs.append(f"{MANIFEST_DIR}/{name}.json")
         if outs:

@@ -69,7 +69,7 @@ def run_edit(
         if recorded_base is not None:
             base_model = recorded_base
         elif params is not None:
-            from kontext_core.model.load import resolve_model_source
+            from kontext_core.model.source import resolve_model_source
 
             base_model = resolve_model_source(params, workdir)
         else:

@@ -14,6 +14,7 @@ from kontext_core.data.huggingface import REF_PREFIX, huggingface_records
 from kontext_core.data.local import resolve
 from kontext_core.data.records import Problem, Record
 from kontext_core.data.scan import folder_digest
+from kontext_core.hub.resolve import resolve as resolve_hub
 
 
 class HuggingFaceBackend(DatasetBackend):
@@ -37,8 +38,10 @@ class HuggingFaceBackend(DatasetBackend):
         local = resolve(entry.dataset_name or "", workdir)
         if local.exists():
             return folder_digest(local, memo_file)
-        # A hub id: the fingerprint names what to download, and fetch downloads it (never this).
-        return {"hub": entry.dataset_name, "split": entry.split, "revision": entry.revision}
+        # A hub id: the commit its revision resolves to (from the cache when offline), not `main`;
+        # fetch downloads it when only the hub has it (never this).
+        snapshot = resolve_hub(entry.dataset_name or "", entry.revision, "dataset")
+        return {"hub": entry.dataset_name, "split": entry.split, "commit": snapshot.commit}
 
     def open_ref(self, ref: str, workdir: Path) -> Image.Image:
         return open_hf_ref(ref, workdir)

@@ -25,6 +25,7 @@ from kontext_core.config import ConfigError, DatasetEntry, HuggingfaceOptions
 from kontext_core.data.captions import uses_only_instance_prompt, with_instance_prompt
 from kontext_core.data.images import ImageReadError, probe_header, probe_stream
 from kontext_core.data.records import COMPOSITE, MISSING_CAPTION, OUTSIDE_ROOT, UNREADABLE, Problem, Record
+from kontext_core.hub.resolve import resolve as resolve_hub
 
 log = logging.getLogger(__name__)
 
@@ -116,8 +117,13 @@ def _load(dataset: str, split: str, revision: str | None, base_dir: Path) -> Any
 
     local = _local_path(dataset, base_dir)
     if local is None:
-        # A hub id: `datasets` downloads (or, offline, reuses its cache) and memory-maps the result.
-        return datasets.load_dataset(dataset, split=split, revision=revision)
+        # A hub id: the snapshot its revision resolves to in the hub cache is a dataset folder that
+        # `datasets` loads as it is (its card's configs, its parquet shards); only the hub has it:
+        # `datasets` downloads that commit. (By id, `datasets` refuses the hub cache when offline.)
+        snapshot = resolve_hub(dataset, revision, "dataset")
+        if snapshot.path is not None:
+            return datasets.load_dataset(str(snapshot.path), split=split)
+        return datasets.load_dataset(dataset, split=split, revision=snapshot.commit)
     if local.is_dir() and ((local / "state.json").exists() or (local / "dataset_dict.json").exists()):
         loaded = datasets.load_from_disk(str(local))
         if isinstance(loaded, datasets.DatasetDict):
@@ -140,8 +146,13 @@ def _open_cached(dataset: str, split: str, revision: str | None, base_dir: str) 
 
 
 def open_dataset(dataset: str, split: str, revision: str | None, base_dir: Path) -> Any:
-    """The dataset, opened once per process (memory-mapped; nothing is materialised)."""
+    """The dataset, opened once per process (memory-mapped; nothing is materialised).
+
+    A hub id is opened at the commit its revision resolves to now, so a moved `refs/main` is seen
+    by a long-lived process too."""
     try:
+        if _local_path(dataset, base_dir) is None:
+            revision = resolve_hub(dataset, revision, "dataset").commit
         return _open_cached(dataset, split, revision, str(Path(base_dir).resolve()))
     except ConfigError:
         raise

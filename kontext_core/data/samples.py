@@ -99,12 +99,10 @@ def _shapes_picture(index: int, size: int, rng: np.random.Generator) -> tuple[Im
     return img, f"a {colour_name} {shape} over a {scene} background"
 
 
-def write_subjects_parquet(out_dir: Path, count: int, size: int, seed: int) -> Path:
-    """Subjects200K-shaped parquet: composite `image` and a `description` struct."""
-    import datasets
-
-    rng = np.random.default_rng(seed)
-    images, descriptions = [], []
+def subjects_rows(count: int, size: int, rng: np.random.Generator) -> list[dict]:
+    """Subjects200K-like rows: a two-panel composite `image` (subject on a plain background | the
+    subject in a scene), the `item` and the two panels' captions."""
+    rows = []
     for index in range(count):
         colour_name, shape, colour = _subject(index, rng)
         left = Image.new("RGB", (size, size), (245, 245, 245))
@@ -115,13 +113,24 @@ def write_subjects_parquet(out_dir: Path, count: int, size: int, seed: int) -> P
         composite = Image.new("RGB", (2 * size, size))
         composite.paste(left, (0, 0))
         composite.paste(right, (size, 0))
-        images.append(composite)
-        descriptions.append(
+        rows.append(
             {
+                "image": composite,
+                "item": f"{colour_name} {shape}",
                 "description_0": f"a {colour_name} {shape} on a plain white background",
                 "description_1": f"put the {colour_name} {shape} in a {scene} scene",
             }
         )
+    return rows
+
+
+def write_subjects_parquet(out_dir: Path, count: int, size: int, seed: int) -> Path:
+    """Subjects200K-shaped parquet: composite `image` and a `description` struct."""
+    import datasets
+
+    rows = subjects_rows(count, size, np.random.default_rng(seed))
+    images = [row["image"] for row in rows]
+    descriptions = [{"description_0": row["description_0"], "description_1": row["description_1"]} for row in rows]
     features = datasets.Features(
         {
             "image": datasets.Image(),

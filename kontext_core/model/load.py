@@ -1,4 +1,8 @@
-"""Load the base model by hub id or local directory, through the same `from_pretrained` calls."""
+"""Load the base model by hub id or local directory, through the same `from_pretrained` calls.
+
+A hub id is loaded from the snapshot folder its revision resolves to in the cache (the same files
+`from_pretrained(hub_id)` would read; diffusers' sharded-model path would otherwise ask the hub for
+the file list even with HF_HUB_OFFLINE=1), or by id pinned to that commit when only the hub has it."""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import torch
 from diffusers import AutoencoderKL, FluxKontextPipeline, FluxTransformer2DModel
 
 from kontext_core.config import Params
-from kontext_core.model.source import resolve_model_source
+from kontext_core.model.source import model_location
 
 log = logging.getLogger(__name__)
 
@@ -27,23 +31,25 @@ def base_dtype(params: Params, device: torch.device | None = None) -> torch.dtyp
 
 
 def load_transformer(params: Params, workdir: Path, dtype: torch.dtype = torch.float32) -> FluxTransformer2DModel:
-    source = resolve_model_source(params, workdir)
+    where = model_location(params, workdir)
     model = FluxTransformer2DModel.from_pretrained(
-        source, subfolder="transformer", torch_dtype=dtype, revision=params.revision
+        where.source, subfolder="transformer", torch_dtype=dtype, revision=where.revision
     )
     return model.eval()
 
 
 def load_vae(params: Params, workdir: Path, dtype: torch.dtype = torch.float32) -> AutoencoderKL:
-    source = resolve_model_source(params, workdir)
-    return AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, revision=params.revision).eval()
+    where = model_location(params, workdir)
+    return AutoencoderKL.from_pretrained(
+        where.source, subfolder="vae", torch_dtype=dtype, revision=where.revision
+    ).eval()
 
 
 def load_text_pipeline(params: Params, workdir: Path, dtype: torch.dtype = torch.float32) -> FluxKontextPipeline:
     """The pipeline with only tokenizers and text encoders, for caching text embeddings."""
-    source = resolve_model_source(params, workdir)
+    where = model_location(params, workdir)
     pipe = FluxKontextPipeline.from_pretrained(
-        source, transformer=None, vae=None, torch_dtype=dtype, revision=params.revision
+        where.source, transformer=None, vae=None, torch_dtype=dtype, revision=where.revision
     )
     for module in (pipe.text_encoder, pipe.text_encoder_2):
         module.eval().requires_grad_(False)
@@ -56,11 +62,11 @@ def load_pipeline(
     transformer: FluxTransformer2DModel | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> FluxKontextPipeline:
-    source = resolve_model_source(params, workdir)
-    kwargs: dict[str, Any] = {"torch_dtype": dtype, "revision": params.revision}
+    where = model_location(params, workdir)
+    kwargs: dict[str, Any] = {"torch_dtype": dtype, "revision": where.revision}
     if transformer is not None:
         kwargs["transformer"] = transformer
-    pipe = FluxKontextPipeline.from_pretrained(source, **kwargs)
+    pipe = FluxKontextPipeline.from_pretrained(where.source, **kwargs)
     for name in ("vae", "text_encoder", "text_encoder_2", "transformer"):
         getattr(pipe, name).eval()
     return pipe

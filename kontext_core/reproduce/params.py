@@ -57,3 +57,24 @@ def pipeline_params(logged: dict[str, str]) -> dict[str, str]:
     from kontext_core.config import Params
 
     return {k: v for k, v in logged.items() if k.split(".")[0] in Params.model_fields}
+
+
+def pin_hub_revision(logged: dict[str, str], base_model_tag: str | None) -> dict[str, str]:
+    """The logged params with `revision` set to the commit the run's hub base resolved to.
+
+    A run records `revision: main` as typed, and `main` may have moved since; the lineage tag
+    (kontext_core.tracking.lineage.BASE_MODEL_TAG) holds the commit it named then, and the rebuild
+    reads exactly that snapshot. A local base, or a tag from before commits were recorded, is left
+    as logged.
+    """
+    import json
+
+    try:
+        base = json.loads(base_model_tag) if base_model_tag else None
+    except ValueError:
+        return logged
+    if not isinstance(base, dict) or "commit" not in base:
+        return logged
+    if logged.get("pretrained_model_name_or_path") != base.get("hub_id"):
+        return logged
+    return {**logged, "revision": str(base["commit"])}

@@ -20,12 +20,13 @@ from kontext_core.config import load_params
 from kontext_core.reproduce import checkout as co
 from kontext_core.reproduce.compare import compare_adapters
 from kontext_core.reproduce.diagnose import data_mismatches, environment_notes, input_mismatch, library_mismatches
-from kontext_core.reproduce.params import restore
+from kontext_core.reproduce.params import pin_hub_revision, restore
 from kontext_core.reproduce.rebuild import rebuild
 from kontext_core.reproduce.record import CannotReproduce, Recorded, read_lineage, registered_adapter
 from kontext_core.reproduce.verdict import CANNOT, DIFFERENT, IDENTICAL, Verdict, record
 from kontext_core.stages import STAGE_ORDER, STAGES
 from kontext_core.tracking.environment import DEVICE_TAG, device_type
+from kontext_core.tracking.lineage import BASE_MODEL_TAG
 from kontext_core.tracking.runs import open_store
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,8 @@ def _rebuild_and_compare(recorded: Recorded, project: Path, root: Path) -> Verdi
     params_path = here / "params.yaml"
     if not params_path.exists():
         raise CannotReproduce(f"commit {recorded.commit[:12]} has no params.yaml in {here.relative_to(root)}")
-    restored, overrides = restore(yaml.safe_load(params_path.read_text()) or {}, recorded.params)
+    logged = pin_hub_revision(recorded.params, recorded.tags.get(BASE_MODEL_TAG))
+    restored, overrides = restore(yaml.safe_load(params_path.read_text()) or {}, logged)
     params_path.write_text(yaml.safe_dump(restored, sort_keys=False))
     # Stages that read nothing but params (init: the tiny model and the sample data) generate source
     # data: brought over from the project when it has them, so the data the run used is checked.
@@ -97,7 +99,7 @@ def _rebuild_and_compare(recorded: Recorded, project: Path, root: Path) -> Verdi
     brought = [s.name for s in sources if all((project / rel).exists() for rel in s.all_outs())]
     log.info("rebuilding %s at %s in %s", recorded.uri, recorded.commit[:12], root)
     cpu_only = not recorded.tags.get(DEVICE_TAG, "cpu").startswith("cuda")
-    result = rebuild(root, here, recorded.params, UNTIL, cpu_only, brought)
+    result = rebuild(root, here, logged, UNTIL, cpu_only, brought)
     comparison = compare_adapters(registered, here / STAGES[UNTIL].products["adapter"])
     stages = STAGE_ORDER[: STAGE_ORDER.index(UNTIL) + 1]
     inputs = [f"params key {k} could not be restored as logged" for k in result["params_mismatch"] or []]

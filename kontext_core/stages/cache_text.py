@@ -125,10 +125,11 @@ def _encode_on_dask(
 SPEC = StageSpec(
     "cache_text",
     stage_cache_text,
-    params_keys=["pretrained_model_name_or_path", "revision", "tokenizer_max_length"],
+    params_keys=["pretrained_model_name_or_path", "tokenizer_max_length"],
     reads=["pair.pairs"],
     outs=[],
     products={"index": TEXT_INDEX, "embeds": TEXT_EMBEDS},
     extra_inputs=model_inputs,
+    dvc_params=["revision"],
     persist=[TEXT_CACHE_DIR],
 )

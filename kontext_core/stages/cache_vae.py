@@ -189,11 +189,12 @@ def _encode_on_dask(
 SPEC = StageSpec(
     "cache_vae",
     stage_cache_vae,
-    params_keys=["pretrained_model_name_or_path", "revision", "vae_batch_size"],
+    params_keys=["pretrained_model_name_or_path", "vae_batch_size"],
     # Generated references are opened through the pair table's paths into degrade's output.
     reads=["pair.pairs", "degrade.references", "fetch.digests"],
     outs=[],
     products={"index": VAE_INDEX, "latents": VAE_LATENTS},
     extra_inputs=model_inputs,
+    dvc_params=["revision"],
     persist=[VAE_CACHE_DIR],
 )

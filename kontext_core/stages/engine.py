@@ -101,6 +101,9 @@ class StageSpec:
     # Outputs DVC reports as metrics / plots.
     metrics: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    # Params DVC watches although the fingerprint does not hash them, because an extra input holds
+    # what they resolve to (`revision`: the base model's commit is in `model_inputs`).
+    dvc_params: list[str] = field(default_factory=list)
 
     @property
     def upstream(self) -> list[str]:

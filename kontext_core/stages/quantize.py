@@ -40,7 +40,6 @@ SPEC = StageSpec(
     stage_quantize,
     params_keys=[
         "pretrained_model_name_or_path",
-        "revision",
         "base_model_precision",
         "quantize_via",
         "fuse_qkv_projections",
@@ -50,4 +49,5 @@ SPEC = StageSpec(
     outs=[QUANTIZED_DIR],
     products={"model": QUANTIZED_DIR},
     extra_inputs=quantize_inputs,
+    dvc_params=["revision"],
 )

@@ -71,5 +71,6 @@ SPEC = StageSpec(
         "eval_set": f"{VALIDATE_DIR}/eval_set.json",
     },
     extra_inputs=model_inputs,
+    dvc_params=["revision"],
     metrics=[VALIDATE_METRICS],
 )

@@ -12,6 +12,9 @@ from mlflow.exceptions import MlflowException
 from kontext_core.config import Params
 
 MANIFEST_DIR = "artifacts/manifests"
+# The base model the stages read: a local folder's content hash, or a hub id and its resolved commit.
+BASE_MODEL_TAG = "kontext.base_model"
+BASE_MODEL_STAGE = "quantize"
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
@@ -49,6 +52,11 @@ def lineage_tags(workdir: Path) -> dict[str, str]:
     for path in sorted(manifest_dir.glob("*.json")):
         manifest = json.loads(path.read_text())
         tags[f"kontext.fingerprint.{manifest['stage']}"] = manifest["fingerprint"]
+        base = manifest["inputs"].get("base_model")
+        # quantize's: it runs before train whenever the base changes, while a later reader's
+        # manifest (validate's) still names the previous base until that stage has run again.
+        if base is not None and (manifest["stage"] == BASE_MODEL_STAGE or BASE_MODEL_TAG not in tags):
+            tags[BASE_MODEL_TAG] = json.dumps(base, sort_keys=True)
         if manifest["stage"] == "fetch":
             for key, value in manifest["inputs"].items():
                 if key.startswith("dataset:") or key == "data_backend_config":

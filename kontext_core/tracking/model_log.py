@@ -44,9 +44,17 @@ def log_edit_model(
     import os
 
     import kontext_core
+    from kontext_core.model.source import model_location
     from kontext_core.tracking.pyfunc_model import ROOT_ENV
 
-    base = portable_base_model(params.pretrained_model_name_or_path, params.revision, project)
+    # A hub base is named by the commit it resolved to: the version loads the same weights after
+    # `main` moves on.
+    hub = model_location(params, project).hub
+    base = (
+        {"hub_id": hub.repo_id, "revision": hub.commit}
+        if hub is not None
+        else portable_base_model(params.pretrained_model_name_or_path, None, project)
+    )
     artifacts = {"adapter": str(adapter_dir), **{k: str(v) for k, v in (extra_files or {}).items()}}
     # MLflow checks the input example by loading the model and predicting: it finds the base under
     # the project through the variable (never written into the model).

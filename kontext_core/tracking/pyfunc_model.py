@@ -59,7 +59,14 @@ def portable_base_model(source: str, revision: str | None, project: Path) -> dic
 def resolve_base_model(record: dict[str, Any], root: str | None = None) -> tuple[str, str | None]:
     """(path or hub id, revision) of a recorded base; a clear error when a local base is absent."""
     if "hub_id" in record:
-        return record["hub_id"], record.get("revision")
+        # The recorded commit's snapshot in the hub cache when it is there (HF_HOME as set now);
+        # else the id pinned to that commit, for the hub to serve.
+        from kontext_core.hub.resolve import resolve
+
+        snapshot = resolve(record["hub_id"], record.get("revision"))
+        if snapshot.path is not None:
+            return str(snapshot.path), None
+        return record["hub_id"], snapshot.commit
     candidates = [Path(r) for r in (root, os.environ.get(ROOT_ENV), os.getcwd()) if r]
     for candidate in candidates:
         if (candidate / record["path"] / "model_index.json").exists():

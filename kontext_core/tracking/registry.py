@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from kontext_core.config import Params
 from kontext_core.lifecycle import kill_point
+from kontext_core.tracking.lineage import BASE_MODEL_TAG
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class Registration:
     eval_fingerprint: str = ""
     # registry.require_approval: the challenger won, and the alias moves only when a person approves.
     awaiting_approval: bool = False
+    # The base model the adapter was trained on, as the run's lineage tag names it (a hub id's commit).
+    base_model: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -280,6 +283,7 @@ def register_adapter(
             reason=reason,
             eval_fingerprint=fingerprint,
             awaiting_approval=awaiting,
+            base_model=client.get_run(run_id).data.tags.get(BASE_MODEL_TAG, ""),
         )
         if reusable:
             # The same adapter judged on another exam: its version takes the new scores and decision,
@@ -367,6 +371,8 @@ def version_tags(reg: Registration, run_id: str, fmt: str, metrics: dict[str, fl
         # mlflow's pyfunc loads both kinds; the tag tells other tools which file to look for.
         "kontext.adapter_format": fmt,
     }
+    if reg.base_model:
+        tags[BASE_MODEL_TAG] = reg.base_model
     for metric_name in ("eval_loss", "eval_loss_base", "psnr", "ssim"):
         if metric_name in metrics and metric_name != reg.metric:
             tags[f"val/{metric_name}"] = repr(float(metrics[metric_name]))

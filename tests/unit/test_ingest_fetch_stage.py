@@ -81,15 +81,23 @@ def test_fetch_writes_records_and_kinds_and_persists_the_scan_cache(tmp_path):
     assert SCAN_CACHE_DIR in STAGES["fetch"].persist
 
 
-def test_dataset_fingerprint_names_hub_ids_and_hashes_local_files(tmp_path):
+def test_dataset_fingerprint_needs_a_hub_id_resolved_and_hashes_local_files(tmp_path):
+    import pytest
+
+    from kontext_core.config import ConfigError
+
     project = _project(tmp_path)
+    params = params_from_dict({"data_backend_config": "datasets.json"})
+    before = _dataset_inputs(params, project)
     entries = json.loads((project / "datasets.json").read_text())
     hub = {"id": "hub", "type": "huggingface", "dataset_name": "someone/not-downloaded", "revision": "abc"}
     entries.append({**hub, "caption_strategy": "huggingface", "conditioning_type": "reference_loose"})
     (project / "datasets.json").write_text(json.dumps(entries))
-    params = params_from_dict({"data_backend_config": "datasets.json"})
-    before = _dataset_inputs(params, project)
-    assert before["dataset:hub"] == {"hub": "someone/not-downloaded", "split": "train", "revision": "abc"}
+    # Offline (as every test runs) and not in the cache: one line naming it, never "revision abc".
+    with pytest.raises(ConfigError, match="someone/not-downloaded.*'abc'.*hf download"):
+        _dataset_inputs(params, project)
+    entries.pop()
+    (project / "datasets.json").write_text(json.dumps(entries))
     Image.new("RGB", (8, 8), (1, 2, 3)).save(project / "photos/a.png")
     after = _dataset_inputs(params, project)
     assert after["dataset:photos"] != before["dataset:photos"]
