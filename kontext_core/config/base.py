@@ -27,6 +27,7 @@ HARMLESS_VALUES: dict[str, Any] = {
     "disable_benchmark": False,
     "disable_bucket_pruning": True,
     "grad_clip_method": "norm",
+    **{f"text_encoder_{n}_precision": "no_change" for n in range(1, 5)},
 }
 
 

@@ -67,8 +67,13 @@ REASONS: dict[str, str] = {
     "aspect_ratio_bucket_min": "a legacy key SimpleTuner ignores too",
     "aspect_ratio_bucket_max": "a legacy key SimpleTuner ignores too",
     "vae_cache_preprocess": "latents are cached by the cache_vae stage before training",
+    **{
+        f"text_encoder_{n}_precision": "the text encoders run once, in cache_text, unquantized (embeddings are cached)"
+        for n in range(1, 5)
+    },
 }
 GENERIC_REASON = "SimpleTuner option that this pipeline does not implement"
+
 
 def pipeline_sections() -> list[str]:
     return [k for k, f in Params.model_fields.items() if isinstance(f.default, BaseModel)]

@@ -116,6 +116,11 @@ xm_selection_scope xm_training_target
 """.split()
 )
 
+# Keys SimpleTuner's parser builds at run time (one per text encoder of the model family), so they are
+# not in its field registry: its FLUX quick-start sets them.
+RUNTIME_KEYS: frozenset[str] = frozenset(f"text_encoder_{n}_precision" for n in range(1, 5))
+SIMPLETUNER_KEYS = SIMPLETUNER_KEYS | RUNTIME_KEYS
+
 # Dataset-entry keys SimpleTuner's data backend factory reads that DatasetEntry does not model
 # (its own fields, `disable` and `is_regularization_data` are handled there). Accepted with the
 # "not applicable" warning unless off.
@@ -130,6 +135,10 @@ SIMPLETUNER_DATASET_KEYS: frozenset[str] = frozenset(
     maximum_aspect_ratio metadata_update_interval minimum_aspect_ratio parquet preserve_data_backend_cache
     quality_column quality_thresholds read_batch_size scan_for_errors shorten_filenames slider_strength
     text_embeds timestep_sampling_offset train_batch_size vae_batch_size vae_cache_disable vae_cache_ondemand
-    vae_cache_scan_behaviour write_batch_size
+    vae_cache_scan_behaviour write_batch_size ignore_epochs
     """.split()
 )
+# Dataset keys SimpleTuner still accepts but says do nothing (it logs that they can be removed).
+DEPRECATED_DATASET_KEYS: dict[str, str] = {
+    "ignore_epochs": "deprecated in SimpleTuner, where it does nothing; it can be removed",
+}
