@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ REGISTRY_DIRS = (
     "simpletuner/simpletuner_sdk/server/services/field_registry/sections/",
     "simpletuner/helpers/models/",
 )
+
+OPTIMIZER_TABLE = "simpletuner/helpers/training/optimizer_param.py"
 
 # The dataset defaults SimpleTuner's factory and config classes apply (read by hand; the place each
 # comes from is recorded next to it so that a later commit can be checked the same way).
@@ -103,6 +106,11 @@ def derive(git_dir: str, commit: str) -> dict[str, Any]:
             for entry in _fields(source):
                 # The first registration of a key wins, as in SimpleTuner's parser (it skips repeats).
                 keys.setdefault(entry.pop("name"), {**entry, "source": path.removeprefix("simpletuner/")})
+    # The optimizer's choices are filled at run time from its optimizer table: its names are that table's keys.
+    source = _git(git_dir, "show", f"{commit}:{OPTIMIZER_TABLE}")
+    names = sorted(set(re.findall(r'^\s+"([a-z][\w.+-]*)": \{', source, re.MULTILINE)) - {"default_settings"})
+    keys["optimizer"]["choices"] = names
+    keys["optimizer"]["choices_from"] = OPTIMIZER_TABLE.removeprefix("simpletuner/")
     return {"repository": "bghira/SimpleTuner", "commit": commit, "keys": keys, "dataset": DATASET_DEFAULTS}
 
 

@@ -204,6 +204,24 @@ def import_simpletuner(
     typer.echo(str(out))
 
 
+@config_app.command("export-simpletuner")
+def export_simpletuner(
+    params: Path = ParamsOption,
+    out: Path = typer.Option(Path("simpletuner"), "--out", help="folder for config.json and multidatabackend.json"),
+) -> None:
+    """Write SimpleTuner's config.json and multidatabackend.json for this project's config."""
+    from kontext_core.config import load_all
+    from kontext_core.config.exporter import export_simpletuner as export, write_export
+
+    with _config_warnings(), _one_line_failures():
+        resolved, datasets = load_all(params)
+        config, entries, notes = export(resolved, datasets, str(out / "multidatabackend.json"))
+    for line in notes:
+        typer.echo(f"note: {line}", err=True)
+    for path in write_export(out, config, entries):
+        typer.echo(str(path))
+
+
 @app.command("stage")
 def stage(
     name: str = typer.Argument(..., help="stage name"),

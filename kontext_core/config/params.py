@@ -111,7 +111,8 @@ class SampleDataSection(Strict):
 
 
 Precision = Literal["no_change", "int8-quanto", "fp8-quanto", "int4-quanto", "int2-quanto"]
-Optimizer = Literal["adamw", "optimi-adamw", "optimi-lion", "adamw_bf16"]
+# "torch-adamw" is SimpleTuner's name for plain AdamW; it is stored as "adamw".
+Optimizer = Literal["adamw", "torch-adamw", "optimi-adamw", "optimi-lion", "adamw_bf16"]
 LrScheduler = Literal["constant", "constant_with_warmup", "cosine", "polynomial"]
 LoraTarget = Literal["all", "all+ffs", "context", "context+ffs"]
 ResolutionType = Literal["pixel", "area", "pixel_area"]
@@ -272,6 +273,11 @@ class Params(Strict):
     @classmethod
     def _loss_name(cls, value: str) -> str:
         return "mse" if value == "l2" else value
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer_name(cls, value: str) -> str:
+        return "adamw" if value == "torch-adamw" else value
 
     @field_validator("caption_strategy", mode="before")
     @classmethod

@@ -23,6 +23,7 @@ class Difference(NamedTuple):
 # SimpleTuner's spelling -> this pipeline's, for values that mean the same.
 SAME_MEANING: dict[str, dict[Any, Any]] = {
     "loss_type": {"l2": "mse"},
+    "optimizer": {"torch-adamw": "adamw"},
     "caption_strategy": {"instance_prompt": "instanceprompt"},
 }
 
@@ -79,6 +80,13 @@ REFUSED_VALUES: dict[str, dict[Any, str]] = {
     "caption_strategy": {
         "parquet": "captions come from text files, file names, the instance prompt or a huggingface column"
     },
+}
+
+
+# SimpleTuner choices beyond the ones implemented here, refused by the key's own "allowed:" line.
+UNSUPPORTED_CHOICES: dict[str, str] = {
+    "optimizer": "SimpleTuner's other optimizers (bitsandbytes, torchao, prodigy, ...) are not implemented here",
+    "flux_lora_target": "presets other than all, all+ffs, context, context+ffs are not implemented; a module list is",
 }
 
 
