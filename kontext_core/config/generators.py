@@ -163,6 +163,10 @@ class ConditioningGenerator(Strict):
             )
         if isinstance(kind, str) and kind in GENERATOR_ALIASES:
             data["type"] = GENERATOR_ALIASES[kind]
+        if data.get("conditioning_type") == "controlnet":
+            # SimpleTuner's kind for ControlNet models: a Kontext model takes the generated image as its
+            # reference, cut with the edit image's own plan, which is reference_strict.
+            data["conditioning_type"] = "reference_strict"
         if "round_quality_decay" in data:
             data.setdefault("quality_decay", data.pop("round_quality_decay"))
         return data

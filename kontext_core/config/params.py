@@ -329,9 +329,12 @@ class Params(Strict):
             raise ValueError(f"at most {MAX_VAE_BATCH}: the VAE encodes the whole batch at once")
         return value
 
-    @field_validator("num_train_epochs", mode="before")
+    @field_validator(
+        "num_train_epochs", "checkpoint_step_interval", "validation_step_interval", "max_grad_norm", mode="before"
+    )
     @classmethod
-    def _epochs_zero_is_unset(cls, value: Any) -> Any:
+    def _zero_is_unset(cls, value: Any) -> Any:
+        # SimpleTuner writes 0 for "off" here (no epoch limit, no checkpoints, no validation, no clipping).
         return None if value == 0 else value
 
     def rule_problems(self) -> list[str]:
