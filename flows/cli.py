@@ -124,8 +124,11 @@ def _quiet_expected_prefect_failures() -> Iterator[None]:
                 return False
             return True
 
-    handlers = {h for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
-                for h in logging.getLogger(name).handlers}
+    handlers = {
+        h
+        for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
+        for h in logging.getLogger(name).handlers
+    }
     quiet = _NoTraceback()
     for handler in handlers:
         handler.addFilter(quiet)
@@ -211,7 +214,8 @@ def export_simpletuner(
 ) -> None:
     """Write SimpleTuner's config.json and multidatabackend.json for this project's config."""
     from kontext_core.config import load_all
-    from kontext_core.config.exporter import export_simpletuner as export, write_export
+    from kontext_core.config.exporter import export_simpletuner as export
+    from kontext_core.config.exporter import write_export
 
     with _config_warnings(), _one_line_failures():
         resolved, datasets = load_all(params)

@@ -39,7 +39,6 @@ def harmless(key: str, value: Any) -> bool:
     return off and not key.startswith("disable")
 
 
-
 class ConfigError(ValueError):
     """Configuration problems, one line each; `str()` joins them."""
 

@@ -3,8 +3,9 @@
 The project holds the file as SimpleTuner ships it (config/examples/simpletuner/) at its root, and
 at the path its `data_backend_config` names, the quick-start's two-folder dataset file (paths
 pointed at the sample data `init` writes). Nothing else is set: the run uses the example's own
-100 steps, optimi-lion, bf16 (float32 on a CPU), checkpoints every 50 steps and hub_model_id; the
-dataset file is the quick-start's with 64 px buckets instead of 1024 px, for CI's two cores.
+100 steps, optimi-lion, bf16 (float32 on a CPU), checkpoints every 50 steps, hub_model_id and its
+512x512 validation_resolution; the dataset file is the quick-start's with 64 px buckets instead of
+1024 px, for CI's two cores.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import shutil
 
 import pytest
+from PIL import Image
 
 from kontext_core.config import load_params
 from kontext_core.stages import STAGE_ORDER, run_stage
@@ -50,3 +52,8 @@ def test_simpletuners_kontext_example_runs_every_stage(tmp_path, mlflow_template
     registration = json.loads((project / "artifacts/register/registration.json").read_text())
     assert registration["model_name"] == "flux-kontext-test-lora"  # hub_model_id, mapped
     assert list((project / "models/checkpoints").glob("*/checkpoint-50"))  # checkpoint_step_interval
+    # validation_resolution "512x512" is acted on: every edit renders at it (the reference column keeps
+    # its 64 px bucket), and each grid is that tall plus its label row.
+    grids = sorted((project / "artifacts/validate/grids").rglob("*.png"))
+    assert grids and {Image.open(grid).height for grid in grids} == {512 + 12}
+    assert params.validation_size == (512, 512)

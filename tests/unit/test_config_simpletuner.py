@@ -156,7 +156,7 @@ def test_import_simpletuner_writes_an_equivalent_params_yaml(tmp_path):
     assert "learning_rate: 1.0e-08  # acted on" in text  # a float in YAML 1.1 too
     assert yaml.safe_load(text)["learning_rate"] == 1e-08
     assert "# push_checkpoints_to_hub: false  # not applicable here" in text
-    assert "  model_name: \"flux-kontext-test-lora\"  # from hub_model_id" in text
+    assert '  model_name: "flux-kontext-test-lora"  # from hub_model_id' in text
 
 
 def test_render_refuses_a_config_with_problems(tmp_path):
@@ -220,7 +220,14 @@ EVAL_SPLIT = json.loads((ST_DIR / "FLUX_KONTEXT.quickstart.eval-split.config.jso
         (QUICK, "kontext-jpeg.json"),
         (json.loads(EXAMPLE.read_text()), "multidatabackend-controlnet-512px.json"),
     ],
-    ids=["config.json.example", "quickstart", "quickstart+eval-split", "quickstart+deblur", "quickstart+jpeg", "kontext+canny"],
+    ids=[
+        "config.json.example",
+        "quickstart",
+        "quickstart+eval-split",
+        "quickstart+deblur",
+        "quickstart+jpeg",
+        "kontext+canny",
+    ],
 )
 def test_simpletuners_own_files_pass_config_check(tmp_path, config, dataset_file):
     resolved, _ = _check(_st_project(tmp_path, config, dataset_file))

@@ -122,7 +122,9 @@ def test_canny_draws_the_edges_of_a_square_and_nothing_else():
     assert near_border.all() and len(on) >= 4 * 30
     assert edges[20:44, 20:44].max() == 0 and edges[:8].max() == 0
     # A threshold above the strongest gradient (4 * 255 for a hard step) leaves no edges.
-    assert np.asarray(degrade(_square(), _gen(type="canny", low_threshold=2000, high_threshold=3000), 0, "k")).max() == 0
+    assert (
+        np.asarray(degrade(_square(), _gen(type="canny", low_threshold=2000, high_threshold=3000), 0, "k")).max() == 0
+    )
     assert _gen(type="edges").type == "canny"  # SimpleTuner's alias
 
 
@@ -137,7 +139,9 @@ def test_canny_hysteresis_keeps_weak_edges_only_when_joined_to_strong_ones():
 
 def test_random_masks_are_seeded_per_file_and_follow_their_options():
     img = _picture(96)
-    gen = _gen(type="random_masks", mask_types=["rectangle"], min_masks=1, max_masks=1, edge_blur=False, edge_feather=False)
+    gen = _gen(
+        type="random_masks", mask_types=["rectangle"], min_masks=1, max_masks=1, edge_blur=False, edge_feather=False
+    )
     mask = np.asarray(degrade(img, gen, 3, "a").convert("L"))
     assert np.array_equal(mask, np.asarray(degrade(img, gen, 3, "a").convert("L")))  # same (seed, file)
     assert not np.array_equal(mask, np.asarray(degrade(img, gen, 3, "b").convert("L")))

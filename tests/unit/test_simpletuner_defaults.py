@@ -88,7 +88,9 @@ def test_simpletuners_values_are_accepted_or_refused_with_a_reason(key):
 
 
 def test_simpletuners_spellings_load():
-    params = Params.model_validate({"loss_type": "l2", "optimizer": "torch-adamw", "caption_strategy": "instance_prompt"})
+    params = Params.model_validate(
+        {"loss_type": "l2", "optimizer": "torch-adamw", "caption_strategy": "instance_prompt"}
+    )
     assert (params.loss_type, params.optimizer, params.caption_strategy) == ("mse", "adamw", "instanceprompt")
 
 
