@@ -180,3 +180,20 @@ def test_new_options_leave_existing_generated_addresses_alone():
     spec = generator_spec(_gen(type="superresolution"))
     assert "low_threshold" not in spec and "enhance_blocks" not in spec and "blur_radius" in spec
     assert generator_spec(_gen(type="jpeg_artifacts", enhance_blocks=True))["enhance_blocks"] is True
+
+
+@pytest.mark.parametrize("spec", [{"type": "canny", "low_threshold": 40}, {"type": "random_masks", "max_masks": 2}])
+def test_edges_and_masks_are_content_addressed_and_cached_like_the_others(tmp_path, spec):
+    from kontext_core.data.degrade import generator_spec
+
+    for i in range(2):
+        _picture(32, seed=i).save(tmp_path / f"{i}.png")
+    spec = generator_spec(_gen(**spec))  # what the pair table stores
+    jobs = [GenerationJob.make(f"{i}.png", spec, f"{i}.png") for i in range(2)]
+    first, made = generate_references(jobs, tmp_path, 7, tmp_path / "cache", workers=1)
+    again, made_again = generate_references(jobs, tmp_path, 7, tmp_path / "cache", workers=1)
+    assert made == 2 and made_again == 0 and again == first
+    assert Image.open(first[jobs[0]]).size == (32, 32)
+    changed = {**spec, "low_threshold": 41} if spec["type"] == "canny" else {**spec, "max_masks": 3}
+    other, _ = generate_references([GenerationJob.make("0.png", changed, "0.png")], tmp_path, 7, tmp_path / "cache", 1)
+    assert next(iter(other.values())) != first[jobs[0]]  # another option, another address
