@@ -31,6 +31,7 @@ MAPPED: dict[str, Mapped] = {
     "checkpointing_steps": Mapped("checkpoint_step_interval", "SimpleTuner's older name"),
     "save_total_limit": Mapped("checkpoints_total_limit", "SimpleTuner's older name"),
     "validation_steps": Mapped("validation_step_interval", "SimpleTuner's older name"),
+    "fused_qkv_projections": Mapped("fuse_qkv_projections", "SimpleTuner's registry name for the option"),
     "hub_model_id": Mapped("registry.model_name", "adapters are published to the MLflow model registry"),
     "tracker_project_name": Mapped("mlflow.experiment_name", "runs are tracked in MLflow"),
     "report_to": Mapped(None, "runs are always tracked in MLflow (section mlflow:)"),

@@ -100,3 +100,12 @@ def test_dataset_crop_defaults_and_choices_are_simpletuners():
         assert DatasetEntry.model_fields[key].default == dataset[key]["default"], key
     for key in ("crop_style", "crop_aspect", "resolution_type"):
         assert set(dataset[key]["choices"]) <= _literals(DatasetEntry.model_fields[key].annotation), key
+
+
+def test_simpletuners_aliases_of_keys_acted_on_are_mapped_to_them():
+    from kontext_core.config.simpletuner import MAPPED
+
+    for key in acted_keys():
+        for alias in TABLE["keys"].get(key, {}).get("aliases", []):
+            if alias != key:
+                assert MAPPED[alias].target == key, alias
