@@ -215,15 +215,17 @@ def export_simpletuner(
     """Write SimpleTuner's config.json and multidatabackend.json for this project's config."""
     from kontext_core.config import load_all
     from kontext_core.config.exporter import export_simpletuner as export
-    from kontext_core.config.exporter import write_export
+    from kontext_core.fsutil import write_json
 
     with _config_warnings(), _one_line_failures():
         resolved, datasets = load_all(params)
         config, entries, notes = export(resolved, datasets, str(out / "multidatabackend.json"))
     for line in notes:
         typer.echo(f"note: {line}", err=True)
-    for path in write_export(out, config, entries):
-        typer.echo(str(path))
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in (("multidatabackend.json", entries), ("config.json", config)):
+        write_json(out / name, content)
+        typer.echo(str(out / name))
 
 
 @app.command("stage")

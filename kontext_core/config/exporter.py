@@ -10,7 +10,6 @@ silently dropped. Secrets (aws keys) are never written: SimpleTuner then reads t
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from kontext_core.config.datasets import DatasetConfig, DatasetEntry
@@ -101,12 +100,3 @@ def export_simpletuner(
     config, notes = _config_json(params, data_backend_config)
     entries = [_entry(entry, notes) for entry in datasets.entries]
     return config, entries, notes
-
-
-def write_export(out_dir: Path, config: dict[str, Any], entries: list[dict[str, Any]]) -> tuple[Path, Path]:
-    from kontext_core.fsutil import write_json
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "multidatabackend.json", entries)
-    write_json(out_dir / "config.json", config)
-    return out_dir / "config.json", out_dir / "multidatabackend.json"
