@@ -29,7 +29,7 @@ def test_simpletuners_kontext_example_runs_every_stage(tmp_path, mlflow_template
     project = tmp_path / "project"
     project.mkdir()
     # SimpleTuner's file with one value changed: its validation_resolution 512x512, which this pipeline
-    # acts on, costs about 10 s per denoising step with the tiny model on a CPU; 64x128 (the buckets
+    # acts on, costs about 20 s per denoising step with the tiny model on a CPU; 64x128 (the buckets
     # are 64x64) still shows that the edits render at validation_resolution.
     config = json.loads(EXAMPLE.read_text())
     assert config["validation_resolution"] == "512x512"
