@@ -310,3 +310,22 @@ def test_export_simpletuner_writes_files_its_parser_accepts(tmp_path):
     original, _ = _check(params_file)
     for key in ("loss_type", "optimizer", "max_train_steps", "num_train_epochs", "lr_power", "seed"):
         assert back["params"][key] == original["params"][key], key
+
+
+def test_every_key_of_simpletuners_dataset_template_is_known(tmp_path, caplog):
+    """SimpleTuner's multidatabackend.json.example is a template ("random|center|corner" lists the
+    options): with each such value set to its first option, every key of it loads."""
+    from kontext_core.config.load import dataset_problems
+
+    entries = json.loads((ST_DIR / "multidatabackend.json.example").read_text())
+    for entry in entries:
+        for key, value in entry.items():
+            if isinstance(value, str) and "|" in value:
+                entry[key] = value.split("|")[0]
+        entry.pop("instance_data_dir", None)  # /path/to/data/tree: a folder of the reader's machine
+    (tmp_path / "datasets.json").write_text(json.dumps(entries))
+    with caplog.at_level(logging.WARNING, logger="kontext_core.config"):
+        _, problems = dataset_problems(tmp_path / "datasets.json", tmp_path)
+    assert not [line for line in problems if "unknown key" in line or "Input should be" in line], problems
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("ignore_epochs" in message and "deprecated" in message for message in messages)

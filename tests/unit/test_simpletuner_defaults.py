@@ -109,3 +109,10 @@ def test_simpletuners_aliases_of_keys_acted_on_are_mapped_to_them():
         for alias in TABLE["keys"].get(key, {}).get("aliases", []):
             if alias != key:
                 assert MAPPED[alias].target == key, alias
+
+
+def test_every_key_of_simpletuners_parser_is_known_here():
+    from kontext_core.config.simpletuner import state_of
+
+    names = set(TABLE["keys"]) | {a for entry in TABLE["keys"].values() for a in entry.get("aliases", [])}
+    assert not [key for key in sorted(names) if state_of(key) == "unknown"]
