@@ -124,8 +124,11 @@ def _quiet_expected_prefect_failures() -> Iterator[None]:
                 return False
             return True
 
-    handlers = {h for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
-                for h in logging.getLogger(name).handlers}
+    handlers = {
+        h
+        for name in ("", "prefect", "prefect.flow_runs", "prefect.task_runs")
+        for h in logging.getLogger(name).handlers
+    }
     quiet = _NoTraceback()
     for handler in handlers:
         handler.addFilter(quiet)
@@ -247,6 +250,27 @@ def import_simpletuner(
         return
     out.write_text(text)
     typer.echo(str(out))
+
+
+@config_app.command("export-simpletuner")
+def export_simpletuner(
+    params: Path = ParamsOption,
+    out: Path = typer.Option(Path("simpletuner"), "--out", help="folder for config.json and multidatabackend.json"),
+) -> None:
+    """Write SimpleTuner's config.json and multidatabackend.json for this project's config."""
+    from kontext_core.config import load_all
+    from kontext_core.config.exporter import export_simpletuner as export
+    from kontext_core.fsutil import write_json
+
+    with _config_warnings(), _one_line_failures():
+        resolved, datasets = load_all(params)
+        config, entries, notes = export(resolved, datasets, str(out / "multidatabackend.json"))
+    for line in notes:
+        typer.echo(f"note: {line}", err=True)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, content in (("multidatabackend.json", entries), ("config.json", config)):
+        write_json(out / name, content)
+        typer.echo(str(out / name))
 
 
 @app.command("stage")

@@ -27,6 +27,7 @@ HARMLESS_VALUES: dict[str, Any] = {
     "disable_benchmark": False,
     "disable_bucket_pruning": True,
     "grad_clip_method": "norm",
+    **{f"text_encoder_{n}_precision": "no_change" for n in range(1, 5)},
 }
 
 
@@ -36,7 +37,6 @@ def harmless(key: str, value: Any) -> bool:
     off = value is None or value is False or value == 0
     off = off or (isinstance(value, str) and value.lower() in ("", "none", "false"))
     return off and not key.startswith("disable")
-
 
 
 class ConfigError(ValueError):

@@ -21,7 +21,7 @@ from kontext_core.config.params import (
     ResolutionType,
     resolution_problem,
 )
-from kontext_core.config.simpletuner_keys import SIMPLETUNER_DATASET_KEYS
+from kontext_core.config.simpletuner_keys import DEPRECATED_DATASET_KEYS, SIMPLETUNER_DATASET_KEYS
 
 # The entry keys a dataset can take from params.yaml; each has the same name there.
 DEFAULTS_FROM_PARAMS = DATASET_DEFAULT_KEYS
@@ -64,11 +64,13 @@ class DatasetEntry(Strict):
     maximum_image_size: float | None = Field(None, gt=0)
     target_downsample_size: float | None = Field(None, gt=0)
     aspect_bucket_rounding: int = Field(2, ge=1, le=9)
-    # SimpleTuner default: resize to the bucket without cropping.
+    # SimpleTuner's defaults (kontext_core.data.buckets says what each does). crop off still resizes
+    # keeping the aspect ratio and cuts the few spare pixels by crop_style.
     crop: bool = False
-    crop_style: Literal["center", "centre", "random", "corner"] = "center"
+    crop_style: Literal["random", "center", "centre", "corner", "face"] = "random"
     crop_aspect: Literal["square", "preserve", "closest", "random"] = "square"
-    # Aspect ratios for crop_aspect closest/random: numbers, or {"aspect_bucket": a, "weight": w}.
+    # Aspect ratios for crop_aspect closest/random: numbers, or {"aspect": a, "weight": w} (SimpleTuner's
+    # TrainingSample reads "aspect"; its factory's message says "aspect_bucket": both are accepted).
     crop_aspect_buckets: list[float | dict[str, float]] | None = None
     caption_strategy: CaptionStrategy | None = "filename"
     instance_prompt: str | None = None
@@ -186,13 +188,20 @@ class DatasetEntry(Strict):
         if self.crop_aspect in ("closest", "random") and not self.crop_aspect_buckets:
             problems.append(f"crop_aspect = '{self.crop_aspect}' needs crop_aspect_buckets (a list of aspect ratios)")
         for bucket in self.crop_aspect_buckets or []:
-            if isinstance(bucket, dict) and set(bucket) != {"aspect_bucket", "weight"}:
-                problems.append(f"crop_aspect_buckets entry {bucket} must be {{'aspect_bucket': a, 'weight': w}}")
+            if isinstance(bucket, dict) and set(bucket) not in ({"aspect", "weight"}, {"aspect_bucket", "weight"}):
+                problems.append(f"crop_aspect_buckets entry {bucket} must be {{'aspect': a, 'weight': w}}")
+        if self.crop_style == "face":
+            problems.append(
+                "crop_style = 'face' needs a face detector (SimpleTuner's OpenCV Haar cascade), which this "
+                "pipeline does not ship or download; allowed: random, center, centre, corner"
+            )
         return problems
 
     def not_applicable_set(self) -> list[str]:
         keys = super().not_applicable_set()
-        keys += [k for k, v in self.simpletuner_extras.items() if not harmless(k, v)]
+        keys += [
+            k for k, v in self.simpletuner_extras.items() if not harmless(k, v) and k not in DEPRECATED_DATASET_KEYS
+        ]
         # The metadata backend this pipeline uses anyway is no news.
         natural = {"local": "discovery", "aws": "discovery", "huggingface": "huggingface"}.get(self.type)
         keys = [k for k in keys if not (k == "metadata_backend" and self.metadata_backend == natural)]
@@ -208,6 +217,10 @@ class DatasetEntry(Strict):
         # Keep "what the file says" apart from "what it resolved to" (see the module docstring).
         object.__setattr__(resolved, "__pydantic_fields_set__", set(self.model_fields_set))
         return resolved
+
+    def deprecated_set(self) -> list[str]:
+        """SimpleTuner keys of this entry that SimpleTuner itself says do nothing (warned about, any value)."""
+        return [k for k in self.simpletuner_extras if k in DEPRECATED_DATASET_KEYS]
 
     @property
     def conditioning_ids(self) -> list[str]:

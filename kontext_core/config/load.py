@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,8 @@ from kontext_core.config.checks import datasets_with_params_problems
 from kontext_core.config.datasets import DatasetConfig, DatasetEntry
 from kontext_core.config.params import Params
 from kontext_core.config.params_file import ParamsFileError, parse_params_text
+from kontext_core.config.simpletuner_defaults import differences_note, refused_value_problem
+from kontext_core.config.simpletuner_keys import DEPRECATED_DATASET_KEYS
 
 log = logging.getLogger("kontext_core.config")
 
@@ -78,7 +81,21 @@ def read_params_file(path: Path | str) -> dict[str, Any]:
 def params_problems(data: dict[str, Any], where: str) -> tuple[Params | None, list[str]]:
     """The params model (broken keys left at their defaults) and every problem, one line each."""
     translation = simpletuner.translate(data, where)
+    refused = []
+    for key, value in list(translation.data.items()):
+        if line := refused_value_problem(key, value, _allowed(key)):
+            refused.append(f"{where}: {line}")
+            del translation.data[key]
     params, problems = validate_all(Params, translation.data, where)
+    problems = refused + problems
+    if "model_family" in translation.data and "model_flavour" not in translation.data:
+        _warn_once(
+            f"{where}: model_flavour is not set: SimpleTuner would train model_family "
+            f"{translation.data['model_family']!r}'s default flavour (not Kontext); this pipeline trains FLUX.1 "
+            "Kontext only and trains this file's model as Kontext: set model_flavour: kontext to say so"
+        )
+    if note := differences_note(where, set(translation.data)):
+        _warn_once(note, logging.INFO)
     if translation.not_applicable:
         keys = {key: simpletuner.reason(key) for key in translation.not_applicable}
         _warn_once(simpletuner.not_applicable_warning(where, keys))
@@ -88,6 +105,12 @@ def params_problems(data: dict[str, Any], where: str) -> tuple[Params | None, li
         )
         _warn_once(f"{where}: SimpleTuner keys mapped: {moved}", logging.INFO)
     return params, translation.unknown + problems
+
+
+def _allowed(key: str) -> str:
+    field = Params.model_fields.get(key)
+    choices = typing.get_args(field.annotation) if field is not None else ()
+    return ", ".join(str(c) for c in choices if isinstance(c, str)) or "see docs/simpletuner.md"
 
 
 def params_from_dict(data: dict[str, Any], where: str = "params") -> Params:
@@ -166,6 +189,10 @@ def dataset_problems(
     not_applicable = _not_applicable_keys(config.entries)
     if not_applicable:
         _warn_once(simpletuner.not_applicable_warning(str(path), not_applicable))
+    deprecated = sorted({key for entry in config.entries for key in entry.deprecated_set()})
+    if deprecated:
+        listed = "; ".join(f"{key} ({DEPRECATED_DATASET_KEYS[key]})" for key in deprecated)
+        _warn_once(f"{path}: deprecated SimpleTuner dataset keys, no effect: {listed}")
     return config, problems
 
 

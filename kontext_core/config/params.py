@@ -111,7 +111,8 @@ class SampleDataSection(Strict):
 
 
 Precision = Literal["no_change", "int8-quanto", "fp8-quanto", "int4-quanto", "int2-quanto"]
-Optimizer = Literal["adamw", "optimi-adamw", "optimi-lion", "adamw_bf16"]
+# "torch-adamw" is SimpleTuner's name for plain AdamW; it is stored as "adamw".
+Optimizer = Literal["adamw", "torch-adamw", "optimi-adamw", "optimi-lion", "adamw_bf16"]
 LrScheduler = Literal["constant", "constant_with_warmup", "cosine", "polynomial"]
 LoraTarget = Literal["all", "all+ffs", "context", "context+ffs"]
 ResolutionType = Literal["pixel", "area", "pixel_area"]
@@ -184,10 +185,10 @@ class Params(Strict):
     lycoris_config: str = "config/lycoris_config.json"
     learning_rate: float = Field(1e-4, gt=0)
     optimizer: Optimizer = "adamw"
-    lr_scheduler: LrScheduler = "constant"
+    lr_scheduler: LrScheduler = "constant_with_warmup"
     lr_warmup_steps: int = Field(0, ge=0)
     lr_end: float = Field(4e-7, ge=0)
-    lr_power: float = Field(1.0, gt=0)
+    lr_power: float = Field(0.8, gt=0)
     gradient_accumulation_steps: int = Field(1, ge=1)
     max_grad_norm: float | None = Field(2.0, ge=0)
     # 0 or null: train for num_train_epochs instead.
@@ -198,7 +199,8 @@ class Params(Strict):
     # Images per `vae.encode` call in cache_vae (SimpleTuner's key); above 1 it is part of the cache key.
     vae_batch_size: int = Field(4, ge=1)
     seed: int = 42
-    loss_type: Literal["mse", "huber", "smooth_l1"] = "mse"
+    # "l2" is SimpleTuner's name for the squared error; it is stored as "mse".
+    loss_type: Literal["mse", "l2", "huber", "smooth_l1"] = "mse"
     huber_c: float = Field(0.1, gt=0)
     flow_sigmoid_scale: float = Field(1.0, gt=0)
     flow_schedule_shift: float = Field(3.0, gt=0)
@@ -206,7 +208,7 @@ class Params(Strict):
     flow_use_uniform_schedule: bool = False
     flux_guidance_mode: Literal["constant", "random-range"] = "constant"
     flux_guidance_value: float = 1.0
-    flux_guidance_min: float = 1.0
+    flux_guidance_min: float = 0.0
     flux_guidance_max: float = 4.0
     caption_dropout_probability: float = Field(0.0, ge=0.0, le=1.0)
     # fp16 is accepted so that the refusal can say why (see rule_problems).
@@ -226,8 +228,10 @@ class Params(Strict):
     tokenizer_max_length: int | None = Field(None, ge=1, le=512)
     validation_guidance: float = 2.5
     validation_guidance_real: float = 1.0
-    validation_resolution: str = "1024x1024"
-    validation_num_inference_steps: int = Field(28, ge=1)
+    # WIDTHxHEIGHT (or one edge) every validation edit renders at, its target resized to it for the
+    # score; null: each eval pair at its own bucket (docs/simpletuner.md: deliberate differences).
+    validation_resolution: str | None = None
+    validation_num_inference_steps: int = Field(30, ge=1)
     validation_seed: int = 0
     # SimpleTuner's eval loss: how many fixed timesteps (evenly spread) each eval pair is scored at.
     eval_timesteps: int = Field(28, ge=1)
@@ -265,9 +269,27 @@ class Params(Strict):
     tiny_model: TinyModelSection = TinyModelSection()
     sample_data: SampleDataSection = SampleDataSection()
 
+    @field_validator("loss_type")
+    @classmethod
+    def _loss_name(cls, value: str) -> str:
+        return "mse" if value == "l2" else value
+
+    @field_validator("optimizer")
+    @classmethod
+    def _optimizer_name(cls, value: str) -> str:
+        return "adamw" if value == "torch-adamw" else value
+
+    @field_validator("caption_strategy", mode="before")
+    @classmethod
+    def _caption_strategy_name(cls, value: Any) -> Any:
+        # SimpleTuner's top-level choice is spelt "instance_prompt"; its dataset entries say "instanceprompt".
+        return "instanceprompt" if value == "instance_prompt" else value
+
     @field_validator("validation_resolution", mode="before")
     @classmethod
-    def _resolution(cls, value: Any) -> str:
+    def _resolution(cls, value: Any) -> str | None:
+        if value is None:
+            return None
         text = str(value)
         parts = text.lower().split("x")
         if len(parts) == 1:
@@ -307,9 +329,12 @@ class Params(Strict):
             raise ValueError(f"at most {MAX_VAE_BATCH}: the VAE encodes the whole batch at once")
         return value
 
-    @field_validator("num_train_epochs", mode="before")
+    @field_validator(
+        "num_train_epochs", "checkpoint_step_interval", "validation_step_interval", "max_grad_norm", mode="before"
+    )
     @classmethod
-    def _epochs_zero_is_unset(cls, value: Any) -> Any:
+    def _zero_is_unset(cls, value: Any) -> Any:
+        # SimpleTuner writes 0 for "off" here (no epoch limit, no checkpoints, no validation, no clipping).
         return None if value == 0 else value
 
     def rule_problems(self) -> list[str]:
@@ -343,8 +368,10 @@ class Params(Strict):
         return problems
 
     @property
-    def validation_size(self) -> tuple[int, int]:
-        """(width, height) of validation images."""
+    def validation_size(self) -> tuple[int, int] | None:
+        """(width, height) of validation images; None: each eval pair's own bucket."""
+        if self.validation_resolution is None:
+            return None
         width, height = self.validation_resolution.split("x")
         return int(width), int(height)
 

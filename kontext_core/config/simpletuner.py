@@ -31,6 +31,7 @@ MAPPED: dict[str, Mapped] = {
     "checkpointing_steps": Mapped("checkpoint_step_interval", "SimpleTuner's older name"),
     "save_total_limit": Mapped("checkpoints_total_limit", "SimpleTuner's older name"),
     "validation_steps": Mapped("validation_step_interval", "SimpleTuner's older name"),
+    "fused_qkv_projections": Mapped("fuse_qkv_projections", "SimpleTuner's registry name for the option"),
     "hub_model_id": Mapped("registry.model_name", "adapters are published to the MLflow model registry"),
     "tracker_project_name": Mapped("mlflow.experiment_name", "runs are tracked in MLflow"),
     "report_to": Mapped(None, "runs are always tracked in MLflow (section mlflow:)"),
@@ -67,8 +68,13 @@ REASONS: dict[str, str] = {
     "aspect_ratio_bucket_min": "a legacy key SimpleTuner ignores too",
     "aspect_ratio_bucket_max": "a legacy key SimpleTuner ignores too",
     "vae_cache_preprocess": "latents are cached by the cache_vae stage before training",
+    **{
+        f"text_encoder_{n}_precision": "the text encoders run once, in cache_text, unquantized (embeddings are cached)"
+        for n in range(1, 5)
+    },
 }
 GENERIC_REASON = "SimpleTuner option that this pipeline does not implement"
+
 
 def pipeline_sections() -> list[str]:
     return [k for k, f in Params.model_fields.items() if isinstance(f.default, BaseModel)]

@@ -116,6 +116,39 @@ xm_selection_scope xm_training_target
 """.split()
 )
 
+# Keys of SimpleTuner's registry at the table's commit that the list above (its main branch when this
+# file was written) lacks, most of them options of other model families; tests/unit/
+# test_simpletuner_defaults.py checks that every key of the derived table is known here.
+REGISTRY_EXTRA_KEYS: frozenset[str] = frozenset(
+    """
+acestep_lora_target cosmos3_generator_component cosmos3_reasoner_component deepfloyd_validation_pipeline_mode
+deepfloyd_validation_stage1_model deepfloyd_validation_stage2_model deepfloyd_validation_stage3_mode
+deepfloyd_validation_stage3_model deepfloyd_validation_stage3_noise_level enable_chunked_feed_forward
+feed_forward_chunk_size hidream_load_balancing_loss_weight hidream_use_load_balancing_loss ideogram_auto_json
+ideogram_fp8_base_upcast ideogram_load_unconditional_transformer ideogram_prompt_enhancer_head_id
+ideogram_prompt_upsample ideogram_schedule_mu ideogram_schedule_std ideogram_uncond_ramtorch
+ideogram_validation krea2_reference_latents ltx2_intrinsic_conditioning ltx2_validation_audio_guidance
+ltx2_validation_pipeline_mode ltx2_validation_spatial_upsampler_filename
+ltx2_validation_spatial_upsampler_model ltx_i2v_prob ltx_partial_noise_fraction ltx_protect_first_frame
+ltx_train_mode lyrics_embedder_lr lyrics_embedder_lr_scheduler lyrics_embedder_optimizer lyrics_embedder_train
+minimax_h3_reference_mode minimax_h3_sparse_attention minimax_h3_sparse_block_shape
+minimax_h3_sparse_share_heads minimax_h3_sparse_start_layer minimax_h3_sparse_video_kv_fraction
+minimax_h3_target_mode minimax_music_lm_adapter minimax_music_lm_adapter_strength minimax_music_lm_max_frames
+minimax_music_lm_precache_mode minimax_music_train_component pixart_validation_pipeline_mode
+pixart_validation_stage1_model pixart_validation_stage2_model sana_complex_human_instruction
+sd3_clip_uncond_behaviour sd3_t5_uncond_behaviour sdxl_refiner_uses_full_range sdxl_validation_pipeline_mode
+sdxl_validation_stage1_model sdxl_validation_stage2_model validation_audio_duration validation_audio_only
+validation_ltx2_video_conditioning validation_lyrics wan_force_2_1_time_embedding
+wan_validation_load_other_stage
+""".split()
+)
+SIMPLETUNER_KEYS = SIMPLETUNER_KEYS | REGISTRY_EXTRA_KEYS
+
+# Keys SimpleTuner's parser builds at run time (one per text encoder of the model family), so they are
+# not in its field registry: its FLUX quick-start sets them.
+RUNTIME_KEYS: frozenset[str] = frozenset(f"text_encoder_{n}_precision" for n in range(1, 5))
+SIMPLETUNER_KEYS = SIMPLETUNER_KEYS | RUNTIME_KEYS
+
 # Dataset-entry keys SimpleTuner's data backend factory reads that DatasetEntry does not model
 # (its own fields, `disable` and `is_regularization_data` are handled there). Accepted with the
 # "not applicable" warning unless off.
@@ -130,6 +163,10 @@ SIMPLETUNER_DATASET_KEYS: frozenset[str] = frozenset(
     maximum_aspect_ratio metadata_update_interval minimum_aspect_ratio parquet preserve_data_backend_cache
     quality_column quality_thresholds read_batch_size scan_for_errors shorten_filenames slider_strength
     text_embeds timestep_sampling_offset train_batch_size vae_batch_size vae_cache_disable vae_cache_ondemand
-    vae_cache_scan_behaviour write_batch_size
+    vae_cache_scan_behaviour write_batch_size ignore_epochs
     """.split()
 )
+# Dataset keys SimpleTuner still accepts but says do nothing (it logs that they can be removed).
+DEPRECATED_DATASET_KEYS: dict[str, str] = {
+    "ignore_epochs": "deprecated in SimpleTuner, where it does nothing; it can be removed",
+}

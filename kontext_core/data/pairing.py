@@ -122,8 +122,9 @@ class _EditSetPairer:
         self._generated_entries: dict[str, DatasetEntry] = {}
 
     def plan(self, width: int, height: int, entry: DatasetEntry, key: str) -> dict[str, Any]:
-        # Only random crops depend on the file; other plans are shared by every image of one size.
-        if entry.crop and (entry.crop_style == "random" or entry.crop_aspect == "random"):
+        # Only random cuts depend on the file (crop off cuts too, by crop_style); other plans are
+        # shared by every image of one size.
+        if entry.crop_style == "random" or (entry.crop and entry.crop_aspect == "random"):
             return crop_plan(width, height, entry, self.params.seed, key)
         memo_key = (entry.id, width, height)
         if memo_key not in self._plans:

@@ -1,9 +1,10 @@
 """Run `FluxKontextPipeline` on the eval pairs and score the outputs against the targets.
 
 Each eval pair is shown to the pipeline the way training shows it to the transformer: the target's
-own crop plan and bucket set the output size, a strict reference is cropped with that plan, a
-loose one with its own plan at its own size, and under `combined` sampling every reference is shown
-(placed side by side in one image, which is how training lays several references out in latent space).
+own crop plan and bucket set the output size (or `validation_resolution`, when set), a strict
+reference is cropped with that plan, a loose one with its own plan at its own size, and under
+`combined` sampling every reference is shown (placed side by side in one image, which is how
+training lays several references out in latent space).
 """
 
 from __future__ import annotations
@@ -100,6 +101,15 @@ def conditioned_inputs(
     return reference, target, caption
 
 
+def render_size(params: Params, target: Image.Image) -> tuple[Image.Image, int, int]:
+    """The size an edit renders at: `validation_resolution` when set (the target is then resized to
+    cover it and centre-cut, so the score compares like with like), else the target's own bucket."""
+    size = params.validation_size
+    if size is None or size == target.size:
+        return target, target.width, target.height
+    return resize_and_crop(target, size), size[0], size[1]
+
+
 def evaluate(
     pipe: FluxKontextPipeline,
     pairs: list[dict],
@@ -110,7 +120,7 @@ def evaluate(
     results = []
     for index, pair in track(enumerate(pairs), desc, total=len(pairs), unit="pair"):
         reference, target, caption = conditioned_inputs(pair, load, params.conditioning_multidataset_sampling)
-        width, height = target.size
+        target, width, height = render_size(params, target)
         output = edit_image(pipe, reference, caption, width, height, params, params.validation_seed + index)
         results.append(
             EvalResult(
@@ -142,7 +152,7 @@ def prompted_edits(
     for shortname, prompt in prompts.items():
         for index, pair in enumerate(pairs):
             reference, target, _ = conditioned_inputs(pair, load, params.conditioning_multidataset_sampling)
-            width, height = target.size
+            target, width, height = render_size(params, target)
             output = edit_image(pipe, reference, prompt, width, height, params, params.validation_seed + index)
             result = EvalResult(pair["pair_id"], prompt, reference, output, target, float("nan"), float("nan"))
             results.append((shortname, result))

@@ -89,7 +89,7 @@ def test_config_check_prints_resolved_config(tmp_path):
     params_file = _project_with_datasets(tmp_path, datasets)
     result = runner.invoke(app, ["config", "check", "--params", str(params_file)])
     assert result.exit_code == 0, result.output
-    resolved = json.loads(result.output)
+    resolved = json.loads(result.stdout)  # notes and warnings go to stderr
     assert resolved["params"]["lora_rank"] == 16
     assert [d["id"] for d in resolved["datasets"]] == ["edit", "ref"]
 

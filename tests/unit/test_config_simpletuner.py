@@ -156,7 +156,7 @@ def test_import_simpletuner_writes_an_equivalent_params_yaml(tmp_path):
     assert "learning_rate: 1.0e-08  # acted on" in text  # a float in YAML 1.1 too
     assert yaml.safe_load(text)["learning_rate"] == 1e-08
     assert "# push_checkpoints_to_hub: false  # not applicable here" in text
-    assert "  model_name: \"flux-kontext-test-lora\"  # from hub_model_id" in text
+    assert '  model_name: "flux-kontext-test-lora"  # from hub_model_id' in text
 
 
 def test_render_refuses_a_config_with_problems(tmp_path):
@@ -181,3 +181,151 @@ def test_docs_key_table_is_current_and_complete():
     assert render() in doc, "run: python -m kontext_core.config.keydoc"
     for key in SIMPLETUNER_KEYS | set(MAPPED):
         assert f"| `{key}` | {state_of(key)} |" in doc
+
+
+ST_DIR = ROOT / "config/examples/simpletuner"
+
+
+def _st_project(tmp_path: Path, config: dict, dataset_file: str = "kontext-two-folder.json") -> Path:
+    """SimpleTuner's config at the project root, a quick-start dataset file where it points."""
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    key = next((k for k in config if k.lstrip("-") == "data_backend_config"), None)
+    target = tmp_path / (config[key] if key else "config/multidatabackend.json")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    source = ST_DIR / dataset_file if (ST_DIR / dataset_file).exists() else ROOT / "config/examples" / dataset_file
+    shutil.copy(source, target)
+    shutil.copy(ROOT / "config/lycoris_config.json", tmp_path / "config/lycoris_config.json")
+    for name in ("pairs/edited", "pairs/reference", "pairs-eval/edited", "pairs-eval/reference", "clean"):
+        (tmp_path / "data/samples" / name).mkdir(parents=True, exist_ok=True)
+    return tmp_path / "config.json"
+
+
+def _check(params_file: Path):
+    result = runner.invoke(app, ["config", "check", "--params", str(params_file)])
+    assert result.exit_code == 0, result.stderr
+    return json.loads(result.stdout), result.stderr.splitlines()
+
+
+QUICK = json.loads((ST_DIR / "FLUX_KONTEXT.quickstart.config.json").read_text())
+EVAL_SPLIT = json.loads((ST_DIR / "FLUX_KONTEXT.quickstart.eval-split.config.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("config", "dataset_file"),
+    [
+        (json.loads((ST_DIR / "config.json.example").read_text()), "kontext-two-folder.json"),
+        (QUICK, "kontext-two-folder.json"),
+        ({**QUICK, **EVAL_SPLIT}, "kontext-eval-split.json"),
+        (QUICK, "kontext-deblur.json"),
+        (QUICK, "kontext-jpeg.json"),
+        (json.loads(EXAMPLE.read_text()), "multidatabackend-controlnet-512px.json"),
+    ],
+    ids=[
+        "config.json.example",
+        "quickstart",
+        "quickstart+eval-split",
+        "quickstart+deblur",
+        "quickstart+jpeg",
+        "kontext+canny",
+    ],
+)
+def test_simpletuners_own_files_pass_config_check(tmp_path, config, dataset_file):
+    resolved, _ = _check(_st_project(tmp_path, config, dataset_file))
+    assert resolved["params"]["model_flavour"] == "kontext"
+
+
+def test_config_json_example_is_warned_that_it_names_no_flavour(tmp_path):
+    """SimpleTuner's config.json.example trains FLUX.1-dev there: never silently as Kontext here."""
+    resolved, stderr = _check(_st_project(tmp_path, json.loads((ST_DIR / "config.json.example").read_text())))
+    assert any(line.startswith("warning: ") and "model_flavour is not set" in line for line in stderr)
+    assert resolved["params"]["learning_rate"] == 1e-4 and resolved["params"]["validation_num_inference_steps"] == 20
+    # Its "true"/"false" strings are booleans and its polynomial schedule takes SimpleTuner's lr_power.
+    assert resolved["params"]["gradient_checkpointing"] is True and resolved["params"]["lr_power"] == 0.8
+
+
+def test_loss_type_l2_and_simpletuners_runtime_and_deprecated_keys(tmp_path, caplog):
+    config = {
+        **json.loads(EXAMPLE.read_text()),
+        "loss_type": "l2",
+        "text_encoder_1_precision": "no_change",
+        "text_encoder_2_precision": "no_change",
+        "--text_encoder_3_precision": "int8-quanto",
+    }
+    params_file = _st_project(tmp_path, config, "kontext-jpeg.json")
+    datasets_path = tmp_path / config["data_backend_config"]
+    entries = json.loads(datasets_path.read_text())
+    entries[0]["ignore_epochs"] = False
+    entries[0]["conditioning"][0]["enhance_blocks"] = True
+    datasets_path.write_text(json.dumps(entries))
+    resolved, stderr = _check(params_file)
+    assert resolved["params"]["loss_type"] == "mse"
+    warnings = [line for line in stderr if line.startswith("warning: ")]
+    assert any("text_encoder_3_precision" in line for line in warnings)  # a value that would matter
+    assert not any("text_encoder_1_precision" in line for line in warnings)  # no_change: no news
+    assert any("deprecated SimpleTuner dataset keys" in line and "ignore_epochs" in line for line in warnings)
+
+
+def test_simpletuner_values_refused_here_get_one_line_with_the_reason(tmp_path):
+    params_file = _project(tmp_path, {"model_type": "full", "optimizer": "prodigy"}, "config.json")
+    result = runner.invoke(app, ["config", "check", "--params", str(params_file)])
+    lines = _error_lines(result)
+    assert result.exit_code == 2 and len(lines) == 2
+    assert "model_type = 'full': this pipeline trains adapters only" in lines[0]
+    assert "optimizer" in lines[1] and "adamw" in lines[1]
+
+
+def test_defaults_that_differ_are_noted_for_the_keys_a_file_leaves_out(tmp_path):
+    _, stderr = _check(_project(tmp_path, {"seed": 1}, "config.json"))
+    note = next(line for line in stderr if "differ from SimpleTuner's on purpose" in line)
+    assert "learning_rate (SimpleTuner: 4e-07)" in note and "; seed (" not in note and ": seed (" not in note
+
+
+def test_export_simpletuner_writes_files_its_parser_accepts(tmp_path):
+    """Every key is one of SimpleTuner's (derived table), every value one of its choices, null = its off."""
+    from kontext_core.config.simpletuner_defaults import SIMPLETUNER_COMMIT
+
+    table = json.loads((ROOT / f"config/simpletuner/defaults@{SIMPLETUNER_COMMIT[:12]}.json").read_text())["keys"]
+    params_file = _project(tmp_path, {"loss_type": "mse", "optimizer": "adamw", "max_train_steps": 5})
+    out = tmp_path / "st"
+    result = runner.invoke(app, ["config", "export-simpletuner", "--params", str(params_file), "--out", str(out)])
+    assert result.exit_code == 0, result.stderr
+    config = json.loads((out / "config.json").read_text())
+    entries = json.loads((out / "multidatabackend.json").read_text())
+    for key, value in config.items():
+        assert key in table, key
+        choices = table[key].get("choices")
+        assert not choices or str(value) in map(str, choices), (key, value, choices)
+    assert config["loss_type"] == "l2" and config["optimizer"] == "torch-adamw"
+    assert config["num_train_epochs"] == 0 and config["checkpoint_step_interval"] == 0  # null: off
+    assert config["validation_step_interval"] == 0 and config["tracker_project_name"] == "kontext-lora"
+    assert "validation_resolution" not in config and "null (each eval pair" in result.stderr
+    assert {e["id"] for e in entries} == {"edit", "ref"}
+    assert all(e["crop_style"] == "random" and e["resolution_type"] == "pixel_area" for e in entries)
+    # And back: the exported files check here to the same settings (beside the project's data folders).
+    for name in ("config.json", "multidatabackend.json"):
+        shutil.copy(out / name, tmp_path / name)
+    config["data_backend_config"] = "multidatabackend.json"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    back, _ = _check(tmp_path / "config.json")
+    original, _ = _check(params_file)
+    for key in ("loss_type", "optimizer", "max_train_steps", "num_train_epochs", "lr_power", "seed"):
+        assert back["params"][key] == original["params"][key], key
+
+
+def test_every_key_of_simpletuners_dataset_template_is_known(tmp_path, caplog):
+    """SimpleTuner's multidatabackend.json.example is a template ("random|center|corner" lists the
+    options): with each such value set to its first option, every key of it loads."""
+    from kontext_core.config.load import dataset_problems
+
+    entries = json.loads((ST_DIR / "multidatabackend.json.example").read_text())
+    for entry in entries:
+        for key, value in entry.items():
+            if isinstance(value, str) and "|" in value:
+                entry[key] = value.split("|")[0]
+        entry.pop("instance_data_dir", None)  # /path/to/data/tree: a folder of the reader's machine
+    (tmp_path / "datasets.json").write_text(json.dumps(entries))
+    with caplog.at_level(logging.WARNING, logger="kontext_core.config"):
+        _, problems = dataset_problems(tmp_path / "datasets.json", tmp_path)
+    assert not [line for line in problems if "unknown key" in line or "Input should be" in line], problems
+    messages = [record.getMessage() for record in caplog.records]
+    assert any("ignore_epochs" in message and "deprecated" in message for message in messages)
