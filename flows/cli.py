@@ -334,6 +334,31 @@ def serve(params: Path = ParamsOption) -> None:
     prefect_serve(deployment, build_watch_deployment(params), build_reproduce_deployment(params))
 
 
+@app.command("serve-model")
+def serve_model_cmd(
+    model: str = typer.Option("models:/kontext-lora@champion", "--model", help="models:/ or runs:/ URI"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(5001, "--port"),
+    workers: int = typer.Option(1, "--workers", help="uvicorn workers (each loads the model)"),
+    params: Path = ParamsOption,
+) -> None:
+    """Serve a registered version over REST (stock `mlflow models serve`, POST /invocations); Ctrl-C or
+    SIGTERM stops the server and every process it started."""
+    _setup_logging(quiet_bars=False)
+    from kontext_core.config import load_params
+    from kontext_core.tracking.runs import open_store, tracking_uri
+    from kontext_core.tracking.serving import serve_model, server_environment
+
+    if not model.startswith(("models:/", "runs:/")):
+        _fail(f"--model {model}: expected a models:/ or runs:/ URI")
+    with _one_line_failures():
+        resolved = load_params(params)
+    project = params.resolve().parent
+    open_store(resolved, project)  # a moved project's artifact locations follow it before the server reads them
+    env = server_environment(tracking_uri(resolved, project), project)
+    raise typer.Exit(serve_model(model, host, port, env, workers))
+
+
 @app.command("edit")
 def edit(
     image: Path = typer.Option(..., "--image", exists=True, dir_okay=False),
@@ -382,35 +407,53 @@ def reproduce_cmd(
     raise typer.Exit(0 if verdict.answer == IDENTICAL else 1)
 
 
+EXPORT_FORMATS = {
+    "kohya": "one .safetensors file in the kohya layout ComfyUI and most UIs read (alpha included)",
+    "hub": "a folder for the Hugging Face hub: the adapter in diffusers layout, README.md model card, images/",
+}
+
+
 @app.command("export")
 def export(
     model: str = typer.Option(..., "--model", help="adapter folder or file, or a models:/ or runs:/ URI"),
-    fmt: str = typer.Option("kohya", "--format", help="kohya: the layout ComfyUI and most UIs read (alpha included)"),
-    out: Path = typer.Option(Path("kontext_lora_kohya.safetensors"), "--out"),
+    fmt: str = typer.Option("kohya", "--format", help="; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items())),
+    out: Path | None = typer.Option(
+        None, "--out", help="kohya: the file (kontext_lora_kohya.safetensors); hub: the folder (hub/)"
+    ),
     params: Path = ParamsOption,
 ) -> None:
     """Write an adapter in another tool's layout."""
     _setup_logging()
     import tempfile
 
-    from kontext_core.model.export import export_kohya
+    from kontext_core.model.export import KOHYA_FILE, export_kohya
+    from kontext_core.tracking.model_card import export_hub
 
-    if fmt != "kohya":
-        _fail(f"export: unknown format {fmt!r}; allowed: kohya")
+    if fmt not in EXPORT_FORMATS:
+        _fail(f"export: unknown format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
+    out = out or Path(KOHYA_FILE if fmt == "kohya" else "hub")
     try:
         if model.startswith(("models:/", "runs:/")):
             from kontext_core.config import load_params
-            from kontext_core.tracking.registry import download_adapter
+            from kontext_core.tracking.registry import download_version
             from kontext_core.tracking.runs import open_store
 
             if params.exists():
                 open_store(load_params(params), params.resolve().parent)
             with tempfile.TemporaryDirectory(prefix="kontext-export-") as tmp:
-                path = export_kohya(download_adapter(model, Path(tmp)), out)
+                adapter, card = download_version(model, Path(tmp))
+                path = export_kohya(adapter, out) if fmt == "kohya" else export_hub(adapter, out, card, model)
         else:
             if not Path(model).exists():
                 _fail(f"--model {model}: no such adapter file or folder (or use a models:/ URI)")
-            path = export_kohya(Path(model), out)
+            if fmt == "kohya":
+                path = export_kohya(Path(model), out)
+            else:
+                from kontext_core.config import load_params
+
+                with _one_line_failures():
+                    resolved = load_params(params)
+                path = export_hub(Path(model), out, None, model, resolved, params.resolve().parent)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(str(path))
