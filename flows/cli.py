@@ -258,6 +258,7 @@ def run(
     with _one_line_failures():
         values = parse_assignments(overrides)
         run_params, used = layered_params(read_params_file(params), values, where=params.name)
+    from kontext_core.dvc_lock import NO_COMMIT_ENV
     from kontext_core.project_lock import project_lock
 
     _contain_children()
@@ -270,8 +271,17 @@ def run(
             from kontext_core.progress import quiet_library_bars
 
             quiet_library_bars()
-            with _quiet_expected_prefect_failures():
-                result = kontext_train(params_file=str(params), **values)
+            saved = os.environ.get(NO_COMMIT_ENV)
+            if not dvc_commit:
+                os.environ[NO_COMMIT_ENV] = "1"
+            try:
+                with _quiet_expected_prefect_failures():
+                    result = kontext_train(params_file=str(params), **values)
+            finally:
+                if saved is None:
+                    os.environ.pop(NO_COMMIT_ENV, None)
+                else:
+                    os.environ[NO_COMMIT_ENV] = saved
     from flows.summary import summary_lines
 
     for line in summary_lines(result):
@@ -286,11 +296,16 @@ def run(
         typer.echo(f"champion: {result['alias_uri']}")
     if result.get("fast_path"):
         typer.echo("up to date: nothing ran (no Prefect or MLflow run started)")
-    if dvc_commit:
-        from kontext_core.dvc_lock import record_in_dvc_lock
+    workspace = result.get("workspace") or {}
+    if result.get("fast_path") and dvc_commit:
+        # No flow ran: the outputs are the ones dvc.lock should already name; record them in any case.
+        from kontext_core.dvc_lock import workspace_after_run
 
-        if note := record_in_dvc_lock(params.parent, params):
-            typer.echo(note)
+        registration = {"model_uri": result.get("model_uri"), "became_champion": bool(result.get("alias_uri"))}
+        workspace = workspace_after_run(params.parent, params, used, registration)
+    for line in (workspace.get("dvc_lock"), workspace.get("workspace")):
+        if line:
+            typer.echo(line)
 
 
 def _up_to_date_result(params: Any, project: Path, used: dict[str, Any]) -> dict[str, Any] | None:
@@ -457,6 +472,21 @@ def export(
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(str(path))
+
+
+@app.command("plots")
+def plots(
+    out: Path = typer.Option(Path("dvc_plots/offline.html"), "--out"),
+    params: Path = ParamsOption,
+) -> None:
+    """Write the stages' plots (train loss, eval loss by timestep) as one HTML page that renders offline."""
+    from kontext_core.stages import STAGES
+    from kontext_core.tracking.plots_view import write_page
+
+    declared = [
+        (path, spec.plot_axes.get(path, {}).get("x", "step")) for spec in STAGES.values() for path in spec.plots
+    ]
+    typer.echo(str(write_page(params.resolve().parent, declared, out)))
 
 
 @app.command("verify")

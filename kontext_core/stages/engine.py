@@ -101,6 +101,8 @@ class StageSpec:
     # Outputs DVC reports as metrics / plots.
     metrics: list[str] = field(default_factory=list)
     plots: list[str] = field(default_factory=list)
+    # A plot's axes for DVC (`{"x": column, "y": column}`); a CSV without them is step/loss.
+    plot_axes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def upstream(self) -> list[str]:
