@@ -70,3 +70,23 @@ def test_validation_table_keeps_grids_out_of_its_cells(tmp_path):
     assert row.endswith("| grid 1 (below) |") and "data:image" not in row
     assert "![grid 1](data:image/png;base64," in text.split(row, 1)[1]
     assert os.path.getsize(tmp_path / "grids" / grid_name("edit/a.png")) > 0
+
+
+def test_a_run_with_overrides_is_not_recorded_in_dvc_lock_and_says_what_the_workspace_holds(tmp_path, monkeypatch):
+    from kontext_core.dvc_lock import NO_COMMIT_ENV, workspace_after_run
+
+    registration = {"model_uri": "models:/kontext-lora/2", "became_champion": False}
+    assert workspace_after_run(tmp_path, tmp_path / "params.yaml", {"learning_rate": 0.005}, registration) == {
+        "dvc_lock": "",
+        "workspace": "",
+    }  # not a DVC repository: nothing to keep in step
+    (tmp_path / ".dvc").mkdir()
+    lines = workspace_after_run(tmp_path, tmp_path / "params.yaml", {"learning_rate": 0.005}, registration)
+    assert lines["dvc_lock"] == "dvc.lock not updated: this run overrode learning_rate=0.005"
+    assert "this run's (models:/kontext-lora/2, not the @champion), made with learning_rate=0.005" in lines["workspace"]
+    monkeypatch.setenv(NO_COMMIT_ENV, "1")
+    plain = workspace_after_run(tmp_path, tmp_path / "params.yaml", {}, registration | {"became_champion": True})
+    assert plain == {
+        "dvc_lock": "dvc.lock not updated (--no-dvc-commit)",
+        "workspace": "workspace: models/adapter and the metrics are models:/kontext-lora/2 (the new @champion)",
+    }
