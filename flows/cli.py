@@ -327,6 +327,7 @@ def run(
     with _one_line_failures():
         values = parse_assignments(overrides)
         run_params, used = layered_params(read_params_file(params), values, where=params.name)
+    from kontext_core.dvc_lock import NO_COMMIT_ENV
     from kontext_core.project_lock import project_lock
 
     _contain_children()
@@ -339,8 +340,17 @@ def run(
             from kontext_core.progress import quiet_library_bars
 
             quiet_library_bars()
-            with _quiet_expected_prefect_failures():
-                result = kontext_train(params_file=str(params), **values)
+            saved = os.environ.get(NO_COMMIT_ENV)
+            if not dvc_commit:
+                os.environ[NO_COMMIT_ENV] = "1"
+            try:
+                with _quiet_expected_prefect_failures():
+                    result = kontext_train(params_file=str(params), **values)
+            finally:
+                if saved is None:
+                    os.environ.pop(NO_COMMIT_ENV, None)
+                else:
+                    os.environ[NO_COMMIT_ENV] = saved
     from flows.summary import summary_lines
 
     for line in summary_lines(result):
@@ -355,11 +365,16 @@ def run(
         typer.echo(f"champion: {result['alias_uri']}")
     if result.get("fast_path"):
         typer.echo("up to date: nothing ran (no Prefect or MLflow run started)")
-    if dvc_commit:
-        from kontext_core.dvc_lock import record_in_dvc_lock
+    workspace = result.get("workspace") or {}
+    if result.get("fast_path") and dvc_commit:
+        # No flow ran: the outputs are the ones dvc.lock should already name; record them in any case.
+        from kontext_core.dvc_lock import workspace_after_run
 
-        if note := record_in_dvc_lock(params.parent, params):
-            typer.echo(note)
+        registration = {"model_uri": result.get("model_uri"), "became_champion": bool(result.get("alias_uri"))}
+        workspace = workspace_after_run(params.parent, params, used, registration)
+    for line in (workspace.get("dvc_lock"), workspace.get("workspace")):
+        if line:
+            typer.echo(line)
 
 
 def _up_to_date_result(params: Any, project: Path, used: dict[str, Any]) -> dict[str, Any] | None:
@@ -401,6 +416,31 @@ def serve(params: Path = ParamsOption) -> None:
     with _one_line_failures():
         deployment = build_deployment(params)
     prefect_serve(deployment, build_watch_deployment(params), build_reproduce_deployment(params))
+
+
+@app.command("serve-model")
+def serve_model_cmd(
+    model: str = typer.Option("models:/kontext-lora@champion", "--model", help="models:/ or runs:/ URI"),
+    host: str = typer.Option("127.0.0.1", "--host"),
+    port: int = typer.Option(5001, "--port"),
+    workers: int = typer.Option(1, "--workers", help="uvicorn workers (each loads the model)"),
+    params: Path = ParamsOption,
+) -> None:
+    """Serve a registered version over REST (stock `mlflow models serve`, POST /invocations); Ctrl-C or
+    SIGTERM stops the server and every process it started."""
+    _setup_logging(quiet_bars=False)
+    from kontext_core.config import load_params
+    from kontext_core.tracking.runs import open_store, tracking_uri
+    from kontext_core.tracking.serving import serve_model, server_environment
+
+    if not model.startswith(("models:/", "runs:/")):
+        _fail(f"--model {model}: expected a models:/ or runs:/ URI")
+    with _one_line_failures():
+        resolved = load_params(params)
+    project = params.resolve().parent
+    open_store(resolved, project)  # a moved project's artifact locations follow it before the server reads them
+    env = server_environment(tracking_uri(resolved, project), project)
+    raise typer.Exit(serve_model(model, host, port, env, workers))
 
 
 @app.command("edit")
@@ -451,38 +491,71 @@ def reproduce_cmd(
     raise typer.Exit(0 if verdict.answer == IDENTICAL else 1)
 
 
+EXPORT_FORMATS = {
+    "kohya": "one .safetensors file in the kohya layout ComfyUI and most UIs read (alpha included)",
+    "hub": "a folder for the Hugging Face hub: the adapter in diffusers layout, README.md model card, images/",
+}
+
+
 @app.command("export")
 def export(
     model: str = typer.Option(..., "--model", help="adapter folder or file, or a models:/ or runs:/ URI"),
-    fmt: str = typer.Option("kohya", "--format", help="kohya: the layout ComfyUI and most UIs read (alpha included)"),
-    out: Path = typer.Option(Path("kontext_lora_kohya.safetensors"), "--out"),
+    fmt: str = typer.Option("kohya", "--format", help="; ".join(f"{k}: {v}" for k, v in EXPORT_FORMATS.items())),
+    out: Path | None = typer.Option(
+        None, "--out", help="kohya: the file (kontext_lora_kohya.safetensors); hub: the folder (hub/)"
+    ),
     params: Path = ParamsOption,
 ) -> None:
     """Write an adapter in another tool's layout."""
     _setup_logging()
     import tempfile
 
-    from kontext_core.model.export import export_kohya
+    from kontext_core.model.export import KOHYA_FILE, export_kohya
+    from kontext_core.tracking.model_card import export_hub
 
-    if fmt != "kohya":
-        _fail(f"export: unknown format {fmt!r}; allowed: kohya")
+    if fmt not in EXPORT_FORMATS:
+        _fail(f"export: unknown format {fmt!r}; allowed: {', '.join(EXPORT_FORMATS)}")
+    out = out or Path(KOHYA_FILE if fmt == "kohya" else "hub")
     try:
         if model.startswith(("models:/", "runs:/")):
             from kontext_core.config import load_params
-            from kontext_core.tracking.registry import download_adapter
+            from kontext_core.tracking.registry import download_version
             from kontext_core.tracking.runs import open_store
 
             if params.exists():
                 open_store(load_params(params), params.resolve().parent)
             with tempfile.TemporaryDirectory(prefix="kontext-export-") as tmp:
-                path = export_kohya(download_adapter(model, Path(tmp)), out)
+                adapter, card = download_version(model, Path(tmp))
+                path = export_kohya(adapter, out) if fmt == "kohya" else export_hub(adapter, out, card, model)
         else:
             if not Path(model).exists():
                 _fail(f"--model {model}: no such adapter file or folder (or use a models:/ URI)")
-            path = export_kohya(Path(model), out)
+            if fmt == "kohya":
+                path = export_kohya(Path(model), out)
+            else:
+                from kontext_core.config import load_params
+
+                with _one_line_failures():
+                    resolved = load_params(params)
+                path = export_hub(Path(model), out, None, model, resolved, params.resolve().parent)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         _fail(str(exc))
     typer.echo(str(path))
+
+
+@app.command("plots")
+def plots(
+    out: Path = typer.Option(Path("dvc_plots/offline.html"), "--out"),
+    params: Path = ParamsOption,
+) -> None:
+    """Write the stages' plots (train loss, eval loss by timestep) as one HTML page that renders offline."""
+    from kontext_core.stages import STAGES
+    from kontext_core.tracking.plots_view import write_page
+
+    declared = [
+        (path, spec.plot_axes.get(path, {}).get("x", "step")) for spec in STAGES.values() for path in spec.plots
+    ]
+    typer.echo(str(write_page(params.resolve().parent, declared, out)))
 
 
 @app.command("verify")

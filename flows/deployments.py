@@ -16,6 +16,13 @@ from flows.reproduce_flow import kontext_reproduce
 from flows.train_flow import kontext_train
 from kontext_core.config import Params, load_params
 
+
+def served_path(params_file: Path) -> str:
+    """The params file as a served deployment's default: relative to the folder `kontext serve` runs in
+    (where its runs run), never an absolute path of the machine that deployed it."""
+    return Path(os.path.relpath(Path(params_file).resolve(), Path.cwd().resolve())).as_posix()
+
+
 # A worker's flow run starts in a temporary folder; this pull step moves it into the checkout.
 PROJECT_DIR_ENV = "KONTEXT_PROJECT_DIR"
 
@@ -51,7 +58,7 @@ def build_deployment(params_file: Path) -> RunnerDeployment:
     return kontext_train.to_deployment(
         name=params.prefect.deployment_name,
         schedule=CronSchedule(cron=params.prefect.cron, timezone=params.prefect.timezone),
-        parameters={"params_file": str(params_file)},
+        parameters={"params_file": served_path(params_file)},
         triggers=[data_trigger(params)],
         # One run at a time: runs of one project share its outputs; further runs wait in the queue.
         concurrency_limit=1,
@@ -71,7 +78,7 @@ def build_watch_deployment(params_file: Path) -> RunnerDeployment:
     return kontext_data_watch.to_deployment(
         name=WATCH_DEPLOYMENT,
         schedule=IntervalSchedule(interval=interval) if interval else None,
-        parameters={"params_file": str(params_file)},
+        parameters={"params_file": served_path(params_file)},
         tags=["kontext"],
         description="Emit kontext.data.changed when the project's datasets change (it starts training).",
     )
@@ -86,7 +93,7 @@ def build_reproduce_deployment(params_file: Path) -> RunnerDeployment:
     load_params(params_file)
     return kontext_reproduce.to_deployment(
         name=REPRODUCE_DEPLOYMENT,
-        parameters={"params_file": str(params_file)},
+        parameters={"params_file": served_path(params_file)},
         tags=["kontext", "audit"],
         description="Rebuild a registered adapter from its lineage: identical, different or cannot reproduce.",
     )

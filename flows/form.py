@@ -6,7 +6,7 @@ empty in the form) keeps the value of the params file.
 """
 
 from types import SimpleNamespace
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -27,6 +27,14 @@ def default(key: str) -> Any:
     return Field(None, description=RunOverrides.model_fields[key].description)
 
 
+def choice_of_adapter_kinds() -> Any:
+    """`lora_type` as a choice among the registered adapter kinds (a drop-down in the UI): the kinds are a
+    registry (kontext_core.model.adapter_kinds), so the config keeps a string and the form lists them."""
+    from kontext_core.model.adapter_kinds import ADAPTER_KINDS
+
+    return Literal[tuple(ADAPTER_KINDS)] | None
+
+
 # `T.learning_rate` is the type of the flow's `learning_rate` parameter, `D.learning_rate` its default.
-T = SimpleNamespace(**{key: typed(key) for key in OVERRIDE_KEYS})
+T = SimpleNamespace(**{key: typed(key) for key in OVERRIDE_KEYS} | {"lora_type": choice_of_adapter_kinds()})
 D = SimpleNamespace(**{key: default(key) for key in OVERRIDE_KEYS})

@@ -19,6 +19,7 @@ from prefect.logging.handlers import APILogHandler
 
 # kontext_core.progress does not propagate (its lines are already on screen): it gets the handler itself.
 PROJECT_LOGGERS = ("kontext_core", "kontext_core.progress", "flows", "tasks")
+LOG_FORMAT = "%(message)s"
 
 
 class _ThisRun(logging.Filter):
@@ -39,7 +40,8 @@ class _ThisRun(logging.Filter):
 def run_log_bridge(flow_run_id: UUID, level: int = logging.INFO) -> Iterator[None]:
     handler = APILogHandler(level=level)
     handler.addFilter(_ThisRun(flow_run_id))
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    # The UI shows each line's logger in a column of its own: the message alone, no repeated name.
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     saved = []
     for name in PROJECT_LOGGERS:
         logger = logging.getLogger(name)

@@ -138,6 +138,10 @@ def summary_markdown(result: dict[str, Any], params_used: dict[str, Any]) -> str
     for key, value in params_used.items():
         lines.append(f"| {key} | `{value}` | {'run override' if key in overrides else 'params file'} |")
     lines += ["", "## Stages", "", "```", *summary_lines(result), "```", ""]
+    workspace = result.get("workspace") or {}
+    lines += [f"- {line}" for line in (workspace.get("workspace"), workspace.get("dvc_lock")) if line]
+    if workspace.get("workspace") or workspace.get("dvc_lock"):
+        lines.append("")
     if result.get("approval"):
         approval = result["approval"]
         lines.append(

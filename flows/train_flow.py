@@ -25,6 +25,7 @@ from flows.run_log import run_log_bridge
 from flows.summary import pipeline_result, publish_run_summary, registered_run_id, stage_summary
 from kontext_core.config import ConfigError, Params, read_params_file
 from kontext_core.config.overrides import OVERRIDE_KEYS, layered_params
+from kontext_core.dvc_lock import workspace_after_run
 from kontext_core.stages import STAGE_ORDER, STAGES, Fingerprint, fingerprint, outputs_intact
 from kontext_core.stages.engine import read_manifest
 from kontext_core.stages.uptodate import check_in_order
@@ -157,6 +158,16 @@ def _run_stages(
     return {name: manifests[name] for name in STAGE_ORDER if only is None or name in only}
 
 
+def flow_run_ui_url(flow_run_id: str) -> str | None:
+    """The flow run's page in the Prefect UI (`<ui>/runs/flow-run/<id>`, the path the UI routes; Prefect's
+    own `flow_run.ui_url` names `/flow-runs/...`), or None under an ephemeral server: it has no UI, and
+    it is gone when the command ends, so the MLflow run gets no link rather than a dead one."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    base = PREFECT_UI_URL.value() if PREFECT_API_URL.value() else None
+    return f"{str(base).rstrip('/')}/runs/flow-run/{flow_run_id}" if base else None
+
+
 # Stages that log into the flow run's MLflow run: a stage group without them opens none.
 MLFLOW_STAGES = ("train", "validate", "register")
 
@@ -177,11 +188,17 @@ def run_pipeline(
         raise
     if used:
         logger.info("run overrides over %s: %s", Path(params_file).name, ", ".join(f"{k}={v}" for k, v in used.items()))
-    return _pipeline(params, project, used, only, logger)
+    params_path = Path(params_file) if Path(params_file).is_absolute() or not workdir else Path(workdir) / params_file
+    return _pipeline(params, project, used, only, logger, params_path)
 
 
 def _pipeline(
-    params: Params, project: Path, used: dict[str, Any], only: list[str] | None, logger: Any
+    params: Params,
+    project: Path,
+    used: dict[str, Any],
+    only: list[str] | None,
+    logger: Any,
+    params_path: Path | None = None,
 ) -> dict[str, Any]:
     saved_env = {
         k: os.environ.get(k)
@@ -194,8 +211,8 @@ def _pipeline(
     }
     os.environ["KONTEXT_PREFECT_FLOW_RUN_ID"] = str(flow_run.id)
     os.environ["KONTEXT_PREFECT_FLOW_RUN_NAME"] = str(flow_run.name)
-    if flow_run.ui_url:
-        os.environ["KONTEXT_PREFECT_FLOW_RUN_URL"] = str(flow_run.ui_url)
+    if url := flow_run_ui_url(str(flow_run.id)):
+        os.environ["KONTEXT_PREFECT_FLOW_RUN_URL"] = url
     # All cached: no new MLflow run; the result names the run that produced the outputs.
     leading = _leading_fingerprints(params, project)
     reused = len(leading) == len(STAGE_ORDER) and outputs_intact(
@@ -251,6 +268,13 @@ def _pipeline(
         logger.info("registered %s: %s", registration["model_uri"], registration.get("reason", ""))
     result = pipeline_result(manifests, params.registry.metric, run_id=run_id, reused=reused, overrides=used)
     result["approval"] = approval
+    if params_path is not None and only is None:
+        # Every flow run, from the CLI or a deployment, leaves dvc.lock and the workspace in step (under
+        # the project lock this function runs in).
+        result["workspace"] = workspace_after_run(project, params_path, used, registration)
+        for line in result["workspace"].values():
+            if line:
+                logger.info(line)
     publish_run_summary(params, result)
     return result
 

@@ -63,7 +63,8 @@ def build_dvc_yaml(root: Path) -> dict[str, Any]:
         if spec.metrics:
             stage["metrics"] = [{path: {"cache": False}} for path in spec.metrics]
         if spec.plots:
-            stage["plots"] = [{path: {"cache": False, "x": "step", "y": "loss"}} for path in spec.plots]
+            axes = {"x": "step", "y": "loss"}
+            stage["plots"] = [{path: {"cache": False, **spec.plot_axes.get(path, axes)}} for path in spec.plots]
         stages[name] = stage
     return {"stages": stages}
 

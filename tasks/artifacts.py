@@ -63,28 +63,37 @@ def validation_rows(per_pair: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def validation_markdown(per_pair: list[dict[str, Any]], grids: Path, run_url: str | None) -> str:
+    """The scores as a table whose grid column is a short label; the grids themselves follow the table,
+    one per paragraph, where the UI scales them to its width (inside a table cell a 4-panel grid is as
+    wide as its pixels and the columns are cut off on any screen narrower than that)."""
     lines = [
         "# Validation: base model vs LoRA",
         "",
-        "Grids: reference | base | lora | target."
+        "Grids: reference | base | lora | target, below the table."
         + (f" All grids in the [MLflow run]({run_url}) under validation/grids." if run_url else ""),
         "",
         "| pair | eval loss base | eval loss lora | PSNR base | PSNR lora | SSIM base | SSIM lora | grid |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for row in per_pair:
+    images = []
+    for number, row in enumerate(per_pair, start=1):
         grid = grids / grid_name(row["pair_id"])
         if grid.exists() and grid.stat().st_size <= INLINE_GRID_BYTES:
-            image = f"![{row['pair_id']}](data:image/png;base64,{base64.b64encode(grid.read_bytes()).decode()})"
+            label = f"grid {number} (below)"
+            encoded = base64.b64encode(grid.read_bytes()).decode()
+            image = f"![grid {number}](data:image/png;base64,{encoded})"
+            images += [f"**grid {number}**: {row['pair_id']}", "", image, ""]
         elif run_url:
-            image = f"[{grid.name}]({run_url})"
+            label = f"[{grid.name}]({run_url})"
         else:
-            image = grid.name
+            label = grid.name
         cells = [row["pair_id"]] + [
             _fmt(row.get(f"{metric}{side}")) for metric in ("eval_loss", "psnr", "ssim") for side in ("_base", "")
         ]
-        lines.append("| " + " | ".join([*cells, image]) + " |")
-    return "\n".join(lines) + "\n"
+        lines.append("| " + " | ".join([*cells, label]) + " |")
+    if images:
+        lines += ["", *images]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def safe_run_link(run_id: str | None) -> str | None:

@@ -104,6 +104,8 @@ class StageSpec:
     # Params DVC watches although the fingerprint does not hash them, because an extra input holds
     # what they resolve to (`revision`: the base model's commit is in `model_inputs`).
     dvc_params: list[str] = field(default_factory=list)
+    # A plot's axes for DVC (`{"x": column, "y": column}`); a CSV without them is step/loss.
+    plot_axes: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def upstream(self) -> list[str]:

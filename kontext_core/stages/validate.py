@@ -7,6 +7,8 @@ from kontext_core.stages.engine import StageContext, StageSpec
 
 VALIDATE_DIR = "artifacts/validate"
 VALIDATE_METRICS = "artifacts/metrics/validate.json"
+# The eval loss at each fixed timestep (adapter and base): a curve, not columns of `dvc metrics show`.
+TIMESTEP_PLOT = "artifacts/plots/eval_loss_by_timestep.csv"
 
 VALIDATION_KEYS = [
     "validation_guidance",
@@ -38,7 +40,14 @@ def stage_validate(ctx: StageContext) -> None:
 
     transformer = frozen_base_transformer(p, ctx.workdir, ctx.input("quantize.model"))
     metrics = run_validation(
-        p, ctx.workdir, transformer, ctx.input("train.adapter"), out, ctx.out(VALIDATE_METRICS), load
+        p,
+        ctx.workdir,
+        transformer,
+        ctx.input("train.adapter"),
+        out,
+        ctx.out(VALIDATE_METRICS),
+        load,
+        plot_file=ctx.out(TIMESTEP_PLOT),
     )
     run_id = runs.current_run_id(p, ctx.workdir, ctx.input("train.run"))
     log_validation(run_id, metrics, out / "grids")
@@ -73,4 +82,7 @@ SPEC = StageSpec(
     extra_inputs=model_inputs,
     dvc_params=["revision"],
     metrics=[VALIDATE_METRICS],
+    plots=[TIMESTEP_PLOT],
+    # DVC takes one y column per output plot; the base model's column is in the file (and in `kontext plots`).
+    plot_axes={TIMESTEP_PLOT: {"x": "timestep", "y": "eval_loss"}},
 )

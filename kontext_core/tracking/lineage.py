@@ -136,10 +136,29 @@ def log_run_files(client: mlflow.MlflowClient, run_id: str, workdir: Path, param
                 client.log_artifact(run_id, str(workdir / "data/pair" / name), artifact_path="preflight")
         csv = workdir / "artifacts/plots/train_loss.csv"
         if csv.exists():
+            log_loss_curve(client, run_id, csv)
             client.log_artifact(run_id, str(csv), artifact_path="plots")
             png = Path(tmp) / "train_loss.png"
             render_loss_plot(csv, png)
             client.log_artifact(run_id, str(png), artifact_path="plots")
+
+
+def log_loss_curve(client: mlflow.MlflowClient, run_id: str, csv: Path) -> bool:
+    """`train/loss` from the loss CSV onto a run that has none: the run a version is registered from
+    when its train stage was skipped (it ran in an earlier, interrupted run, whose MLflow run keeps the
+    live curve). Returns whether it logged."""
+    import time
+
+    from mlflow.entities import Metric
+
+    if client.get_metric_history(run_id, "train/loss"):
+        return False
+    rows = [line.split(",") for line in Path(csv).read_text().splitlines()[1:] if line.strip()]
+    now = int(time.time() * 1000)
+    metrics = [Metric("train/loss", float(row[1]), now, int(row[0])) for row in rows]
+    for start in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=metrics[start : start + 1000])
+    return bool(metrics)
 
 
 def dvc_tags(workdir: Path) -> dict[str, str]:

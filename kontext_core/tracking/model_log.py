@@ -82,9 +82,19 @@ def requirements() -> list[str]:
     return pins
 
 
+def model_defaults(params: Params) -> dict[str, Any]:
+    """The edit settings a request gets unless it names others (the validation's)."""
+    return {
+        "num_inference_steps": params.validation_num_inference_steps,
+        "guidance_scale": params.validation_guidance,
+        "max_sequence_length": sequence_length(params),
+    }
+
+
 def _log(params: Params, run_id: str, base: dict, artifacts: dict, example: Any, code: str) -> Any:
     from mlflow.models import Model
 
+    defaults = model_defaults(params)
     # What mlflow.pyfunc.log_model does, with the run given by id instead of an active run. The logged
     # model is made first in the run's experiment: left to itself, it would go to the active
     # experiment (the store's default one, whose files land in ./mlruns of the working directory).
@@ -103,13 +113,9 @@ def _log(params: Params, run_id: str, base: dict, artifacts: dict, example: Any,
             "base_model": base,
             # Declared (empty) so that `load_model(..., model_config={"base_model_root": DIR})` may set it.
             "base_model_root": None,
-            "defaults": {
-                "num_inference_steps": params.validation_num_inference_steps,
-                "guidance_scale": params.validation_guidance,
-                "max_sequence_length": sequence_length(params),
-            },
+            "defaults": defaults,
         },
-        signature=signature(),
+        signature=signature(defaults),
         input_example=(example, {"num_inference_steps": params.validation_num_inference_steps}),
         # kontext_core travels with the model: it loads where the package is not installed.
         code_paths=[code],

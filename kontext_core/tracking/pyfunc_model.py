@@ -127,19 +127,23 @@ class KontextEditModel(mlflow.pyfunc.PythonModel):
         return pd.DataFrame({"image": outputs})
 
 
-def signature() -> Any:
+def signature(defaults: dict[str, Any] | None = None) -> Any:
+    """The pyfunc signature; its params' defaults are the model's own (`defaults`, as configured in
+    `model_config`): MLflow fills every param a request leaves out from the schema, so a schema default
+    that differed from the model's would silently override it."""
     from mlflow.models import ModelSignature
     from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
+    values = {**DEFAULT_PARAMS, **(defaults or {})}
     return ModelSignature(
         inputs=Schema([ColSpec("string", "image"), ColSpec("string", "prompt")]),
         outputs=Schema([ColSpec("string", "image")]),
         params=ParamSchema(
             [
-                ParamSpec("num_inference_steps", "long", DEFAULT_PARAMS["num_inference_steps"]),
-                ParamSpec("guidance_scale", "double", DEFAULT_PARAMS["guidance_scale"]),
-                ParamSpec("seed", "long", DEFAULT_PARAMS["seed"]),
-                ParamSpec("max_area", "long", DEFAULT_PARAMS["max_area"]),
+                ParamSpec("num_inference_steps", "long", values["num_inference_steps"]),
+                ParamSpec("guidance_scale", "double", values["guidance_scale"]),
+                ParamSpec("seed", "long", values["seed"]),
+                ParamSpec("max_area", "long", values["max_area"]),
             ]
         ),
     )

@@ -95,11 +95,22 @@ def download_adapter(model_uri: str, dest: Path) -> Path:
             os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
         else:
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = saved
+    return _adapter_in(root, model_uri)
+
+
+def _adapter_in(root: Path, model_uri: str) -> Path:
     for name in ADAPTER_FILES:
         found = sorted(root.rglob(name))
         if found:
             return found[0].parent
     raise FileNotFoundError(f"{model_uri}: no adapter file ({', '.join(ADAPTER_FILES)}) in the registered files")
+
+
+def download_version(model_uri: str, dest: Path) -> tuple[Path, Path | None]:
+    """(the adapter folder, the model card folder or None) of a registered version's files."""
+    adapter = download_adapter(model_uri, dest)
+    cards = sorted(Path(dest).rglob("model_card/README.md"))
+    return adapter, (cards[0].parent if cards else None)
 
 
 def champion_score(

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from kontext_core.config import Params
-from kontext_core.model.export import KOHYA_FILE, LORA_FILE, export_kohya
+from kontext_core.model.export import KOHYA_FILE, export_kohya
 from kontext_core.tracking.registry import Registration, register_adapter
 
 
@@ -61,6 +61,7 @@ def register_version(
     load: Callable[[str], Image.Image],
 ) -> Registration:
     from kontext_core.tracking.lineage import dvc_tags, log_dataset_inputs, log_run_files
+    from kontext_core.tracking.model_card import CARD_ARTIFACT, write_model_card
     from kontext_core.tracking.model_log import log_edit_model
     from kontext_core.tracking.runs import set_tags
 
@@ -71,10 +72,11 @@ def register_version(
     fingerprint = json.loads((validate_dir / "eval_set.json").read_text())["fingerprint"]
     example = example_from_eval_set(workdir, params, load)
     with tempfile.TemporaryDirectory(prefix="kontext-kohya-") as tmp:
-        extra = {}
-        if (adapter_dir / LORA_FILE).exists():
-            # The version carries the kohya file too (ComfyUI reads its alpha; the diffusers file's it ignores).
-            extra["kohya"] = export_kohya(adapter_dir, Path(tmp) / KOHYA_FILE)
+        # The version carries the kohya file too (ComfyUI reads its alpha; the diffusers file's it ignores),
+        # and its model card (README.md + images/), which `kontext export --format hub` ships.
+        extra = {"kohya": export_kohya(adapter_dir, Path(tmp) / KOHYA_FILE)}
+        card = Path(tmp) / CARD_ARTIFACT
+        extra[CARD_ARTIFACT] = write_model_card(params, workdir, adapter_dir, validate_dir, metrics, card)
         return register_adapter(
             params,
             run_id,

@@ -62,8 +62,10 @@ def run_validation(
     out_dir: Path,
     metrics_file: Path,
     load: Callable[[str], Image.Image],
+    plot_file: Path | None = None,
 ) -> dict[str, Any]:
-    """Score base and adapter; returns the metrics written to `metrics_file`."""
+    """Score base and adapter; `metrics_file` gets the scalars a user compares, `plot_file` the eval loss
+    by timestep (CSV). Returns every number (the per-timestep ones too: MLflow draws them as curves)."""
     from kontext_core.model.load import training_device
 
     pairs = eval_pairs(workdir)
@@ -76,7 +78,10 @@ def run_validation(
     write_grids(out_dir / "grids", base, adapter)
     fingerprint = eval_fingerprint(params, eval_set)
     metrics: dict[str, Any] = {**adapter.metrics(), **base.metrics("_base"), "eval_pairs": len(pairs)}
-    write_json(metrics_file, metrics)
+    scalars, by_timestep = split_timesteps(metrics)
+    write_json(metrics_file, scalars)
+    if plot_file is not None:
+        write_timestep_plot(plot_file, by_timestep)
     write_json(out_dir / EVAL_SET_FILE, {"fingerprint": fingerprint, **eval_set.describe()})
     write_json(
         out_dir / "per_pair.json",
@@ -95,6 +100,34 @@ def run_validation(
         ],
     )
     return {**metrics, "eval_fingerprint": fingerprint}
+
+
+def timestep_key(key: str) -> tuple[str, int] | None:
+    """(`eval_loss` or `eval_loss_base`, timestep x 1000) of a per-timestep key (`eval_loss_t0125`), else None."""
+    head, _, tail = key.rpartition("_t")
+    return (head, int(tail)) if head.startswith("eval_loss") and tail.isdigit() else None
+
+
+def split_timesteps(metrics: dict[str, Any]) -> tuple[dict[str, Any], dict[int, dict[str, float]]]:
+    """(the scalars, {timestep: {"eval_loss": ..., "eval_loss_base": ...}})."""
+    scalars: dict[str, Any] = {}
+    rows: dict[int, dict[str, float]] = {}
+    for key, value in metrics.items():
+        found = timestep_key(key)
+        if found is None:
+            scalars[key] = value
+        else:
+            rows.setdefault(found[1], {})[found[0]] = float(value)
+    return scalars, rows
+
+
+def write_timestep_plot(path: Path, rows: dict[int, dict[str, float]]) -> None:
+    from kontext_core.fsutil import write_text
+
+    columns = sorted({name for row in rows.values() for name in row})
+    lines = [",".join(["timestep", *columns])]
+    lines += [",".join([str(t), *(repr(rows[t].get(c, "")) for c in columns)]) for t in sorted(rows)]
+    write_text(path, "\n".join(lines) + "\n")
 
 
 def write_grids(grids: Path, base: Scores, adapter: Scores) -> None:
@@ -117,9 +150,9 @@ def log_validation(run_id: str, metrics: dict[str, Any], grids: Path) -> None:
     for key, value in metrics.items():
         if not isinstance(value, int | float):
             continue
-        head, _, tail = key.rpartition("_t")
-        if head.startswith("eval_loss") and tail.isdigit():
-            batch.append(Metric(f"val/{head}_by_timestep", float(value), now, int(tail)))
+        found = timestep_key(key)
+        if found is not None:
+            batch.append(Metric(f"val/{found[0]}_by_timestep", float(value), now, found[1]))
         else:
             batch.append(Metric(f"val/{key}", float(value), now, 0))
     client.log_batch(run_id, metrics=batch)

@@ -71,6 +71,29 @@ def test_after_kontext_run_dvc_repro_reruns_nothing(repo):
     assert porcelain(project) == ""
 
 
+def test_a_deployment_run_keeps_dvc_lock_in_step_and_says_what_an_override_left(repo, prefect_harness, monkeypatch):
+    """The flow as a deployment runs it (no CLI): with an override it records nothing in dvc.lock and
+    says the workspace holds that run's outputs; without one it records them (`dvc status` clean)."""
+    from flows.summary import summary_markdown
+    from flows.train_flow import kontext_train
+
+    project, _ = repo
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    override = kontext_train(params_file="params.yaml", workdir=str(project), learning_rate=0.005)
+    assert override["workspace"]["dvc_lock"] == "dvc.lock not updated: this run overrode learning_rate=0.005"
+    assert "`dvc status` shows the stages that ran as changed" in override["workspace"]["workspace"]
+    assert override["workspace"]["workspace"] in summary_markdown(override, {})
+    status = ok(dvc(project, "status")).stdout
+    assert "train:" in status and "changed outs" in status, status
+
+    plain = kontext_train(params_file="params.yaml", workdir=str(project))
+    assert plain["stages"]["train"] == "ran"
+    assert plain["workspace"]["dvc_lock"].startswith("dvc.lock updated")
+    assert "Data and pipelines are up to date" in ok(dvc(project, "status")).stdout
+    assert ran_stages(ok(dvc(project, "repro")).stdout) == []
+    git(project, "commit", "-qam", "deployment runs")  # dvc.lock: the registration names this run
+
+
 def test_commits_compare_with_params_metrics_and_plots_diff(repo):
     project, _ = repo
     params = json.loads(ok(dvc(project, "params", "diff", "HEAD~1", "HEAD", "--json")).stdout)

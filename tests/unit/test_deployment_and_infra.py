@@ -1,4 +1,3 @@
-from pathlib import Path
 
 import yaml
 
@@ -6,13 +5,14 @@ from flows.deployments import build_deployment
 from tests.conftest import ROOT, make_project
 
 
-def test_served_deployment_uses_the_params_schedule(tmp_path):
+def test_served_deployment_uses_the_params_schedule(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     params_file = make_project(tmp_path, prefect={"cron": "15 4 * * 2", "timezone": "Europe/Berlin"})
     deployment = build_deployment(params_file)
     assert deployment.name == "kontext-train-scheduled"
     schedule = deployment.schedules[0].schedule
     assert schedule.cron == "15 4 * * 2" and schedule.timezone == "Europe/Berlin"
-    assert deployment.parameters == {"params_file": str(Path(params_file).resolve())}
+    assert deployment.parameters == {"params_file": "params.yaml"}
 
 
 def test_infra_files_parse_and_name_the_flow_entrypoint():
@@ -37,13 +37,14 @@ def test_stage_tasks_retry_everything_but_config_errors():
     assert _retry_unless_config_error(None, None, Completed(data={"ok": 1}))
 
 
-def test_reproduce_deployment_takes_the_model_uri_from_the_ui(tmp_path):
+def test_reproduce_deployment_takes_the_model_uri_from_the_ui(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     from flows.deployments import build_reproduce_deployment
 
     params_file = make_project(tmp_path)
     deployment = build_reproduce_deployment(params_file)
     assert deployment.name == "kontext-reproduce" and not deployment.schedules
-    assert deployment.parameters == {"params_file": str(Path(params_file).resolve())}
+    assert deployment.parameters == {"params_file": "params.yaml"}
     properties = deployment._parameter_openapi_schema.properties
     assert properties["model_uri"]["default"] == "models:/kontext-lora@champion"
     project = yaml.safe_load((ROOT / "infra/prefect.yaml").read_text())

@@ -86,11 +86,11 @@ def test_registry_direction_is_the_metrics_and_a_contradiction_is_an_error():
 
 def test_kohya_keys_carry_alpha_per_module():
     state = {
-        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.ones(4, 8),
-        "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.ones(8, 4),
+        "transformer.transformer_blocks.0.attn.to_out.0.lora_A.weight": torch.ones(4, 8),
+        "transformer.transformer_blocks.0.attn.to_out.0.lora_B.weight": torch.ones(8, 4),
     }
     out = to_kohya(state, alpha=8.0)
-    name = "lora_transformer_transformer_blocks_0_attn_to_q"
+    name = "lora_unet_double_blocks_0_img_attn_proj"
     assert set(out) == {f"{name}.lora_down.weight", f"{name}.lora_up.weight", f"{name}.alpha"}
     assert float(out[f"{name}.alpha"]) == 8.0
     assert float(to_kohya(state, alpha=None)[f"{name}.alpha"]) == 4.0  # no alpha recorded: alpha = rank
