@@ -10,7 +10,6 @@ is a derivative under the FLUX.1 [dev] Non-Commercial License.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +39,6 @@ SETTINGS = (
     "conditioning_multidataset_sampling",
 )  # fmt: skip
 COMPARED = ("eval_loss", "psnr", "ssim")
-_COMMIT = re.compile(r"^[0-9a-f]{40}$")
 
 
 @dataclass
@@ -57,19 +55,6 @@ class CardFacts:
     decision: str = ""
 
 
-def resolved_revision(hub_id: str, revision: str | None) -> str | None:
-    """The commit a hub revision names, read from the local hub cache (no network); None if unknown."""
-    if revision and _COMMIT.match(revision):
-        return revision
-    try:
-        from huggingface_hub.constants import HF_HUB_CACHE
-    except ImportError:  # pragma: no cover - huggingface_hub comes with diffusers
-        return None
-    ref = Path(HF_HUB_CACHE) / f"models--{hub_id.replace('/', '--')}" / "refs" / (revision or "main")
-    text = ref.read_text().strip() if ref.is_file() else ""
-    return text if _COMMIT.match(text) else None
-
-
 def base_facts(params: Params, workdir: Path) -> dict[str, Any]:
     from kontext_core.model.source import model_fingerprint
 
@@ -79,7 +64,8 @@ def base_facts(params: Params, workdir: Path) -> dict[str, Any]:
     return {
         "hub_id": found["hub_id"],
         "revision": params.revision or "main",
-        "resolved_revision": resolved_revision(found["hub_id"], params.revision),
+        # model_fingerprint already resolved the revision to its commit (kontext_core.hub.resolve).
+        "resolved_revision": found["commit"],
     }
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
 from huggingface_hub import ModelCard
 
 from kontext_core.config import params_from_dict
-from kontext_core.tracking.model_card import LICENSE, card_facts, render, resolved_revision
+from kontext_core.hub.cache import set_ref, write_snapshot
+from kontext_core.tracking.model_card import LICENSE, card_facts, render
 
-COMMIT = "0123456789abcdef0123456789abcdef01234567"
+HUB_ID = "black-forest-labs/FLUX.1-Kontext-dev"
 METRICS = {"eval_loss": 0.41, "eval_loss_base": 0.52, "psnr": 18.3, "psnr_base": 15.1, "ssim": 0.6, "ssim_base": 0.5}
 PER_PAIR = [{"caption": "make it night"}, {"caption": "invert the colours"}, {"caption": "make it night"}]
 
@@ -17,9 +19,25 @@ def _card(params: dict, tmp_path) -> ModelCard:
     return ModelCard(render(facts))
 
 
-def test_card_of_a_hub_base_names_it_and_its_commit_with_the_flux_dev_licence(tmp_path):
-    hub = {"pretrained_model_name_or_path": "black-forest-labs/FLUX.1-Kontext-dev", "revision": COMMIT}
-    card = _card(hub, tmp_path)
+@pytest.fixture
+def hub_commits(tmp_path, monkeypatch) -> list[str]:
+    """Two snapshots of the base in an offline hub cache: `main` names the first, tag `v2` the second."""
+    home = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    commits = []
+    for text, ref in (("one", "main"), ("two", None)):
+        source = tmp_path / f"src-{text}"
+        source.mkdir()
+        (source / "model_index.json").write_text(f'{{"v": "{text}"}}\n')
+        commits.append(write_snapshot(home / "hub", HUB_ID, source, ref=ref))
+    set_ref(home / "hub", HUB_ID, "v2", commits[1])
+    return commits
+
+
+def test_card_of_a_hub_base_names_it_and_its_commit_with_the_flux_dev_licence(tmp_path, hub_commits):
+    card = _card({"pretrained_model_name_or_path": HUB_ID, "revision": "v2"}, tmp_path)
     data = card.data.to_dict()
     assert data["base_model"] == "black-forest-labs/FLUX.1-Kontext-dev"
     assert data["library_name"] == "diffusers"
@@ -30,7 +48,7 @@ def test_card_of_a_hub_base_names_it_and_its_commit_with_the_flux_dev_licence(tm
         {"text": "make it night", "output": {"url": "images/a.png"}},
         {"text": "invert the colours", "output": {"url": "images/b.png"}},
     ]
-    assert COMMIT in card.text
+    assert hub_commits[1] in card.text and hub_commits[0] not in card.text
     assert "| eval_loss | 0.41 | 0.52 |" in card.text and "| psnr | 18.3 | 15.1 |" in card.text
     assert "| `lora_rank` |" in card.text and "Non-Commercial License" in card.text
     assert "![a.png](images/a.png)" in card.text
@@ -45,13 +63,6 @@ def test_card_of_a_local_base_claims_no_hub_base(tmp_path):
     assert str(tmp_path) not in card.text  # no absolute path of this machine
 
 
-def test_a_hub_revision_resolves_through_the_local_cache_only(tmp_path, monkeypatch):
-    import huggingface_hub.constants
-
-    refs = tmp_path / "models--org--model/refs"
-    refs.mkdir(parents=True)
-    (refs / "main").write_text(COMMIT)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
-    assert resolved_revision("org/model", None) == COMMIT
-    assert resolved_revision("org/model", "v2") is None
-    assert resolved_revision("org/other", COMMIT) == COMMIT
+def test_the_card_names_the_commit_main_resolves_to(tmp_path, hub_commits):
+    card = _card({"pretrained_model_name_or_path": HUB_ID}, tmp_path)
+    assert f"`{HUB_ID}` at revision `main` (commit `{hub_commits[0]}`)" in card.text
