@@ -2,7 +2,9 @@
 
 Deep (the default of the command): each output's content hash is computed again and compared with
 the manifest's; quick: each file's size and each safetensors header (what every skip checks). Entries
-of the persistent tensor stores that no manifest lists yet are checked structurally too.
+of the persistent tensor stores that no manifest lists yet are checked structurally too. A stage
+without a manifest is named, not skipped: once any stage has run, a missing manifest means a stage
+that never ran or a record that was removed, and either way nothing vouches for its outputs.
 """
 
 from __future__ import annotations
@@ -10,17 +12,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from kontext_core.fsutil import safetensors_problem
-from kontext_core.stages.engine import output_problems, read_manifest
+from kontext_core.stages.engine import MANIFEST_DIR, output_problems, read_manifest
 from kontext_core.stages.registry import STAGE_ORDER, STAGES
 
 
 def verify_project(project: Path, deep: bool = True) -> dict[str, list[str]]:
-    """{stage: ["path: reason", ...]} for every stage that has a manifest (empty list: intact)."""
+    """{stage: ["path: reason", ...]} for every stage (empty list: intact); {} when no stage has run."""
     project = Path(project).resolve()
     report: dict[str, list[str]] = {}
+    manifests = {name: read_manifest(project, name) for name in STAGE_ORDER}
+    if all(manifest is None for manifest in manifests.values()):
+        return report
     for name in STAGE_ORDER:
-        manifest = read_manifest(project, name)
+        manifest = manifests[name]
         if manifest is None:
+            report[name] = [f"{MANIFEST_DIR}/{name}.json: missing (the stage never ran, or its record was removed)"]
             continue
         problems = output_problems(name, project, manifest, deep=deep)
         listed = manifest.get("files") or {}
