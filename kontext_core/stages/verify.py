@@ -16,8 +16,9 @@ from kontext_core.stages.engine import MANIFEST_DIR, output_problems, read_manif
 from kontext_core.stages.registry import STAGE_ORDER, STAGES
 
 
-def verify_project(project: Path, deep: bool = True) -> dict[str, list[str]]:
-    """{stage: ["path: reason", ...]} for every stage (empty list: intact); {} when no stage has run."""
+def verify_project(project: Path, deep: bool = True, registry: bool = True) -> dict[str, list[str]]:
+    """{stage: ["path: reason", ...]} for every stage (empty list: intact); {} when no stage has run.
+    With `registry`, the registered versions' adapters are checked too (under "register")."""
     project = Path(project).resolve()
     report: dict[str, list[str]] = {}
     manifests = {name: read_manifest(project, name) for name in STAGE_ORDER}
@@ -42,4 +43,17 @@ def verify_project(project: Path, deep: bool = True) -> dict[str, list[str]]:
                 if problem := safetensors_problem(file):
                     problems.append(f"{rel}/{sub}: {problem}")
         report[name] = problems
+    if "register" in report and registry:
+        report["register"] += registered_problems(project)
     return report
+
+
+def registered_problems(project: Path) -> list[str]:
+    """The registered versions' adapters checked against the hashes recorded when each was registered."""
+    from kontext_core.config import load_params
+    from kontext_core.tracking.artifact_check import registry_problems
+    from kontext_core.tracking.runs import open_store
+
+    params = load_params(project / "params.yaml")
+    open_store(params, project)
+    return registry_problems(params.registry.model_name)
