@@ -106,6 +106,8 @@ def _one_line_failures() -> Iterator[None]:
 
     try:
         yield
+    except typer.Exit:  # a RuntimeError to Python: an exit code chosen already, not a failure
+        raise
     except StopRequested as exc:
         # 128 + the signal's number, as a shell reports a process a signal ended.
         typer.echo(f"error: {exc}", err=True)
@@ -120,6 +122,24 @@ def _one_line_failures() -> Iterator[None]:
             what, filename = found
             _fail(f"{what}: {filename or 'a file of the project'}")
         _fail(str(exc))
+
+
+@contextmanager
+def _stopped_flow_is_one_line() -> Iterator[None]:
+    """A flow a stop signal cancelled (flows/lifecycle.py) raises Prefect's CancelledRun with the stop's
+    line as its message: that line, and the exit code of the signal."""
+    from prefect.exceptions import CancelledRun
+
+    from kontext_core.lifecycle import stop_signal
+
+    try:
+        yield
+    except CancelledRun as exc:
+        name = stop_signal()
+        if name is None:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(143 if name == "SIGTERM" else 130) from None
 
 
 @contextmanager
@@ -288,7 +308,7 @@ def run(
             from kontext_core.progress import quiet_library_bars
 
             quiet_library_bars()
-            with _quiet_expected_prefect_failures():
+            with _quiet_expected_prefect_failures(), _stopped_flow_is_one_line():
                 result = kontext_train(params_file=str(params), **values)
     from flows.summary import summary_lines
 
