@@ -10,6 +10,7 @@ import torch
 from diffusers import AutoencoderKL, FluxKontextPipeline, FluxTransformer2DModel
 
 from kontext_core.config import Params
+from kontext_core.model.build_lock import building
 from kontext_core.model.source import resolve_model_source
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def base_dtype(params: Params, device: torch.device | None = None) -> torch.dtyp
     return getattr(torch, base_dtype_name(params, (device or training_device()).type))
 
 
+@building
 def load_transformer(params: Params, workdir: Path, dtype: torch.dtype = torch.float32) -> FluxTransformer2DModel:
     source = resolve_model_source(params, workdir)
     model = FluxTransformer2DModel.from_pretrained(
@@ -34,11 +36,13 @@ def load_transformer(params: Params, workdir: Path, dtype: torch.dtype = torch.f
     return model.eval()
 
 
+@building
 def load_vae(params: Params, workdir: Path, dtype: torch.dtype = torch.float32) -> AutoencoderKL:
     source = resolve_model_source(params, workdir)
     return AutoencoderKL.from_pretrained(source, subfolder="vae", torch_dtype=dtype, revision=params.revision).eval()
 
 
+@building
 def load_text_pipeline(params: Params, workdir: Path, dtype: torch.dtype = torch.float32) -> FluxKontextPipeline:
     """The pipeline with only tokenizers and text encoders, for caching text embeddings."""
     source = resolve_model_source(params, workdir)
@@ -50,6 +54,7 @@ def load_text_pipeline(params: Params, workdir: Path, dtype: torch.dtype = torch
     return pipe
 
 
+@building
 def load_pipeline(
     params: Params,
     workdir: Path,
