@@ -50,10 +50,31 @@ def verify_project(project: Path, deep: bool = True, registry: bool = True) -> d
 
 def registered_problems(project: Path) -> list[str]:
     """The registered versions' adapters checked against the hashes recorded when each was registered."""
+    import tempfile
+
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
     from kontext_core.config import load_params
-    from kontext_core.tracking.artifact_check import registry_problems
+    from kontext_core.tracking.artifact_check import ArtifactMismatch
+    from kontext_core.tracking.registry import download_adapter
     from kontext_core.tracking.runs import open_store
 
     params = load_params(project / "params.yaml")
     open_store(params, project)
-    return registry_problems(params.registry.model_name)
+    name = params.registry.model_name
+    try:
+        versions = mlflow.MlflowClient().search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    problems = []
+    for version in sorted(versions, key=lambda v: int(v.version)):
+        uri = f"models:/{name}/{version.version}"
+        with tempfile.TemporaryDirectory(prefix="kontext-verify-") as tmp:
+            try:
+                download_adapter(uri, Path(tmp))  # checks the files against the version's hashes
+            except ArtifactMismatch as exc:
+                problems.append(str(exc))
+            except (MlflowException, OSError) as exc:
+                problems.append(f"{uri}: its files cannot be read ({type(exc).__name__}: {exc})")
+    return problems

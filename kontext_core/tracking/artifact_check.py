@@ -89,30 +89,3 @@ def check_registered(model_uri: str, adapter_dir: Path, client: Any | None = Non
     files = json.loads(tags[ADAPTER_FILES_TAG]) if tags.get(ADAPTER_FILES_TAG) else None
     what = f"{model_uri} (version {version.version} of {version.name})"
     check_adapter(adapter_dir, tags.get(ADAPTER_HASH_TAG), files, what)
-
-
-def registry_problems(model_name: str, client: Any | None = None) -> list[str]:
-    """`kontext verify`'s check of every registered version of `model_name`: one line per damaged version."""
-    import tempfile
-
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    from kontext_core.tracking.registry import download_adapter
-
-    client = client or mlflow.MlflowClient()
-    try:
-        versions = client.search_model_versions(f"name = '{model_name}'")
-    except MlflowException:
-        return []
-    problems = []
-    for version in sorted(versions, key=lambda v: int(v.version)):
-        uri = f"models:/{model_name}/{version.version}"
-        with tempfile.TemporaryDirectory(prefix="kontext-verify-") as tmp:
-            try:
-                download_adapter(uri, Path(tmp))
-            except ArtifactMismatch as exc:
-                problems.append(str(exc))
-            except (MlflowException, OSError) as exc:
-                problems.append(f"{uri}: its files cannot be read ({type(exc).__name__}: {exc})")
-    return problems
