@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -317,6 +318,8 @@ def _as_storage_error(name: str, spec: StageSpec, workdir: Path, exc: Exception)
     if found is None:
         return None
     what, filename = found
+    if filename:  # a hidden temp name (".NAME.PID-THREAD.tmp") stands for the file it was to become
+        filename = re.sub(r"/\.([^/]+)\.[0-9-]+\.tmp$", r"/\1", filename)
     where = filename or ", ".join(spec.all_outs()) or "its outputs"
     if filename:
         try:

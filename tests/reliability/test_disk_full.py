@@ -24,8 +24,9 @@ pytestmark = pytest.mark.reliability
 
 
 @contextmanager
-def small_disk(folder: Path, size: int) -> Iterator[Path]:
-    """`folder` on a tmpfs of `size` bytes, with the folder's content copied onto it."""
+def small_disk(folder: Path, size: int, read_only: bool = False) -> Iterator[Path]:
+    """`folder` on a tmpfs of `size` bytes, with the folder's content copied onto it (then remounted
+    read-only with `read_only`: a write is refused even to root)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs (a real full disk) needs root")
     saved = folder.with_name(folder.name + ".saved")
@@ -39,6 +40,8 @@ def small_disk(folder: Path, size: int) -> Iterator[Path]:
         pytest.skip(f"this machine refuses a tmpfs mount: {mounted.stderr.decode().strip()}")
     try:
         shutil.copytree(saved, folder, dirs_exist_ok=True, symlinks=True)
+        if read_only:
+            subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True)
         yield folder
     finally:
         subprocess.run(["umount", "-l", str(folder)], check=True)
@@ -67,6 +70,20 @@ def test_a_full_disk_during_quantize_is_one_line_and_leaves_nothing(project_copy
     assert len(errors) == 1, result.stderr
     assert errors[0].startswith("error: stage quantize: disk full (No space left on device)"), errors[0]
     assert "models/quantized" in errors[0] and "Traceback" not in result.output
+
+
+@pytest.mark.slow
+def test_a_refused_write_during_a_cache_stage_is_one_line(project_copy):
+    project = project_copy
+    entry = sorted((project / "cache/text/embeds").rglob("*.safetensors"))[0]
+    entry.unlink()  # one entry to encode again
+    with small_disk(project / "cache", _used(project / "cache") * 2, read_only=True):
+        result = CliRunner().invoke(app, ["stage", "cache_text", "--params", str(project / "params.yaml")])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].endswith(".safetensors; the stage kept nothing of this run"), errors
+    assert errors[0].startswith("error: stage cache_text: read-only file system (Read-only file system): cache/text")
+    assert "Traceback" not in result.output and leftovers(project) == []
 
 
 def test_a_full_disk_under_the_cache_store_names_the_file_and_keeps_no_temp_file(tmp_path):
