@@ -193,3 +193,35 @@ def test_a_storage_server_that_is_gone_is_one_line_without_the_secret(tmp_path):
     (tmp_path / "datasets.json").write_text(json.dumps([entry]))
     line = _one_line_error(["config", "check", "--params", str(params)])
     assert "dataset 's3'" in line and "cannot reach the endpoint" in line and secret not in line
+
+
+def test_config_check_and_the_dataset_fingerprint_refuse_a_root_link_before_reading(tmp_path):
+    from kontext_core.data.local_backend import LocalBackend
+
+    params = _project(tmp_path, {"instance_data_dir": "data_link"})
+    (tmp_path / "data_link").symlink_to("/")
+    line = _one_line_error(["config", "check", "--params", str(params)])
+    assert "dataset 'imgs'" in line and "filesystem root" in line
+    entry = DatasetEntry(id="imgs", type="local", instance_data_dir="data_link", caption_strategy="filename")
+    with pytest.raises(ConfigError, match="filesystem root"):  # before the digest hashes the machine
+        LocalBackend().fingerprint(entry, tmp_path, tmp_path / "memo.json")
+
+
+def test_the_digest_walk_keeps_keys_whole_and_skips_proc_sys_dev(tmp_path, monkeypatch):
+    from kontext_core.data import scan
+
+    _one_image(tmp_path / "sub", "pic.png")
+    entered: list[str] = []
+    real_scandir = os.scandir
+    folders = {"/", *(str(p) for p in (tmp_path / "sub").parents), str(tmp_path / "sub")}
+    (tmp_path / "empty").mkdir()
+
+    def listing(path):
+        entered.append(str(path))
+        return real_scandir(path if str(path) in folders else tmp_path / "empty")
+
+    monkeypatch.setattr(scan.os, "scandir", listing)
+    keys = scan._walk_files(Path("/"))
+    assert str(tmp_path / "sub/pic.png").lstrip("/") in keys
+    assert all(os.path.lexists("/" + key) for key in keys)  # no key lost its first character
+    assert not {"/proc", "/sys", "/dev"} & set(entered)
