@@ -102,3 +102,23 @@ def test_sigint_during_init_pretraining_under_kontext_stage(project_copy):
     code, lines = _stop_during(project, args, "stage init: running", signal.SIGINT)
     _assert_clean_stop(project, code, lines, signal.SIGINT, "pretrain")
     assert "RUNNING" not in _statuses(project)
+
+
+@pytest.mark.parametrize(("stage", "store"), [("cache_vae", "cache/vae/latents"), ("cache_text", "cache/text/embeds")])
+def test_a_stop_request_stops_an_encode_at_its_next_batch(project_copy, stage, store):
+    """The encode loops' safe point (the signal handler only sets what `request_stop` sets)."""
+    from kontext_core.lifecycle import StopRequested, clear_stop, request_stop
+    from kontext_core.stages import run_stage
+
+    project = project_copy
+    for entry in sorted((project / store).rglob("*.safetensors"))[:3]:
+        entry.unlink()
+    before = read_manifest(project, stage)
+    request_stop("SIGTERM")
+    try:
+        with pytest.raises(StopRequested, match=f"stopped by SIGTERM at {stage} after 0 of 3"):
+            run_stage(stage, project / "params.yaml")
+    finally:
+        clear_stop()
+    assert read_manifest(project, stage) == before and leftovers(project) == []
+    assert not run_stage(stage, project / "params.yaml")["skipped"]  # the next run encodes them
