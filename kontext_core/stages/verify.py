@@ -43,7 +43,7 @@ def verify_project(project: Path, deep: bool = True, registry: bool = True) -> d
                 if problem := safetensors_problem(file):
                     problems.append(f"{rel}/{sub}: {problem}")
         report[name] = problems
-    if "register" in report and registry:
+    if registry and manifests.get("register") is not None:  # a registry exists: verify opens no new store
         report["register"] += registered_problems(project)
     return report
 
