@@ -4,7 +4,9 @@ Deep (the default of the command): each output's content hash is computed again 
 the manifest's; quick: each file's size and each safetensors header (what every skip checks). Entries
 of the persistent tensor stores that no manifest lists yet are checked structurally too. A stage
 without a manifest is named, not skipped: once any stage has run, a missing manifest means a stage
-that never ran or a record that was removed, and either way nothing vouches for its outputs.
+that never ran or a record that was removed, and either way nothing vouches for its outputs. Where
+register has run, every registered version's adapter is downloaded and compared with the hashes its
+version recorded (kontext_core.tracking.artifact_check); a damaged one is listed under "register".
 """
 
 from __future__ import annotations
