@@ -101,12 +101,45 @@ def _config_warnings() -> Iterator[list[str]]:
 
 @contextmanager
 def _one_line_failures() -> Iterator[None]:
+    from kontext_core.fsutil import storage_failure
+    from kontext_core.lifecycle import StopRequested
+
     try:
         yield
-    except (ConfigError, RuntimeError, FileNotFoundError) as exc:
-        if os.environ.get("KONTEXT_DEBUG") == "1" or not _expected(exc):
+    except typer.Exit:  # a RuntimeError to Python: an exit code chosen already, not a failure
+        raise
+    except StopRequested as exc:
+        # 128 + the signal's number, as a shell reports a process a signal ended.
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(143 if exc.signal_name == "SIGTERM" else 130) from None
+    except (ConfigError, RuntimeError, FileNotFoundError, OSError) as exc:
+        if os.environ.get("KONTEXT_DEBUG") == "1":
             raise
+        if not _expected(exc):
+            found = storage_failure(exc) if isinstance(exc, OSError) else None
+            if found is None:
+                raise
+            what, filename = found
+            _fail(f"{what}: {filename or 'a file of the project'}")
         _fail(str(exc))
+
+
+@contextmanager
+def _stopped_flow_is_one_line() -> Iterator[None]:
+    """A flow a stop signal cancelled (flows/lifecycle.py) raises Prefect's CancelledRun with the stop's
+    line as its message: that line, and the exit code of the signal."""
+    from prefect.exceptions import CancelledRun
+
+    from kontext_core.lifecycle import stop_signal
+
+    try:
+        yield
+    except CancelledRun as exc:
+        name = stop_signal()
+        if name is None:
+            raise
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(143 if name == "SIGTERM" else 130) from None
 
 
 @contextmanager
@@ -226,8 +259,9 @@ def config_check(params: Path = ParamsOption) -> None:
     typer.echo(
         json.dumps(
             {
-                "params": resolved.model_dump(),
-                "datasets": [e.model_dump(exclude_defaults=True) for e in datasets.entries],
+                # JSON mode: a SecretStr (an `aws` entry's keys) prints masked, as "**********".
+                "params": resolved.model_dump(mode="json"),
+                "datasets": [e.model_dump(mode="json", exclude_defaults=True) for e in datasets.entries],
             },
             indent=2,
         )
@@ -285,15 +319,19 @@ def stage(
 
     if name not in STAGES:
         _fail(f"stage: unknown stage {name!r}; allowed: {', '.join(STAGES)}")
+    from kontext_core.lifecycle import StopRequested, stop_on_signals
+
     _contain_children()
-    with _one_line_failures():
+    with _one_line_failures(), stop_on_signals():
         try:
             manifest = run_stage(name, params, force=force)
         except BaseException as exc:
             # The pipeline run this stage logged into must not stay RUNNING (DVC runs one process per stage).
             from kontext_core.tracking.open_runs import fail_open
 
-            fail_open(params.resolve().parent, f"stage {name}: {type(exc).__name__}: {exc}", params)
+            stopped = isinstance(exc, StopRequested | KeyboardInterrupt)
+            reason = f"stage {name}: {type(exc).__name__}: {exc}"
+            fail_open(params.resolve().parent, reason, params, status="KILLED" if stopped else "FAILED")
             raise
     typer.echo(f"{name}: {'up to date' if manifest['skipped'] else 'done'} ({manifest['fingerprint'][:12]})")
 
@@ -344,7 +382,7 @@ def run(
             if not dvc_commit:
                 os.environ[NO_COMMIT_ENV] = "1"
             try:
-                with _quiet_expected_prefect_failures():
+                with _quiet_expected_prefect_failures(), _stopped_flow_is_one_line():
                     result = kontext_train(params_file=str(params), **values)
             finally:
                 if saved is None:
@@ -566,6 +604,7 @@ def verify(
     """Check every stage's recorded outputs (and the cache entries) against their manifests; name each
     damaged file. Exit 1 when something is damaged: the next run re-runs the stages concerned."""
     _setup_logging()
+    from kontext_core.stages.engine import MANIFEST_DIR
     from kontext_core.stages.verify import verify_project
 
     project = params.resolve().parent
@@ -574,7 +613,9 @@ def verify(
     for stage_name, problems in report.items():
         for problem in problems:
             typer.echo(f"damaged: {stage_name}: {problem}")
-    checked = ", ".join(report) or "none (no manifests)"
+    if not report:
+        _fail(f"verify: no stage has run in {project.name}/ (no {MANIFEST_DIR}/*.json): nothing to check")
+    checked = ", ".join(report)
     damaged = sum(len(p) for p in report.values())
     typer.echo(f"checked stages: {checked}; damaged files: {damaged}")
     if damaged:

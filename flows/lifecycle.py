@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kontext_core.lifecycle import clean_leftovers
+from kontext_core.lifecycle import StopRequested, clean_leftovers, stop_on_signals
 from kontext_core.project_lock import project_lock
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,11 @@ def crash_stale_flow_runs(project: Path, current: str | None) -> list[str]:
 
 
 def locked_project(fn: F) -> F:
-    """Run the flow function holding the project lock, after cleaning up interrupted runs."""
+    """Run the flow function holding the project lock, after cleaning up interrupted runs.
+
+    SIGTERM/SIGINT inside it ask the stages to stop at their next safe point (Prefect's own SIGTERM
+    bridge would mark the run Crashed at once while the stage thread trained on): the flow run then
+    ends Cancelled, with the stop's one line as its message."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -87,7 +91,14 @@ def locked_project(fn: F) -> F:
                 crash_stale_flow_runs(project, str(flow_run.id) if flow_run.id else None)
             except Exception as exc:  # no API reachable: cleanup is best effort, the run goes on
                 log.warning("could not look for stale Prefect runs: %s", exc)
-            return fn(*args, **kwargs)
+            with stop_on_signals():
+                try:
+                    return fn(*args, **kwargs)
+                except StopRequested as exc:
+                    from prefect.states import Cancelled
+
+                    log.warning("%s", exc)
+                    return Cancelled(message=str(exc))
 
     return wrapper  # type: ignore[return-value]
 

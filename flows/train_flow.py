@@ -26,6 +26,7 @@ from flows.summary import pipeline_result, publish_run_summary, registered_run_i
 from kontext_core.config import ConfigError, Params, read_params_file
 from kontext_core.config.overrides import OVERRIDE_KEYS, layered_params
 from kontext_core.dvc_lock import workspace_after_run
+from kontext_core.lifecycle import StopRequested, check_stop, stop_signal
 from kontext_core.stages import STAGE_ORDER, STAGES, Fingerprint, fingerprint, outputs_intact
 from kontext_core.stages.engine import read_manifest
 from kontext_core.stages.uptodate import check_in_order
@@ -119,6 +120,8 @@ def _run_stages(
         if name in needed and name not in pending:
             manifests[name] = _done_elsewhere(name, project)
     while pending or running:
+        if stop_signal() is not None:
+            pending.clear()  # no new stage starts; the running ones stop at their next safe point
         for name in list(pending):
             deps = stage_dependencies(name)
             if not all(dep in manifests for dep in deps):
@@ -148,13 +151,20 @@ def _run_stages(
             if not state.is_final():
                 continue
             del running[name]
-            manifest = dict(future.result())  # raises the stage's error
+            try:
+                manifest = dict(future.result())  # raises the stage's error
+            except BaseException as exc:
+                if stop_signal() is None:
+                    raise
+                # Prefect reports a stage stopped by a signal as crashed: the stop is what happened.
+                raise StopRequested(stop_signal() or "", f"stage {name}") from exc
             manifest["skipped"] = bool(manifest.get("skipped")) or state.name == "Cached"
             manifest["prefect_state"] = state.name
             # Wall time as the user waits for it: fingerprint, Prefect task and cache lookup, the stage.
             manifest["wall_seconds"] = time.perf_counter() - started
             manifests[name] = manifest
             logger.info(stage_summary(name, manifest))
+    check_stop("the end of the stage that was running")
     return {name: manifests[name] for name in STAGE_ORDER if only is None or name in only}
 
 
@@ -254,6 +264,9 @@ def _pipeline(
         status = "FINISHED"
     except BaseException as exc:
         failure = f"{type(exc).__name__}: {exc}"
+        # A stop request ends the run KILLED (what MLflow's UI shows for a run stopped on purpose).
+        if isinstance(exc, StopRequested | KeyboardInterrupt) or stop_signal() is not None:
+            status = "KILLED"
         raise
     finally:
         if opens_run and run_id:

@@ -9,6 +9,7 @@ half of one. Files get mode 0644 and folders 0755 (less what the umask takes awa
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -365,4 +366,44 @@ def safetensors_problem(path: Path) -> str | None:
         return f"{size} bytes where its header says {expected} (truncated?)" if size < expected else (
             f"{size} bytes where its header says {expected}"
         )
+    return None
+
+
+# Failures of the machine, not of the code: each is one line naming what failed and where.
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "disk full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "read-only file system",
+}
+# safetensors' Rust writer reports the OS error in its message only (no errno, no file name).
+_RUST_IO_KINDS = {
+    "StorageFull": errno.ENOSPC,
+    "No space left on device": errno.ENOSPC,
+    "PermissionDenied": errno.EACCES,
+    "ReadOnlyFilesystem": errno.EROFS,
+}
+
+
+class StorageError(RuntimeError):
+    """An expected failure of the file system (disk full, permission denied), as one line."""
+
+
+def storage_failure(exc: BaseException) -> tuple[str, str | None] | None:
+    """(what failed, the file it names or None) when `exc`, or an error it was raised from, is a
+    storage failure; None otherwise."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in STORAGE_ERRNOS:
+            filename = current.filename if isinstance(current.filename, str) else None
+            return f"{STORAGE_ERRNOS[current.errno]} ({current.strerror})", filename
+        if type(current).__name__ == "SafetensorError":
+            for marker, code in _RUST_IO_KINDS.items():
+                if marker in str(current):
+                    return f"{STORAGE_ERRNOS[code]} ({os.strerror(code)})", None
+        current = current.__cause__ or current.__context__
     return None

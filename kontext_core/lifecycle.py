@@ -10,6 +10,11 @@
   group, when the program that started it dies (DVC killed while `kontext stage train` runs), the
   watchdog ends the whole group: the ephemeral Prefect server, `accelerate launch` workers, data
   workers and the stage itself.
+- `stop_on_signals()` and `check_stop(where)`: a SIGTERM or SIGINT asks the run to stop; the work
+  loops (a training or pretraining step, an encode batch) call `check_stop` at each safe point and
+  raise `StopRequested` there, so the stage ends within a step: its staging is removed, the lock
+  released, MLflow and Prefect told, and the command exits non-zero with one line. A second signal
+  stops at once (KeyboardInterrupt).
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -32,6 +40,65 @@ PR_SET_PDEATHSIG = 1
 # are start, before_swap = outputs written in staging, after_swap = outputs in place but no manifest;
 # the registry's: version_created = version made, alias not moved).
 KILL_ENV = "KONTEXT_TEST_KILL_AT"
+
+
+class StopRequested(BaseException):
+    """A stop signal reached a safe point. A BaseException, like KeyboardInterrupt: no `except
+    Exception` in a stage or library may swallow it, and no retry runs the stage again."""
+
+    def __init__(self, signal_name: str, where: str) -> None:
+        self.signal_name, self.where = signal_name, where
+        super().__init__(f"stopped by {signal_name} at {where}; the unfinished stage kept nothing")
+
+
+# The name of the signal that asked to stop (None: no request); set by the handler, read by every thread.
+_stop_signal: str | None = None
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def stop_signal() -> str | None:
+    return _stop_signal
+
+
+def request_stop(signal_name: str) -> None:
+    global _stop_signal
+    _stop_signal = signal_name
+
+
+def clear_stop() -> None:
+    global _stop_signal
+    _stop_signal = None
+
+
+def check_stop(where: str) -> None:
+    """Raise StopRequested when a stop was asked for; called between units of work (cheap)."""
+    if _stop_signal is not None:
+        raise StopRequested(_stop_signal, where)
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    name = signal.Signals(signum).name
+    if _stop_signal is not None:  # asked twice: the user means now
+        raise KeyboardInterrupt(f"{name} received twice")
+    request_stop(name)
+    log.warning("%s received: stopping at the next safe point (send it again to stop at once)", name)
+
+
+@contextmanager
+def stop_on_signals() -> Iterator[None]:
+    """SIGTERM and SIGINT request a stop at the next safe point while inside (main thread only:
+    elsewhere signals cannot be handled and this is a no-op). The previous handlers come back after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, _on_signal)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
 
 def kill_point(name: str, point: str) -> None:

@@ -8,6 +8,7 @@ stage's code version (the hash of its import closure).
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +16,11 @@ from prefect import Task, task
 from prefect.context import TaskRunContext
 
 from kontext_core.config import ConfigError, Params
+from kontext_core.lifecycle import stop_signal
 from kontext_core.stages import STAGES, Fingerprint, run_stage
 from tasks.artifacts import publish_artifacts
+
+log = logging.getLogger(__name__)
 
 
 def stage_cache_key(name: str, workdir: str, fingerprint: str) -> str:
@@ -29,12 +33,21 @@ def _cache_key_fn(context: TaskRunContext, parameters: dict[str, Any]) -> str:
 
 
 def _retry_unless_config_error(task: Task, task_run: Any, state: Any) -> bool:
-    """A bad config fails the same way every time: retry only other errors."""
+    """A bad config fails the same way every time, and a stop request means stop: retry only other
+    errors, and log the failure a retry will hide (with its traceback) as a warning."""
+    if stop_signal() is not None:
+        return False
     try:
         state.result()
     except ConfigError:
         return False
     except Exception:
+        log.warning(
+            "stage %s failed (attempt %s); Prefect retries it: the first failure is kept here",
+            getattr(task, "name", "?"),
+            getattr(task_run, "run_count", "?"),
+            exc_info=True,
+        )
         return True
     return True
 

@@ -3,7 +3,11 @@
 A file's name is the hash of everything that determines its content, so an entry is either
 absent or complete and correct; re-running a cache stage only computes the missing entries.
 `has()` does not trust a name alone: an entry whose file is damaged (truncated, header broken) is
-logged, removed and reported absent, so the next cache run computes it again.
+logged, removed and reported absent, so the next cache run computes it again. Given the digests the
+stage's last manifest recorded (`digests`: key -> sha256 of the file), it also compares each entry's
+bytes with its digest: a same-size flipped byte is computed again instead of being re-recorded. The
+hash is remembered for the process (`sha256_file`), so the manifest written after the stage reads the
+file no second time.
 """
 
 from __future__ import annotations
@@ -21,14 +25,23 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save
 
-from kontext_core.fsutil import file_mode, fsync_path, safetensors_problem, sha256_json, sync_open_files, write_all
+from kontext_core.fsutil import (
+    file_mode,
+    fsync_path,
+    safetensors_problem,
+    sha256_file,
+    sha256_json,
+    sync_open_files,
+    write_all,
+)
 
 log = logging.getLogger(__name__)
 
 
 class TensorStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, digests: dict[str, str] | None = None) -> None:
         self.root = Path(root)
+        self.digests = digests or {}
         # Folders whose entries' renames still need their fsync (inside `deferred_dir_sync`).
         self._unsynced_dirs: set[Path] | None = None
 
@@ -57,11 +70,14 @@ class TensorStore:
         return self.root / key[:2] / f"{key}.safetensors"
 
     def has(self, key: str) -> bool:
-        """Whether the entry exists and is structurally whole; a damaged one is removed."""
+        """Whether the entry exists, is structurally whole and (where a digest was recorded) holds the
+        recorded bytes; a damaged one is removed."""
         path = self.path(key)
         if not path.exists():
             return False
         problem = safetensors_problem(path)
+        if problem is None and (digest := self.digests.get(key)) is not None and sha256_file(path) != digest:
+            problem = "content differs from the digest recorded when it was written"
         if problem is None:
             return True
         log.warning("damaged cache entry %s (%s): removed, it is computed again", path, problem)

@@ -66,7 +66,8 @@ class Strict(BaseModel):
     so a config that sets it to that value is not warned about.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan pass every `> 0` bound (learning_rate=inf trained on NaN losses): a number is finite.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     NOT_APPLICABLE: ClassVar[dict[str, str]] = {}
     HARMLESS: ClassVar[dict[str, Any]] = {}

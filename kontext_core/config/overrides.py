@@ -123,7 +123,7 @@ def layered_params(raw: dict[str, Any], values: dict[str, Any], where: str = "pa
 
 def parse_assignments(items: list[str]) -> dict[str, Any]:
     """`KEY=VALUE` strings (the CLI's `--set`) as a mapping; values are read as YAML scalars."""
-    from kontext_core.config.params_file import ParamsFileError, parse_params_text
+    from kontext_core.config.params_file import AliasBudgetError, ParamsFileError, parse_params_text
 
     values: dict[str, Any] = {}
     for item in items:
@@ -132,6 +132,8 @@ def parse_assignments(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"{WHERE} {item!r}: expected KEY=VALUE, e.g. learning_rate=0.0005")
         try:
             values[key.strip()] = parse_params_text(f"v: {text}")["v"] if text.strip() else None
+        except AliasBudgetError as exc:
+            raise ConfigError(f"{WHERE} {key.strip()}: {exc}") from None
         except (ParamsFileError, TypeError, KeyError):
             values[key.strip()] = text
     return values

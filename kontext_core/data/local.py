@@ -5,6 +5,11 @@ outside `instance_data_dir` is refused (an `outside_root` problem, never read), 
 file linked outside it; one inside it is followed. A symlink loop is reported as unreadable.
 Unreadable images become problems, not records. A missing or non-UTF-8 caption file is reported and
 the record kept with caption None, so the pre-flight report can count it and pairing may take a caption from elsewhere.
+A caption file above MAX_CAPTION_BYTES is a problem too, and is never read whole.
+
+Some roots are refused before anything is listed (`refused_root`): the filesystem root, a system
+folder, and any folder that contains the project (its caches and models would be read as data). The
+walk never enters /proc, /sys or /dev, whatever the root.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from kontext_core.config import DatasetEntry
+from kontext_core.config import ConfigError, DatasetEntry
 from kontext_core.data.captions import uses_only_instance_prompt, with_instance_prompt
 from kontext_core.data.images import IMAGE_EXTENSIONS
 from kontext_core.data.records import (
@@ -39,6 +44,25 @@ def _inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+# A caption is a prompt (T5 reads 512 tokens, a few KB of text): a larger file is a mistake or an attack,
+# and read whole it went into records, pairs and the text cache (10 MB: 55 s and 2.9 GB in cache_text).
+MAX_CAPTION_BYTES = 64 << 10
+# Folders of the machine, not of a dataset: refused as a root; the walk never enters the first three.
+NEVER_ENTERED = ("/proc", "/sys", "/dev")
+SYSTEM_FOLDERS = frozenset(
+    {"/", *NEVER_ENTERED, "/bin", "/boot", "/etc", "/lib", "/lib64", "/run", "/sbin", "/usr", "/var", "/root", "/home"}
+)
+
+
+def refused_root(root: Path, project: Path) -> str | None:
+    """Why `root` (resolved) may not be a dataset root, or None."""
+    if str(root) in SYSTEM_FOLDERS:
+        return f"{root} is {'the filesystem root' if str(root) == '/' else 'a system folder'}"
+    if _inside(project.resolve(), root):
+        return f"{root} contains the project ({project.resolve().name}/): its caches and models would be read as data"
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class FoundImage:
     key: str  # posix path relative to the root: what pairing matches on
@@ -55,7 +79,9 @@ def find_images(root: Path) -> tuple[list[FoundImage], list[Path], list[tuple[Pa
     """
     found: list[FoundImage] = []
     outside: list[Path] = []
-    prefix = len(str(root)) + 1
+    # Keys are relative to the root whatever its spelling: "/" ends in a separator already (the key
+    # of /a/b.png was "a/b.png" minus its first character).
+    prefix = len(os.path.join(str(root), ""))
     stack = [str(root)]
     unlisted: list[tuple[Path, str]] = []
     while stack:
@@ -67,6 +93,8 @@ def find_images(root: Path) -> tuple[list[FoundImage], list[Path], list[tuple[Pa
             unlisted.append((Path(folder), f"folder cannot be listed: {exc.strerror or exc}"))
             continue
         for item in entries:
+            if item.path in NEVER_ENTERED:
+                continue
             if item.is_symlink():
                 try:
                     real = os.path.realpath(item.path, strict=True)
@@ -109,7 +137,12 @@ def _strategy_caption(entry: DatasetEntry, path: str, root: Path) -> tuple[str |
             reason = f"caption file {caption_path.name} is a symlink that points outside instance_data_dir (refused)"
             return None, Problem(entry.id, path, reason, OUTSIDE_ROOT)
         try:
-            text = caption_path.read_bytes().decode("utf-8")
+            with open(caption_path, "rb") as fh:
+                raw = fh.read(MAX_CAPTION_BYTES + 1)
+            if len(raw) > MAX_CAPTION_BYTES:
+                reason = f"caption file {caption_path.name} is larger than {MAX_CAPTION_BYTES >> 10} KiB (not read)"
+                return None, Problem(entry.id, path, reason, BAD_CAPTION)
+            text = raw.decode("utf-8")
         except FileNotFoundError:
             return None, Problem(entry.id, path, f"caption file {caption_path.name} missing", MISSING_CAPTION)
         except UnicodeDecodeError as exc:
@@ -142,6 +175,8 @@ def iter_local_records(
     if not root.is_dir():
         yield Problem(entry.id, str(root), "instance_data_dir is not a folder", UNREADABLE)
         return
+    if reason := refused_root(root, base_dir):
+        raise ConfigError(f"dataset '{entry.id}': instance_data_dir {entry.instance_data_dir!r}: {reason}; refused")
     found, outside, unlisted = find_images(root)
     for path in outside:
         yield Problem(entry.id, str(path), "symlink points outside instance_data_dir (refused)", OUTSIDE_ROOT)

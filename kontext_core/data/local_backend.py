@@ -8,10 +8,10 @@ from typing import Any
 
 from PIL import Image
 
-from kontext_core.config import DatasetEntry
+from kontext_core.config import ConfigError, DatasetEntry
 from kontext_core.data.backend import DatasetBackend
 from kontext_core.data.images import image_size, open_rgb
-from kontext_core.data.local import iter_local_records, resolve
+from kontext_core.data.local import iter_local_records, refused_root, resolve
 from kontext_core.data.records import Problem, Record, split_records
 from kontext_core.data.scan import folder_digest
 from kontext_core.fsutil import sha256_file
@@ -30,6 +30,8 @@ class LocalBackend(DatasetBackend):
             return [f"dataset '{entry.id}': type 'local' needs 'instance_data_dir'"]
         if not resolve(entry.instance_data_dir, workdir).is_dir():
             return [f"dataset '{entry.id}': instance_data_dir '{entry.instance_data_dir}' is not a folder"]
+        if reason := refused_root(resolve(entry.instance_data_dir, workdir).resolve(), workdir):
+            return [f"dataset '{entry.id}': instance_data_dir {entry.instance_data_dir!r}: {reason}; refused"]
         return []
 
     def local_location(self, entry: DatasetEntry) -> str | None:
@@ -46,6 +48,9 @@ class LocalBackend(DatasetBackend):
 
     def fingerprint(self, entry: DatasetEntry, workdir: Path, memo_file: Path) -> Any:
         root = resolve(entry.instance_data_dir or "", workdir)
+        # Refused before the digest reads a byte: hashing `/` read the whole machine, /proc included.
+        if root.exists() and (reason := refused_root(root.resolve(), workdir)):
+            raise ConfigError(f"dataset '{entry.id}': instance_data_dir {entry.instance_data_dir!r}: {reason}; refused")
         return folder_digest(root, memo_file) if root.exists() else "missing"
 
     def open_ref(self, ref: str, workdir: Path) -> Image.Image:

@@ -287,7 +287,7 @@ def _walk_files(root: Path) -> list[str]:
 
     Only the relative paths are kept (a 100,000-image folder's listing is what a digest holds)."""
     files: list[str] = []
-    prefix = len(str(root)) + 1
+    prefix = len(os.path.join(str(root), ""))  # "/" ends in its separator already
     stack = [str(root)]
     while stack:
         try:
@@ -296,7 +296,7 @@ def _walk_files(root: Path) -> list[str]:
         except OSError:
             continue  # fetch reports the folder; the fingerprint just cannot include it
         for item in entries:
-            if item.name.startswith("."):
+            if item.name.startswith(".") or item.path in ("/proc", "/sys", "/dev"):
                 continue
             if item.is_symlink():
                 try:

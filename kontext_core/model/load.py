@@ -14,6 +14,7 @@ import torch
 from diffusers import AutoencoderKL, FluxKontextPipeline, FluxTransformer2DModel
 
 from kontext_core.config import Params
+from kontext_core.model.build_lock import building
 from kontext_core.model.source import model_location
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def base_dtype(params: Params, device: torch.device | None = None) -> torch.dtyp
     return getattr(torch, base_dtype_name(params, (device or training_device()).type))
 
 
+@building
 def load_transformer(params: Params, workdir: Path, dtype: torch.dtype = torch.float32) -> FluxTransformer2DModel:
     where = model_location(params, workdir)
     model = FluxTransformer2DModel.from_pretrained(
@@ -38,6 +40,7 @@ def load_transformer(params: Params, workdir: Path, dtype: torch.dtype = torch.f
     return model.eval()
 
 
+@building
 def load_vae(params: Params, workdir: Path, dtype: torch.dtype = torch.float32) -> AutoencoderKL:
     where = model_location(params, workdir)
     return AutoencoderKL.from_pretrained(
@@ -45,6 +48,7 @@ def load_vae(params: Params, workdir: Path, dtype: torch.dtype = torch.float32) 
     ).eval()
 
 
+@building
 def load_text_pipeline(params: Params, workdir: Path, dtype: torch.dtype = torch.float32) -> FluxKontextPipeline:
     """The pipeline with only tokenizers and text encoders, for caching text embeddings."""
     where = model_location(params, workdir)
@@ -56,6 +60,7 @@ def load_text_pipeline(params: Params, workdir: Path, dtype: torch.dtype = torch
     return pipe
 
 
+@building
 def load_pipeline(
     params: Params,
     workdir: Path,

@@ -19,6 +19,7 @@ from optimum.quanto import freeze, qfloat8, qint2, qint4, qint8, quantization_ma
 from safetensors.torch import load_file, save_file
 
 from kontext_core.fsutil import atomic_dir
+from kontext_core.model.build_lock import building
 from kontext_core.model.fusion import fuse_qkv, is_fused
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ QMAP_FILE = "quantization_map.json"
 LAYOUT_FILE = "layout.json"
 
 
+@building
 def quantize_transformer(model: FluxTransformer2DModel, precision: str) -> FluxTransformer2DModel:
     """Quantize and freeze in place; must happen after QKV fusion and before any adapter is added."""
     if precision == "no_change":
@@ -82,6 +84,7 @@ def save_quantized(model: FluxTransformer2DModel, out_dir: Path, precision: str)
         (tmp / LAYOUT_FILE).write_text(json.dumps(layout, indent=2, sort_keys=True))
 
 
+@building
 def load_quantized(model_dir: Path, device: torch.device | None = None) -> FluxTransformer2DModel:
     """Rebuild the saved quantized transformer with `requantize` (no quantization pass is run)."""
     model_dir = Path(model_dir)

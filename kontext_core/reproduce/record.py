@@ -69,9 +69,12 @@ def registered_adapter(recorded: Recorded) -> Path:
         uri = f"runs:/{recorded.run_id}/adapter"  # the name register_adapter logs under
     import tempfile
 
+    from kontext_core.tracking.artifact_check import ArtifactMismatch
     from kontext_core.tracking.registry import download_adapter
 
     try:
         return download_adapter(uri, Path(tempfile.mkdtemp(prefix="kontext-reproduce-adapter-")))
+    except ArtifactMismatch as exc:
+        raise CannotReproduce(str(exc)) from exc
     except (MlflowException, OSError) as exc:
         raise CannotReproduce(f"the registered adapter of {recorded.uri} cannot be read: {exc}") from exc

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from kontext_core.fsutil import write_json
+from kontext_core.lifecycle import check_stop
 from kontext_core.model.source import model_inputs
 from kontext_core.progress import progress
 from kontext_core.stages.engine import StageContext, StageSpec
@@ -44,7 +45,9 @@ def stage_cache_text(ctx: StageContext) -> None:
 
     pairs = ctx.read_json("pair.pairs")
     # With an s3:// text-embed cache, what another machine encoded is downloaded, not encoded again.
-    store = shared_cache(TensorStore(ctx.path(TEXT_EMBEDS)), shared_cache_uri(ctx.params, ctx.workdir, "text"))
+    # Reused entries are checked against the digests the last run recorded (a flipped byte is re-encoded).
+    local = TensorStore(ctx.path(TEXT_EMBEDS), ctx.recorded_digests(TEXT_EMBEDS))
+    store = shared_cache(local, shared_cache_uri(ctx.params, ctx.workdir, "text"))
     model_fp = model_fingerprint(ctx.params, ctx.workdir)
     reference_captions = {r["caption"] for p in pairs for r in p["references"] if r.get("caption") is not None}
     captions = sorted({p["caption"] for p in pairs} | reference_captions | {""})
@@ -72,6 +75,7 @@ def stage_cache_text(ctx: StageContext) -> None:
                 cut[name] += cut_here
             for start in range(0, len(block), batch):
                 chunk = block[start : start + batch]
+                check_stop(f"cache_text after {block_start + start} of {len(todo)} captions")
                 embeds = encode_token_ids(pipe, clip_ids[start : start + batch], t5_ids[start : start + batch])
                 writer.put_many([(index[caption], tensors) for caption, tensors in zip(chunk, embeds, strict=True)])
                 bar.update(len(chunk))

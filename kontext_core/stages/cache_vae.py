@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from kontext_core.fsutil import write_json
+from kontext_core.lifecycle import check_stop
 from kontext_core.model.source import model_inputs
 from kontext_core.progress import progress, track
 from kontext_core.stages.datasets import shared_cache_uri
@@ -71,7 +72,9 @@ def stage_cache_vae(ctx: StageContext) -> None:
 
     pairs = ctx.read_json("pair.pairs")
     # With an s3:// cache_dir_vae, entries another machine encoded are downloaded, not encoded again.
-    store = shared_cache(TensorStore(ctx.path(VAE_LATENTS)), shared_cache_uri(ctx.params, ctx.workdir, "vae"))
+    # Reused entries are checked against the digests the last run recorded (a flipped byte is re-encoded).
+    local = TensorStore(ctx.path(VAE_LATENTS), ctx.recorded_digests(VAE_LATENTS))
+    store = shared_cache(local, shared_cache_uri(ctx.params, ctx.workdir, "vae"))
     model_fp = model_fingerprint(ctx.params, ctx.workdir)
     batch = vae_batch_size(ctx.params)
     index: dict[str, dict[str, Any]] = {}
@@ -115,6 +118,7 @@ def stage_cache_vae(ctx: StageContext) -> None:
         CacheWriter(store) as writer,
     ):
         for keys, images in _decoded(batches, pixels, prefetch=decode_threads_pay(device)):
+            check_stop(f"cache_vae after {bar.n} of {len(todo)} images")
             images += images[-1:] * (batch - len(images))
             latents = encode_pixels(vae, torch.cat(images))
             rows = zip(keys, latents[: len(keys)], strict=True)

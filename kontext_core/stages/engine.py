@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -22,6 +23,7 @@ from typing import Any
 
 from kontext_core.config import Params
 from kontext_core.fsutil import (
+    StorageError,
     atomic_dir,
     forget_file_hashes,
     safetensors_problem,
@@ -48,6 +50,9 @@ class StageContext:
     info: dict[str, Any] = field(default_factory=dict)
     # "stage.product" -> project-relative path, filled from the spec's `reads`.
     inputs: dict[str, str] = field(default_factory=dict)
+    # The files (size, sha256) the stage's last manifest recorded per output: what a reused entry of a
+    # persistent store is checked against.
+    recorded: dict[str, dict[str, list[Any]]] = field(default_factory=dict)
 
     def path(self, rel: str) -> Path:
         return self.workdir / rel
@@ -72,6 +77,30 @@ class StageContext:
             return path.resolve().relative_to(self.workdir.resolve()).as_posix()
         except ValueError:
             return str(path.resolve())
+
+    def relative_text(self, value: Any) -> Any:
+        """`value` (a string, or lists and dicts of them) with every spelling of the project's own
+        path made project-relative: what reports and problem lists store, messages included."""
+        if isinstance(value, dict):
+            return {k: self.relative_text(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.relative_text(v) for v in value]
+        if not isinstance(value, str):
+            return value
+        for root in dict.fromkeys((str(self.workdir.resolve()), str(self.workdir.absolute()))):
+            value = value.replace(root + "/", "")
+        return value
+
+    def recorded_digests(self, rel: str) -> dict[str, str]:
+        """{file stem: sha256} of the files under the project-relative folder `rel` as the stage's
+        last manifest recorded them (content-addressed stores name each file by its key)."""
+        digests: dict[str, str] = {}
+        for out, files in self.recorded.items():
+            for sub, (_, digest) in files.items():
+                full = out if sub == "." else f"{out}/{sub}"
+                if full.startswith(rel.rstrip("/") + "/"):
+                    digests[Path(full).stem] = digest
+        return digests
 
     def from_stored(self, stored: str) -> Path:
         path = Path(stored)
@@ -286,6 +315,25 @@ def outputs_intact(name: str, workdir: Path, expected_fingerprint: str | None = 
     return True
 
 
+def _as_storage_error(name: str, spec: StageSpec, workdir: Path, exc: Exception) -> StorageError | None:
+    """A full disk or a refused write as one line naming the stage and the file (or its outputs)."""
+    from kontext_core.fsutil import storage_failure
+
+    found = storage_failure(exc)
+    if found is None:
+        return None
+    what, filename = found
+    if filename:  # a hidden temp name (".NAME.PID-THREAD.tmp") stands for the file it was to become
+        filename = re.sub(r"/\.([^/]+)\.[0-9-]+\.tmp$", r"/\1", filename)
+    where = filename or ", ".join(spec.all_outs()) or "its outputs"
+    if filename:
+        try:
+            where = Path(filename).resolve().relative_to(workdir.resolve()).as_posix()
+        except ValueError:
+            pass
+    return StorageError(f"stage {name}: {what}: {where}; the stage kept nothing of this run")
+
+
 def run_spec(
     spec: StageSpec,
     specs: Specs,
@@ -303,8 +351,14 @@ def run_spec(
         log.info("stage %s: up to date (fingerprint %s)", name, fp.value[:12])
         return {**manifest, "skipped": True}
     log.info("stage %s: running (fingerprint %s)", name, fp.value[:12])
+    previous = read_manifest(workdir, name) or {}
     ctx = StageContext(
-        name=name, params=params, workdir=workdir, fingerprint=fp.value, inputs=resolve_reads(spec, specs)
+        name=name,
+        params=params,
+        workdir=workdir,
+        fingerprint=fp.value,
+        inputs=resolve_reads(spec, specs),
+        recorded={rel: files for rel, files in (previous.get("files") or {}).items() if rel in spec.persist},
     )
     started = time.time()
     staging_dirs = {}
@@ -325,6 +379,11 @@ def run_spec(
             with atomic_dir(workdir / rel) as tmp:
                 tmp.rmdir()
                 staging.rename(tmp)
+    except Exception as exc:
+        storage = _as_storage_error(name, spec, workdir, exc)
+        if storage is None:
+            raise
+        raise storage from None
     finally:
         for staging in staging_dirs.values():
             shutil.rmtree(staging, ignore_errors=True)

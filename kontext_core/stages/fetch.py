@@ -82,6 +82,8 @@ def _fetch(ctx: StageContext, backend_for: Any) -> None:
                 item.source = backend.stored_ref(item.source, ctx.to_stored)
                 records += 1
             else:
+                # Inside the project, a problem's path and message are stored relative to it too.
+                item.path, item.reason = ctx.relative_text(item.path), ctx.relative_text(item.reason)
                 problems += 1
             yield item
         log.info("fetch %s: %d records, %d problems", entry.id, records, problems)

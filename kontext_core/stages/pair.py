@@ -38,6 +38,10 @@ def stage_pair(ctx: StageContext) -> None:
     # The table is written pair by pair as it is made (same bytes as one json.dumps of the list).
     pairs = iter_pairs(ctx.params, datasets, records, records.problems, report, from_stored=ctx.from_stored)
     write_json_array(out / "pairs.json", counted(pairs))
+    # Problems may quote a file's absolute path in their message (an image library's error): relative.
+    report.problems = ctx.relative_text(report.problems)
+    for stats in report.datasets.values():
+        stats.unreadable = ctx.relative_text(stats.unreadable)
     write_json(out / "report.json", report.to_dict())
     write_text(out / "report.md", report.to_markdown())
     train_pairs = splits["train"]

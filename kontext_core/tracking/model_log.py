@@ -61,7 +61,11 @@ def log_edit_model(
     saved = os.environ.get(ROOT_ENV)
     os.environ[ROOT_ENV] = str(project)
     try:
-        return _log(params, run_id, base, artifacts, example, str(Path(kontext_core.__file__).parent))
+        from kontext_core.tracking.artifact_check import file_hashes
+
+        # The served copy is checked against these when it loads (KontextEditModel.load_context).
+        checked = {"adapter_files": file_hashes(Path(adapter_dir))}
+        return _log(params, run_id, base, artifacts, example, str(Path(kontext_core.__file__).parent), checked)
     finally:
         if saved is None:
             os.environ.pop(ROOT_ENV, None)
@@ -91,7 +95,9 @@ def model_defaults(params: Params) -> dict[str, Any]:
     }
 
 
-def _log(params: Params, run_id: str, base: dict, artifacts: dict, example: Any, code: str) -> Any:
+def _log(
+    params: Params, run_id: str, base: dict, artifacts: dict, example: Any, code: str, checked: dict[str, Any]
+) -> Any:
     from mlflow.models import Model
 
     defaults = model_defaults(params)
@@ -111,6 +117,7 @@ def _log(params: Params, run_id: str, base: dict, artifacts: dict, example: Any,
         artifacts=artifacts,
         model_config={
             "base_model": base,
+            **checked,
             # Declared (empty) so that `load_model(..., model_config={"base_model_root": DIR})` may set it.
             "base_model_root": None,
             "defaults": defaults,

@@ -62,8 +62,9 @@ def fail_abandoned(client: mlflow.MlflowClient, workdir: Path) -> list[str]:
     return failed
 
 
-def fail_open(workdir: Path, reason: str, params_file: Path) -> list[str]:
-    """End the project's open runs as FAILED now (a stage raised under `kontext stage`)."""
+def fail_open(workdir: Path, reason: str, params_file: Path, status: str = "FAILED") -> list[str]:
+    """End the project's open runs as FAILED now (a stage raised under `kontext stage`; KILLED when a
+    stop signal stopped it)."""
     if not listed(workdir):
         return []
     from kontext_core.config import load_params
@@ -78,7 +79,7 @@ def fail_open(workdir: Path, reason: str, params_file: Path) -> list[str]:
         try:
             if client.get_run(run_id).info.status == "RUNNING":
                 client.set_tag(run_id, "kontext.failure", reason[:5000])
-                client.set_terminated(run_id, status="FAILED")
+                client.set_terminated(run_id, status=status)
                 failed.append(run_id)
         except MlflowException:
             pass

@@ -86,8 +86,10 @@ class KontextEditModel(mlflow.pyfunc.PythonModel):
         from diffusers import FluxKontextPipeline
 
         from kontext_core.model.edit import load_adapter
+        from kontext_core.tracking.artifact_check import check_adapter
 
         config = context.model_config or {}
+        check_adapter(Path(context.artifacts["adapter"]), None, config.get("adapter_files"), "the logged edit model")
         base, revision = resolve_base_model(config["base_model"], config.get("base_model_root"))
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32

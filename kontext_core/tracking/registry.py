@@ -24,6 +24,7 @@ from mlflow.exceptions import MlflowException
 
 from kontext_core.config import Params
 from kontext_core.lifecycle import kill_point
+from kontext_core.tracking.artifact_check import ADAPTER_HASH_TAG
 from kontext_core.tracking.lineage import BASE_MODEL_TAG
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,9 @@ def _adapter_in(root: Path, model_uri: str) -> Path:
     for name in ADAPTER_FILES:
         found = sorted(root.rglob(name))
         if found:
+            from kontext_core.tracking.artifact_check import check_registered
+
+            check_registered(model_uri, found[0].parent)  # never load a registered file unchecked
             return found[0].parent
     raise FileNotFoundError(f"{model_uri}: no adapter file ({', '.join(ADAPTER_FILES)}) in the registered files")
 
@@ -152,9 +156,17 @@ def decide(params: Params, challenger: float, champion: float | None, champion_v
     )
 
 
-ADAPTER_HASH_TAG = "kontext.adapter_sha256"
 # Set in the call that creates a version, with every other tag: a version that has it is complete.
 DECISION_TAG = "kontext.decision"
+
+
+def adapter_hash_tags(adapter_dir: Path, digest: str) -> dict[str, str]:
+    """The hashes a load checks the registered files against (kontext_core.tracking.artifact_check)."""
+    import json
+
+    from kontext_core.tracking.artifact_check import ADAPTER_FILES_TAG, file_hashes
+
+    return {ADAPTER_HASH_TAG: digest, ADAPTER_FILES_TAG: json.dumps(file_hashes(adapter_dir), sort_keys=True)}
 
 
 def adapter_hash(adapter_dir: Path) -> str:
@@ -314,7 +326,7 @@ def register_adapter(
             )
         else:
             registration.version = _create_version(
-                client, params, run_id, registration, log_model, fmt, metrics, digest
+                client, params, run_id, registration, log_model, fmt, metrics, digest, Path(adapter_dir)
             )
         if not registration.became_champion and not registration.awaiting_approval:
             log.warning("version %s of %s kept out: %s", registration.version, name, registration.reason)
@@ -335,6 +347,7 @@ def _create_version(
     fmt: str,
     metrics: dict[str, float],
     digest: str,
+    adapter_dir: Path,
 ) -> str:
     """Log the model and create its version, every tag and the description in the create call; if
     another machine registered the same adapter meanwhile, keep the oldest version and drop this one."""
@@ -345,7 +358,7 @@ def _create_version(
         name,
         source=info.model_uri,
         run_id=run_id,
-        tags=version_tags(registration, run_id, fmt, metrics) | {ADAPTER_HASH_TAG: digest},
+        tags=version_tags(registration, run_id, fmt, metrics) | adapter_hash_tags(adapter_dir, digest),
         description=version_description(registration, run_id),
         await_creation_for=60,
         model_id=getattr(info, "model_id", None),

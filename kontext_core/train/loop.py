@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 from kontext_core.config import Params
+from kontext_core.lifecycle import check_stop
 from kontext_core.model.kontext_step import (
     StepInputs,
     kontext_step,
@@ -191,6 +192,7 @@ def train_loop(
     transformer.train()
     progress = Progress(steps, "train", "step", initial=state.step, disable=not dist.is_main)
     while state.step < steps:
+        check_stop(f"train step {state.step + 1} of {steps}")  # a SIGTERM stops here, between steps
         step_loss = torch.zeros((), device=device)
         for _ in range(accumulation):
             # Every process walks the whole stream and takes its own batch of each group.

@@ -22,6 +22,7 @@ import torch
 from diffusers import FluxKontextPipeline, FluxTransformer2DModel
 
 from kontext_core.cache.text_cache import encode_caption
+from kontext_core.lifecycle import check_stop
 from kontext_core.model.kontext_step import StepInputs, kontext_step
 from kontext_core.progress import track
 
@@ -101,7 +102,8 @@ def train_identity(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
     low, high = GUIDANCE_RANGE
     losses = []
-    for _ in track(range(steps), "pretrain transformer", unit="step"):
+    for step in track(range(steps), "pretrain transformer", unit="step"):
+        check_stop(f"pretrain transformer step {step + 1} of {steps}")
         pictures = latents[torch.randint(0, len(latents), (BATCH,), generator=generator)]
         texts = torch.randint(0, len(prompt_embeds), (BATCH,), generator=generator)
         noise = torch.randn(pictures.shape, generator=generator)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
 
+from kontext_core.lifecycle import check_stop
 from kontext_core.progress import track
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ def train_vae(
     optimizer = torch.optim.AdamW(vae.parameters(), lr=learning_rate, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
     losses = []
-    for _ in track(range(steps), "pretrain vae", unit="step"):
+    for step in track(range(steps), "pretrain vae", unit="step"):
+        check_stop(f"pretrain vae step {step + 1} of {steps}")
         batch = _crops(pixels[torch.randint(0, len(pixels), (BATCH,), generator=generator)], generator)
         latents = normalised(vae, batch)
         noise = LATENT_NOISE * torch.randn(latents.shape, generator=generator)

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, make_project
+from tests.s3.conftest import s3_server  # noqa: F401  (a real S3 API server on loopback, for aws entries)
 
 SECRETS = {
     "AWS_SECRET_ACCESS_KEY": "kontext-test-aws-secret-9f3b",

@@ -71,7 +71,7 @@ def test_fetch_writes_records_and_kinds_and_persists_the_scan_cache(tmp_path):
     assert fetched["problems"] == [
         {
             "dataset_id": "photos",
-            "path": str(project / "photos/broken.png"),
+            "path": "photos/broken.png",  # project-relative, as every stored path
             "reason": "empty file (0 bytes)",
             "kind": "unreadable",
         }
