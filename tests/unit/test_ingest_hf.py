@@ -144,8 +144,11 @@ def test_config_errors_name_the_key(stored):
     assert "description_0, description_1" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ConfigError, match=r"huggingface.image_column 'picture' not in saved"):
         huggingface_records(_entry("saved", image_column="picture"), stored)
-    with pytest.raises(ConfigError, match=r"dataset_name 'no/such-dataset' \(split 'train'\): cannot load"):
+    # A hub id that is not in the offline cache: one line naming the id and how to download it.
+    not_cached = r"dataset 'no/such-dataset' \(revision 'main'\) is not in the Hugging Face cache"
+    with pytest.raises(ConfigError, match=not_cached) as err:
         huggingface_records(_entry("no/such-dataset"), stored)
+    assert "hf download --repo-type dataset no/such-dataset" in str(err.value) and "\n" not in str(err.value)
     with pytest.raises(ValueError, match=r"unknown key 'caption_colum'; did you mean 'caption_column'"):
         DatasetEntry.model_validate({"id": "x", "huggingface": {"caption_colum": "x"}})
 
