@@ -138,17 +138,51 @@ def _quiet_expected_prefect_failures() -> Iterator[None]:
 
 @app.command("init-model")
 def init_model(
-    kind: str = typer.Argument("tiny", help="only 'tiny' (random weights, real geometry) is built offline"),
-    out: Path = typer.Option(Path("models/tiny-kontext"), "--out"),
+    kind: str = typer.Argument(
+        "tiny",
+        help="'tiny' (random weights, real geometry, small widths) or 'replica' (FLUX.1 Kontext [dev]'s "
+        "hub layout and configs, random weights, fewer blocks)",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="folder to write (tiny: models/tiny-kontext; replica: models/kontext-replica)"
+    ),
     seed: int = typer.Option(0, "--seed"),
+    width: str = typer.Option(
+        "small", "--width", help="replica: 'small' (tiny widths, for tests) or 'real' (the real hidden sizes)"
+    ),
+    double_blocks: int = typer.Option(1, "--double-blocks", help="replica: double-stream blocks (real: 19)"),
+    single_blocks: int = typer.Option(2, "--single-blocks", help="replica: single-stream blocks (real: 38)"),
+    t5_layers: int = typer.Option(1, "--t5-layers", help="replica: T5 encoder layers (real: 24)"),
+    hub_cache: Path | None = typer.Option(
+        None,
+        "--hub-cache",
+        help="replica: write it into this HF_HOME's hub cache as black-forest-labs/FLUX.1-Kontext-dev "
+        "(blobs/, snapshots/<commit>/, refs/main) instead of a plain folder; prints the commit",
+    ),
 ) -> None:
     """Build a randomly initialised FLUX.1 Kontext pipeline and save it in diffusers format."""
     _setup_logging()
-    if kind != "tiny":
-        _fail(f"init-model: unknown kind {kind!r}; allowed: tiny")
-    from kontext_core.model.tiny import save_tiny_model
+    if kind == "tiny":
+        from kontext_core.model.tiny import save_tiny_model
 
-    typer.echo(str(save_tiny_model(out, seed=seed)))
+        typer.echo(str(save_tiny_model(out or Path("models/tiny-kontext"), seed=seed)))
+        return
+    if kind != "replica":
+        _fail(f"init-model: unknown kind {kind!r}; allowed: tiny, replica")
+    from kontext_core.model.replica import WIDTHS, write_hub_cache, write_replica
+
+    if width not in WIDTHS:
+        _fail(f"init-model --width: {width!r} is not one of {', '.join(WIDTHS)}")
+    if hub_cache is not None and out is not None:
+        _fail("init-model: give --out (a plain folder) or --hub-cache (an HF_HOME), not both")
+    shape = dict(width=width, double_blocks=double_blocks, single_blocks=single_blocks, t5_layers=t5_layers, seed=seed)
+    try:
+        if hub_cache is not None:
+            typer.echo(write_hub_cache(hub_cache, **shape))
+        else:
+            typer.echo(str(write_replica(out or Path("models/kontext-replica"), **shape)))
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 @app.command("sample-data")
