@@ -328,7 +328,8 @@ def plan(results: dict[str, dict[str, Any]], width: str, args: argparse.Namespac
         t1, t2 = results[d1.name]["train"]["seconds"], results[d2.name]["train"]["seconds"]
         slope_t, t_full = extrapolate(t1, t2, d1.blocks, d2.blocks, FULL_DOUBLE + FULL_SINGLE)
         lines.append(
-            f"real-width train step ({args.train_px} px): D1 = {t1:.2f} s, D2 = {t2:.2f} s, per block = {slope_t:.3f} s, "
+            f"real-width train step ({args.train_px} px): D1 = {t1:.2f} s, D2 = {t2:.2f} s, "
+            f"per block = {slope_t:.3f} s, "
             f"full size (extrapolated) = {t_full:.2f} s = {1 / t_full:.2f} it/s (seed's reference: ~0.4 it/s, RTX 4090)"
         )
         if args.predicted_gpu_gb:
@@ -337,7 +338,8 @@ def plan(results: dict[str, dict[str, Any]], width: str, args: argparse.Namespac
                 f"predicted {args.predicted_gpu_gb:.2f} GB"
             )
     lines.append(
-        f"real-width plan: quantize host {full['quantize'] / GB:.2f} GB, cache_text host {full['cache_text'] / GB:.2f} GB, "
+        f"real-width plan: quantize host {full['quantize'] / GB:.2f} GB, "
+        f"cache_text host {full['cache_text'] / GB:.2f} GB, "
         f"train activations at 1024 px {activations_1024 / GB:.2f} GB"
     )
     return lines
