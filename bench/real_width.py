@@ -55,6 +55,7 @@ GB = 1e9
 FULL_DOUBLE, FULL_SINGLE, FULL_T5_LAYERS = 19, 38, 24
 T5_TOKENS = 512
 RESULT = "RESULT "
+LORA_RANK16_PARAMS = 26_148_864  # the `all` preset on the full model (docs/training.md, bench/lora_targets.py)
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,19 @@ def measure_train(work: Path, device, px: int, tokens: int) -> dict[str, Any]:
     )
     noise = rand(1, 16, side, side)
     sigmas = torch.full((1,), 0.5, device=device)
+
+    def step():
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = kontext_step(transformer, inputs, noise, sigmas, 1.0)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return out
+
+    # On a GPU: one warm-up step (kernel selection, the optimizer's state), then steps timed on their own.
+    timed = 3 if device.type == "cuda" else 1
     if device.type == "cuda":
+        step()
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         before_gpu = torch.cuda.memory_allocated()
@@ -196,15 +209,12 @@ def measure_train(work: Path, device, px: int, tokens: int) -> dict[str, Any]:
     before = _rss_bytes()
     started = time.perf_counter()
     with RssSampler() as sampler:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out = kontext_step(transformer, inputs, noise, sigmas, 1.0)
-        out.loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        for _ in range(timed):
+            out = step()
         if device.type == "cuda":
             torch.cuda.synchronize()
     result: dict[str, Any] = {
-        "seconds": time.perf_counter() - started,
+        "seconds": (time.perf_counter() - started) / timed,
         "loss": float(out.loss.detach()),
         "rss_before": before,
         "activations": sampler.peak - before,
@@ -337,6 +347,14 @@ def plan(results: dict[str, dict[str, Any]], width: str, args: argparse.Namespac
                 f"real-width gpu memory: measured full size (extrapolated) {gpu_full / GB:.2f} GB, "
                 f"predicted {args.predicted_gpu_gb:.2f} GB"
             )
+    w1, w2 = results[d1.name]["quantize"]["bytes"], results[d2.name]["quantize"]["bytes"]
+    weights_full = extrapolate(w1, w2, x[d1.name], x[d2.name], x_full)[1]
+    lora_state = 16 * LORA_RANK16_PARAMS  # fp32 weights, gradients and AdamW's two moments
+    predicted = weights_full + activations_1024 + lora_state
+    lines.append(
+        f"real-width predicted GPU memory at 1024 px: int8 weights {weights_full / GB:.2f} GB + activations "
+        f"{activations_1024 / GB:.2f} GB + LoRA r16 with AdamW {lora_state / GB:.2f} GB = {predicted / GB:.2f} GB"
+    )
     lines.append(
         f"real-width plan: quantize host {full['quantize'] / GB:.2f} GB, "
         f"cache_text host {full['cache_text'] / GB:.2f} GB, "

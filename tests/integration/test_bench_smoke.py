@@ -47,8 +47,9 @@ def test_real_width_quick_prints_one_line_per_stage_and_the_plan_last(tmp_path):
         rf"per block = {number} GB, full size \(extrapolated\) = (?P<full>{number}) GB"
     )
     lines = out.strip().splitlines()
-    stages = [re.fullmatch(stage_line, text) for text in lines[:-1]]
+    stages = [re.fullmatch(stage_line, text) for text in lines if ": peak RSS" in text]
     assert all(stages), lines
+    assert re.search(rf"^real-width predicted GPU memory at 1024 px: .* = {number} GB$", out, re.M)
     names = [m["stage"] for m in stages]
     assert names == [
         "quantize",
