@@ -140,3 +140,33 @@ def test_bad_source_and_precision_are_named(tiny, tmp_path):
     with pytest.raises(WeightsError, match="neither diffusion_pytorch_model.safetensors nor"):
         quantize_streaming(tmp_path, tmp_path / "q", "int8-quanto")
     assert not (tmp_path / "q").exists()  # nothing half-written
+
+
+def test_quantize_reads_a_hub_id_from_the_offline_hub_cache_through_huggingface_hub(tmp_path):
+    """`pretrained_model_name_or_path: black-forest-labs/FLUX.1-Kontext-dev` with HF_HUB_OFFLINE=1: the
+    sharded transformer of the cached snapshot is found by huggingface_hub and quantized block by block."""
+    import os
+    import subprocess
+    import sys
+
+    from kontext_core.model.replica import REPO_ID, write_hub_cache
+
+    commit = write_hub_cache(tmp_path / "hf", double_blocks=2, single_blocks=1)
+    script = (
+        "import sys; from pathlib import Path; from kontext_core.config import Params; "
+        "from kontext_core.model.weights import component_folder; "
+        "from kontext_core.model.quantize import quantize_streaming, load_quantized; "
+        f"folder = component_folder(Params(pretrained_model_name_or_path={REPO_ID!r}), Path('.'), 'transformer'); "
+        "print(folder); n = quantize_streaming(folder, Path(sys.argv[1]), 'int8-quanto'); "
+        "m = load_quantized(Path(sys.argv[1])); print(n, len(m.transformer_blocks), len(m.single_transformer_blocks))"
+    )
+    env = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "q")], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder, counts = done.stdout.strip().splitlines()[-2:]
+    assert f"snapshots/{commit}/transformer" in folder
+    modules, double, single = map(int, counts.split())
+    assert (double, single) == (2, 1) and modules > 0
+    assert len(json.loads((tmp_path / "q" / INDEX_FILE).read_text())["weight_map"]) > 0
