@@ -20,6 +20,7 @@ The saved folder: `config.json`, one safetensors shard per part plus
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 from collections.abc import Iterable
@@ -176,6 +177,7 @@ def quantize_streaming(
             quantize_part(part, precision)
             yield part, _cpu_state(part.view)
             release_part(model, part)
+            gc.collect()  # modules hold reference cycles: free the block now, not at some later collection
             log.debug("quantized %s", part.name)
 
     with atomic_dir(Path(out_dir)) as tmp:
