@@ -33,16 +33,24 @@ def _view_of_block(list_name: str, index: int, block: torch.nn.Module) -> torch.
     return root
 
 
-def model_parts(model: torch.nn.Module) -> Iterator[Part]:
-    """The non-block layers first, then each block in model order."""
+def _rest_view(model: torch.nn.Module) -> torch.nn.Module:
     rest = torch.nn.Module()
     for name, child in model.named_children():
         if name not in BLOCK_LISTS:
             rest.add_module(name, child)
-    yield Part(REST, rest)
+    return rest
+
+
+def model_parts(model: torch.nn.Module) -> Iterator[Part]:
+    """The non-block layers first, then each block in model order.
+
+    The generator keeps no reference to a part it has handed out (no local names the module, and
+    blocks are looked up by index), so a caller that drops a part frees it before asking for the next.
+    """
+    yield Part(REST, _rest_view(model))
     for list_name in BLOCK_LISTS:
-        for index, block in enumerate(getattr(model, list_name)):
-            yield Part(f"{list_name}.{index}", _view_of_block(list_name, index, block))
+        for index in range(len(getattr(model, list_name))):
+            yield Part(f"{list_name}.{index}", _view_of_block(list_name, index, getattr(model, list_name)[index]))
 
 
 def part_count(model: torch.nn.Module) -> int:

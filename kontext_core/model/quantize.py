@@ -20,6 +20,7 @@ The saved folder: `config.json`, one safetensors shard per part plus
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
 import logging
@@ -118,7 +119,13 @@ def _write_parts(
     weight_map: dict[str, str] = {}
     qmap: dict[str, dict[str, str]] = {}
     total = 0
-    for index, (part, state) in enumerate(parts):
+    # No enumerate: it keeps its last (index, item) tuple alive until the next item has been made,
+    # which would hold the previous part's tensors while the next one is built.
+    index = -1
+    for item in parts:
+        index += 1
+        part, state = item
+        del item
         name = shard_name(index, count)
         save_file(state, tmp / name, metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(state, name))
@@ -132,6 +139,17 @@ def _write_parts(
     (tmp / LAYOUT_FILE).write_text(json.dumps(layout, indent=2, sort_keys=True))
     (tmp / "config.json").write_text(json.dumps(_clean_config(dict(model.config)), indent=2, sort_keys=True) + "\n")
     return qmap
+
+
+def _return_freed_memory() -> None:
+    """Free a finished block now (modules hold reference cycles) and hand glibc's freed heap pages back
+    to the OS, so the next block reuses memory instead of growing the process (measured: flat peak RSS
+    from 1+2 to 2+4 real-width blocks, bench/real_width.py)."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
 
 
 def _cpu_state(view: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -177,7 +195,7 @@ def quantize_streaming(
             quantize_part(part, precision)
             yield part, _cpu_state(part.view)
             release_part(model, part)
-            gc.collect()  # modules hold reference cycles: free the block now, not at some later collection
+            _return_freed_memory()
             log.debug("quantized %s", part.name)
 
     with atomic_dir(Path(out_dir)) as tmp:
