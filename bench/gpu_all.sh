@@ -33,7 +33,7 @@ OUT="${GPU_ALL_OUT:-artifacts/bench}"
 mkdir -p "$OUT"
 command -v nvidia-smi >/dev/null && nvidia-smi -L || echo "no nvidia-smi"
 # The CPU plan's GPU memory for a 1024 px int8 LoRA r16 step (docs/benchmarks.md, `python bench/real_width.py`).
-PREDICTED_GPU_GB="${PREDICTED_GPU_GB:-0}"
+PREDICTED_GPU_GB="${PREDICTED_GPU_GB:-22.5}"
 status=0
 for precision in int8-quanto no_change; do
   echo "== base ${precision} (no_change = bf16), LoRA rank 16"
