@@ -353,7 +353,8 @@ def plan(results: dict[str, dict[str, Any]], width: str, args: argparse.Namespac
     predicted = weights_full + activations_1024 + lora_state
     lines.append(
         f"real-width predicted GPU memory at 1024 px: int8 weights {weights_full / GB:.2f} GB + activations "
-        f"{activations_1024 / GB:.2f} GB + LoRA r16 with AdamW {lora_state / GB:.2f} GB = {predicted / GB:.2f} GB"
+        f"{activations_1024 / GB:.2f} GB + LoRA r16 with AdamW {lora_state / GB:.2f} GB = {predicted / GB:.2f} GB "
+        f"(activations in {'bf16' if args.device == 'cuda' else 'float32: an upper bound for bf16'})"
     )
     lines.append(
         f"real-width plan: quantize host {full['quantize'] / GB:.2f} GB, "

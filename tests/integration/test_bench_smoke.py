@@ -49,7 +49,7 @@ def test_real_width_quick_prints_one_line_per_stage_and_the_plan_last(tmp_path):
     lines = out.strip().splitlines()
     stages = [re.fullmatch(stage_line, text) for text in lines if ": peak RSS" in text]
     assert all(stages), lines
-    assert re.search(rf"^real-width predicted GPU memory at 1024 px: .* = {number} GB$", out, re.M)
+    assert re.search(rf"^real-width predicted GPU memory at 1024 px: .* = {number} GB \(activations in ", out, re.M)
     names = [m["stage"] for m in stages]
     assert names == [
         "quantize",
