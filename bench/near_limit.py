@@ -123,13 +123,13 @@ def bench_text(params_file: Path, repeats: int) -> float:
     length = sequence_length(params)  # the stage's own T5 length (tokenizer_max_length)
     chunks = [captions[i : i + batch] for i in range(0, len(captions), batch)]
     clip_ids = [
-        pipe.tokenizer(c, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True,
-                       return_tensors="pt").input_ids
+        pipe.tokenizer(
+            c, padding="max_length", max_length=pipe.tokenizer_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
         for c in chunks
     ]
     t5_ids = [
-        pipe.tokenizer_2(c, padding="max_length", max_length=length, truncation=True,
-                         return_tensors="pt").input_ids
+        pipe.tokenizer_2(c, padding="max_length", max_length=length, truncation=True, return_tensors="pt").input_ids
         for c in chunks
     ]
 
@@ -222,7 +222,9 @@ def main() -> None:
     parser.add_argument("--scan-size", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument(
-        "--text-length", type=int, default=None,
+        "--text-length",
+        type=int,
+        default=None,
         help="T5 tokens per caption (tokenizer_max_length) for the text bench; default: the test params' value",
     )
     parser.add_argument("--quick", action="store_true", help="CI smoke run: tiny sizes, one repeat")

@@ -48,8 +48,9 @@ def start_server() -> tuple[subprocess.Popen, str]:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     moto = Path(sys.executable).parent / "moto_server"
-    proc = subprocess.Popen([str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(moto), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     endpoint = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
@@ -75,9 +76,19 @@ def encoded(size: int, n: int = 16) -> list[bytes]:
 
 
 def entry_for(endpoint: str, entry_id: str, prefix: str, tmp: Path, **extra) -> object:
-    config = [{"id": entry_id, "type": "aws", "aws_bucket_name": BUCKET, "aws_data_prefix": prefix,
-               "aws_endpoint_url": endpoint, "aws_region_name": "us-east-1", "caption_strategy": "textfile",
-               "conditioning": [{"type": "jpeg_artifacts", "quality": 20}], **extra}]
+    config = [
+        {
+            "id": entry_id,
+            "type": "aws",
+            "aws_bucket_name": BUCKET,
+            "aws_data_prefix": prefix,
+            "aws_endpoint_url": endpoint,
+            "aws_region_name": "us-east-1",
+            "caption_strategy": "textfile",
+            "conditioning": [{"type": "jpeg_artifacts", "quality": 20}],
+            **extra,
+        }
+    ]
     path = tmp / f"{entry_id}.json"
     path.write_text(json.dumps(config))
     return load_datasets(path, base_dir=tmp).enabled()[0]
@@ -117,25 +128,31 @@ def bench_listing(endpoint: str, count: int, size: int, tmp: Path) -> None:
     records, problems = backend.records(entry, tmp, scan)
     cold = time.perf_counter() - start
     header_bytes, text_bytes = s3.DOWNLOADED.get("header", 0), s3.DOWNLOADED.get("text", 0)
-    print(f"header reads (cold, with the listing and {count} captions): {len(records)} images in {cold:.2f} s "
-          f"= {len(records) / cold:,.0f} header reads/s; {header_bytes / len(records):,.0f} header bytes per image "
-          f"of {len(blobs[0]):,}/{len(blobs[1]):,} (jpg/png); caption bytes: {text_bytes:,}; "
-          f"image bytes: {s3.DOWNLOADED.get('image', 0)}; "
-          f"problems: {len(problems)}")
+    print(
+        f"header reads (cold, with the listing and {count} captions): {len(records)} images in {cold:.2f} s "
+        f"= {len(records) / cold:,.0f} header reads/s; {header_bytes / len(records):,.0f} header bytes per image "
+        f"of {len(blobs[0]):,}/{len(blobs[1]):,} (jpg/png); caption bytes: {text_bytes:,}; "
+        f"image bytes: {s3.DOWNLOADED.get('image', 0)}; "
+        f"problems: {len(problems)}"
+    )
     headers_only = entry_for(endpoint, "bench-headers", "set", tmp, caption_strategy="filename")
     s3.DOWNLOADED.clear()
     start = time.perf_counter()
     plain, _ = backend.records(headers_only, tmp, scan)
     cold_headers = time.perf_counter() - start
-    print(f"header reads (cold, listing + headers only): {len(plain)} images in {cold_headers:.2f} s = "
-          f"{len(plain) / cold_headers:,.0f} header reads/s ({s3.DOWNLOADED.get('header', 0):,} bytes)")
+    print(
+        f"header reads (cold, listing + headers only): {len(plain)} images in {cold_headers:.2f} s = "
+        f"{len(plain) / cold_headers:,.0f} header reads/s ({s3.DOWNLOADED.get('header', 0):,} bytes)"
+    )
     s3.DOWNLOADED.clear()
     start = time.perf_counter()
     again, _ = backend.records(entry, tmp, scan)
     warm = time.perf_counter() - start
     assert again == records
-    print(f"fetch warm (listing + scan cache): {len(again)} images in {warm:.2f} s = {len(again) / warm:,.0f} "
-          f"images/s; bytes downloaded: {sum(s3.DOWNLOADED.values())}")
+    print(
+        f"fetch warm (listing + scan cache): {len(again)} images in {warm:.2f} s = {len(again) / warm:,.0f} "
+        f"images/s; bytes downloaded: {sum(s3.DOWNLOADED.values())}"
+    )
 
 
 def bench_pipeline(endpoint: str, tmp: Path) -> None:
@@ -147,21 +164,41 @@ def bench_pipeline(endpoint: str, tmp: Path) -> None:
     project = tmp / "project"
     shutil.copytree(ROOT / "config", project / "config")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    params.update(max_train_steps=4, eval_timesteps=2, validation_num_inference_steps=2,
-                  data_backend_config="config/aws.json", eval_dataset_id="pairs-eval",
-                  sample_data={"seed": 0, "count": 4, "size": 64},
-                  tiny_model={"seed": 0, "pretrain_vae_steps": 0, "pretrain_transformer_steps": 0})
+    params.update(
+        max_train_steps=4,
+        eval_timesteps=2,
+        validation_num_inference_steps=2,
+        data_backend_config="config/aws.json",
+        eval_dataset_id="pairs-eval",
+        sample_data={"seed": 0, "count": 4, "size": 64},
+        tiny_model={"seed": 0, "pretrain_vae_steps": 0, "pretrain_transformer_steps": 0},
+    )
     params["mlflow"]["tracking_uri"] = f"sqlite:///{project / 'mlflow.db'}"
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    sets = [("pairs-edited", "pairs/edited", {"caption_strategy": "textfile", "conditioning_data": ["pairs-ref"]}),
-            ("pairs-ref", "pairs/reference", {"conditioning_type": "reference_strict", "caption_strategy": None}),
-            ("pairs-eval", "pairs-eval/edited", {"caption_strategy": "textfile", "conditioning_data": ["eval-ref"]}),
-            ("eval-ref", "pairs-eval/reference", {"conditioning_type": "reference_strict", "caption_strategy": None}),
-            ("sharp", "clean", {"caption_strategy": "textfile",
-                                "conditioning": [{"type": "superresolution", "blur_radius": 2.0}]})]
-    entries = [{"id": i, "type": "aws", "aws_bucket_name": BUCKET, "aws_data_prefix": f"samples/{folder}",
-                "aws_endpoint_url": endpoint, "aws_region_name": "us-east-1", "resolution": 64, **extra}
-               for i, folder, extra in sets]
+    sets = [
+        ("pairs-edited", "pairs/edited", {"caption_strategy": "textfile", "conditioning_data": ["pairs-ref"]}),
+        ("pairs-ref", "pairs/reference", {"conditioning_type": "reference_strict", "caption_strategy": None}),
+        ("pairs-eval", "pairs-eval/edited", {"caption_strategy": "textfile", "conditioning_data": ["eval-ref"]}),
+        ("eval-ref", "pairs-eval/reference", {"conditioning_type": "reference_strict", "caption_strategy": None}),
+        (
+            "sharp",
+            "clean",
+            {"caption_strategy": "textfile", "conditioning": [{"type": "superresolution", "blur_radius": 2.0}]},
+        ),
+    ]
+    entries = [
+        {
+            "id": i,
+            "type": "aws",
+            "aws_bucket_name": BUCKET,
+            "aws_data_prefix": f"samples/{folder}",
+            "aws_endpoint_url": endpoint,
+            "aws_region_name": "us-east-1",
+            "resolution": 64,
+            **extra,
+        }
+        for i, folder, extra in sets
+    ]
     (project / "config" / "aws.json").write_text(json.dumps(entries))
     run_stage("init", project / "params.yaml")
     client = s3.client(s3.S3Store(BUCKET, endpoint, "us-east-1"))
@@ -181,8 +218,10 @@ def bench_pipeline(endpoint: str, tmp: Path) -> None:
         print(f"  {name:10s} {cold[name]:>9,d} | {sum(got.values()):>9,d}  (image {got.get('image', 0):,d})")
     s3.DOWNLOADED.clear()
     skipped = [run_stage(name, project / "params.yaml")["skipped"] for name in STAGE_ORDER]
-    print(f"plain warm re-run: {sum(skipped)}/{len(skipped)} stages skipped, "
-          f"bytes downloaded: {sum(s3.DOWNLOADED.values())}")
+    print(
+        f"plain warm re-run: {sum(skipped)}/{len(skipped)} stages skipped, "
+        f"bytes downloaded: {sum(s3.DOWNLOADED.values())}"
+    )
 
 
 def main() -> None:

@@ -98,9 +98,7 @@ def metric_logger(kind: str, store: Path):
     return Sync()
 
 
-def time_loop(
-    params: Params, base, data: TrainData, device: torch.device, warmup: int, logger=None
-) -> list[float]:
+def time_loop(params: Params, base, data: TrainData, device: torch.device, warmup: int, logger=None) -> list[float]:
     seed_everything(params.seed)
     transformer = copy.deepcopy(base).to(device)
     adapter = add_adapter(transformer, params)

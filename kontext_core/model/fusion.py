@@ -13,9 +13,17 @@ SEPARATE_PROJECTIONS = ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add
 
 
 def fuse_qkv(transformer: torch.nn.Module) -> torch.nn.Module:
-    """Fuse every attention's QKV projections in place and drop the unfused copies."""
+    """Fuse every attention's QKV projections in place and drop the unfused copies.
+
+    Works on the whole transformer or on any part of it (one block at a time, kontext_core.model.blocks):
+    each attention module is fused on its own, as diffusers' `fuse_qkv_projections` does for all.
+    """
+    from diffusers.models.attention import AttentionModuleMixin
+
     with torch.no_grad():
-        transformer.fuse_qkv_projections()
+        for module in transformer.modules():
+            if isinstance(module, AttentionModuleMixin) and module._supports_qkv_fusion:
+                module.fuse_projections()
     for module in transformer.modules():
         if getattr(module, "fused_projections", False):
             for name in SEPARATE_PROJECTIONS:

@@ -1,4 +1,8 @@
-"""quantize: fuse QKV (optional), quantize + freeze the base transformer once (optimum-quanto), save it."""
+"""quantize: fuse QKV (optional), quantize + freeze the base transformer once (optimum-quanto), save it.
+
+It streams: the base weights are read, quantized and written one block at a time
+(kontext_core.model.quantize.quantize_streaming), so host memory does not grow with the model's depth.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ QUANTIZED_DIR = "models/quantized"
 
 
 def stage_quantize(ctx: StageContext) -> None:
-    """Fuse QKV (optional), quantize + freeze the base transformer once (optimum-quanto) and save it."""
+    """Fuse QKV (optional), quantize + freeze the base transformer block by block and save it sharded."""
     import torch
 
-    from kontext_core.model.fusion import fuse_qkv
-    from kontext_core.model.load import base_dtype, load_transformer, training_device
-    from kontext_core.model.quantize import quantize_transformer, quantized_module_names, save_quantized
+    from kontext_core.model.load import base_dtype, training_device
+    from kontext_core.model.quantize import quantize_streaming
+    from kontext_core.model.weights import component_folder
 
     p = ctx.params
     out = ctx.out(QUANTIZED_DIR)
@@ -25,14 +29,15 @@ def stage_quantize(ctx: StageContext) -> None:
     )
     if p.base_model_precision == "no_change":
         return
-    model = load_transformer(p, ctx.workdir, dtype=base_dtype(p))
-    if p.quantize_via == "accelerator":
-        model = model.to(training_device())
-    if p.fuse_qkv_projections:
-        fuse_qkv(model)
-    quantize_transformer(model, p.base_model_precision)
-    save_quantized(model.to(torch.device("cpu")), out / "transformer", p.base_model_precision)
-    ctx.info["quantized_modules"] = len(quantized_module_names(model))
+    device = training_device() if p.quantize_via == "accelerator" else torch.device("cpu")
+    ctx.info["quantized_modules"] = quantize_streaming(
+        component_folder(p, ctx.workdir, "transformer"),
+        out / "transformer",
+        p.base_model_precision,
+        dtype=base_dtype(p),
+        device=device,
+        fuse=p.fuse_qkv_projections,
+    )
 
 
 SPEC = StageSpec(

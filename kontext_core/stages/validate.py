@@ -28,6 +28,7 @@ def stage_validate(ctx: StageContext) -> None:
     """Score the base and the adapter on the eval pairs: eval loss, PSNR, SSIM, grids (kontext_core.validate)."""
     from kontext_core.data.sources import open_ref
     from kontext_core.model.base import frozen_base_transformer
+    from kontext_core.model.load import training_device
     from kontext_core.tracking import runs
     from kontext_core.tracking.lineage import tag_stage_run
     from kontext_core.validate.validation import log_validation, run_validation
@@ -38,7 +39,9 @@ def stage_validate(ctx: StageContext) -> None:
     def load(ref: str):
         return open_ref(ref, ctx.workdir)
 
-    transformer = frozen_base_transformer(p, ctx.workdir, ctx.input("quantize.model"))
+    # Straight onto the accelerator, unless model offload keeps the transformer on the host between calls.
+    device = None if p.offload_during_startup else training_device()
+    transformer = frozen_base_transformer(p, ctx.workdir, ctx.input("quantize.model"), device)
     metrics = run_validation(
         p,
         ctx.workdir,

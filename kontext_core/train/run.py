@@ -149,7 +149,7 @@ def run_training(job: TrainJob, dist: DistContext | None = None) -> TrainResult:
     note_cpu_precision(params, dist.device)
     seed_everything(params.seed)
     data = load_cached_data(CachePaths.from_json(job.cache_paths))
-    transformer = frozen_base_transformer(params, workdir, Path(job.quantized_dir)).to(dist.device)
+    transformer = frozen_base_transformer(params, workdir, Path(job.quantized_dir), dist.device).to(dist.device)
     if params.gradient_checkpointing:
         enable_gradient_checkpointing(transformer, params.gradient_checkpointing_interval)
     adapter = add_adapter(transformer, params, workdir=workdir)

@@ -66,3 +66,8 @@ def test_gpu_all_script_smoke_runs_both_precisions_with_the_peer_step_on_cpu(tmp
         assert project["model_tflop_per_step"] > 0 and project["mfu"] > 0
     assert done.stdout.count("peer (diffusers example step) 64 px:") == 2
     assert "MFU" in done.stdout
+    # the replica part (CPU smoke: real_width.py --quick) ran the project's stages and printed its plan
+    assert "== replica at real width" in done.stdout
+    assert "real-width quantize: peak RSS D1 = " in done.stdout
+    assert done.stdout.strip().splitlines()[-1].startswith("real-width plan: quantize host ")
+    assert json.loads((tmp_path / "real_width.json").read_text())["results"]["D1"]["train"]["loss"] > 0
