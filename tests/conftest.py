@@ -263,6 +263,17 @@ def prefect_harness():
         yield
 
 
+@pytest.fixture(scope="session")
+def prefect_api_env(prefect_harness) -> dict[str, str]:
+    """The environment that points a subprocess at the session's Prefect API (the harness's server on
+    127.0.0.1): a `kontext run` started with it records its flow run there instead of starting an
+    ephemeral server of its own (~15 s each). Not for a test about that ephemeral server or its
+    database in the project's PREFECT_HOME."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {"PREFECT_API_URL": PREFECT_API_URL.value()}
+
+
 @pytest.fixture
 def decoded_images(monkeypatch) -> list:
     """Every PIL image whose pixels get decoded while the test runs (header reads do not count)."""
