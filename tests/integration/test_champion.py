@@ -59,7 +59,7 @@ def _registration(project: Path) -> dict:
 def scenario(tmp_path_factory, mlflow_template) -> dict:
     project = tmp_path_factory.mktemp("champion")
     shutil.copy(mlflow_template, project / "mlflow.db")
-    params = make_project(project, mlflow_db=project / "mlflow.db", shared_init=True, **SETTINGS)
+    params = make_project(project, mlflow_db=project / "mlflow.db", **SETTINGS)
     config = json.loads((project / "config/multidatabackend.json").read_text())
     config = [e for e in config if e["id"].startswith("pairs") or e.get("dataset_type") == "text_embeds"]
     (project / "config/multidatabackend.json").write_text(json.dumps(config))

@@ -38,7 +38,7 @@ SETTINGS = {
 def pairs_project(tmp_path_factory) -> Path:
     """Every stage before train, once; tests train on copies."""
     root = tmp_path_factory.mktemp("pairs")
-    params = make_project(root, shared_init=True, **SETTINGS)
+    params = make_project(root, **SETTINGS)
     config = json.loads((root / "config/multidatabackend.json").read_text())
     config = [e for e in config if e["id"].startswith("pairs") or e.get("dataset_type") == "text_embeds"]
     (root / "config/multidatabackend.json").write_text(json.dumps(config))
