@@ -58,8 +58,14 @@ def _merge(base: dict, overrides: dict) -> dict:
     return out
 
 
-def make_project(dest: Path, mlflow_db: Path | None = None, **overrides) -> Path:
-    """A copy of the project's configuration in `dest`; returns its params.yaml."""
+def make_project(dest: Path, mlflow_db: Path | None = None, *, shared_init: bool = False, **overrides) -> Path:
+    """A copy of the project's configuration in `dest`; returns its params.yaml.
+
+    With `shared_init=True`, the project gets the init outputs and manifest of the session's template
+    for its init params (see `_copy_shared_init`): its init is then verified and skipped by the
+    engine, as in a project where init already ran. For tests that run the stages but do not test
+    init itself (that it runs, what it writes, that a stage refuses without it).
+    """
     dest.mkdir(parents=True, exist_ok=True)
     shutil.copytree(ROOT / "config", dest / "config", dirs_exist_ok=True)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
@@ -68,7 +74,87 @@ def make_project(dest: Path, mlflow_db: Path | None = None, **overrides) -> Path
         params = _merge(params, {"mlflow": {"tracking_uri": f"sqlite:///{mlflow_db}"}})
     params = _merge(params, overrides)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    if shared_init:
+        _copy_shared_init(dest / "params.yaml")
     return dest / "params.yaml"
+
+
+# Set by the session fixture below: where init templates are built (None outside a pytest session).
+_SESSION_TMP: pytest.TempPathFactory | None = None
+_INIT_TEMPLATES: dict[str, Path] = {}  # init fingerprint -> a project on which init ran
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_init_home(tmp_path_factory):
+    """Only records the session's temp folder; a template is built the first time it is needed."""
+    global _SESSION_TMP
+    _SESSION_TMP = tmp_path_factory
+    yield
+    _SESSION_TMP = None
+    _INIT_TEMPLATES.clear()
+
+
+def _init_template(params_file: Path, wanted: str) -> Path:
+    """The session's project on which init ran with the init params of `params_file` (fingerprint
+    `wanted`), built on first use. init runs in a process of its own: the test that happens to ask
+    first keeps its torch/RNG/env state and monkeypatches, and a spy it set up (decoded_images) does
+    not see init's work. init is byte-deterministic across processes
+    (tests/integration/test_init_deterministic.py), so a copy holds what init would write."""
+    import subprocess
+
+    from kontext_core.stages import read_manifest
+
+    if wanted in _INIT_TEMPLATES:
+        return _INIT_TEMPLATES[wanted]
+    assert _SESSION_TMP is not None
+    project = _SESSION_TMP.mktemp("init-template") / "project"
+    shutil.copytree(ROOT / "config", project / "config")
+    # The project's params, less what points outside init (its MLflow store, its own dataset file).
+    params = yaml.safe_load(params_file.read_text())
+    root = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for key in ("mlflow", "data_backend_config"):
+        params[key] = root[key]
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {key: value for key, value in os.environ.items() if not key.startswith("KONTEXT_TEST_")}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\nfrom kontext_core.stages import run_stage\nrun_stage('init', sys.argv[1])",
+            str(project / "params.yaml"),
+        ],
+        cwd=project,
+        env={**env, "PYTHONPATH": str(ROOT), "KONTEXT_PROGRESS": "off"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"shared init template: init failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+    manifest = read_manifest(project, "init")
+    assert manifest is not None and manifest["fingerprint"] == wanted, "the init template has another fingerprint"
+    _INIT_TEMPLATES[wanted] = project
+    return project
+
+
+def _copy_shared_init(params_file: Path) -> None:
+    """Copy the template's init outputs and manifest (the same init fingerprint: same init params and
+    code) into the project of `params_file`, which must have no init outputs yet."""
+    from kontext_core.config import load_params
+    from kontext_core.stages import STAGES, fingerprint
+    from kontext_core.stages.engine import manifest_path
+
+    if _SESSION_TMP is None:
+        return  # outside a pytest session: the project's init runs as usual
+    project = params_file.parent
+    outs = STAGES["init"].all_outs()
+    if manifest_path(project, "init").exists() or any((project / rel).exists() for rel in outs):
+        raise RuntimeError(f"shared_init: {project} already has init outputs")
+    template = _init_template(params_file, fingerprint("init", load_params(params_file), project).value)
+    for rel in outs:
+        shutil.copytree(template / rel, project / rel)
+    manifest_path(project, "init").parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(manifest_path(template, "init"), manifest_path(project, "init"))
 
 
 def write_params(params_file: Path, **overrides) -> None:
@@ -163,7 +249,7 @@ def built_project(tmp_path_factory, mlflow_template) -> Path:
     project = tmp_path_factory.mktemp("built")
     db = project / "mlflow.db"
     shutil.copy(mlflow_template, db)
-    params_file = make_project(project, mlflow_db=db)
+    params_file = make_project(project, mlflow_db=db, shared_init=True)
     for name in STAGE_ORDER:
         run_stage(name, params_file)
     return project
@@ -175,6 +261,17 @@ def prefect_harness():
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(scope="session")
+def prefect_api_env(prefect_harness) -> dict[str, str]:
+    """The environment that points a subprocess at the session's Prefect API (the harness's server on
+    127.0.0.1): a `kontext run` started with it records its flow run there instead of starting an
+    ephemeral server of its own (~15 s each). Not for a test about that ephemeral server or its
+    database in the project's PREFECT_HOME."""
+    from prefect.settings import PREFECT_API_URL
+
+    return {"PREFECT_API_URL": PREFECT_API_URL.value()}
 
 
 @pytest.fixture

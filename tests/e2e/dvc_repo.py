@@ -32,16 +32,22 @@ def env_for(project: Path) -> dict[str, str]:
     return env
 
 
-def run(project: Path, *cmd: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, cwd=project, env=env_for(project), capture_output=True, text=True, timeout=timeout)
+def run(
+    project: Path, *cmd: str, timeout: int = 1200, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    full_env = {**env_for(project), **(env or {})}
+    return subprocess.run(cmd, cwd=project, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 
 def dvc(project: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
     return run(project, str(BIN / "dvc"), *args, timeout=timeout)
 
 
-def kontext(project: Path, *args: str, timeout: int = 1200) -> subprocess.CompletedProcess:
-    return run(project, str(BIN / "kontext"), *args, timeout=timeout)
+def kontext(
+    project: Path, *args: str, timeout: int = 1200, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`kontext ARGS` in the project; `env` adds to its environment (e.g. the session's Prefect API)."""
+    return run(project, str(BIN / "kontext"), *args, timeout=timeout, env=env)
 
 
 def git(project: Path, *args: str) -> str:

@@ -59,10 +59,10 @@ def test_after_dvc_repro_kontext_run_reruns_nothing(repo):
     assert ran_stages(ok(dvc(project, "repro")).stdout) == []
 
 
-def test_after_kontext_run_dvc_repro_reruns_nothing(repo):
+def test_after_kontext_run_dvc_repro_reruns_nothing(repo, prefect_api_env):
     project, _ = repo
     write_params(project / "params.yaml", validation_seed=1)
-    flow = ok(kontext(project, "run"))
+    flow = ok(kontext(project, "run", env=prefect_api_env))  # the session's Prefect server, not its own
     assert "stages run: validate, register" in flow.stdout
     assert "dvc.lock updated" in flow.stdout
     again = ok(dvc(project, "repro"))

@@ -36,7 +36,7 @@ def _git(project: Path, *args: str) -> str:
 def project(tmp_path_factory, mlflow_template) -> Path:
     """A git repository with the project committed and the pipeline run once from the clean tree."""
     project = tmp_path_factory.mktemp("reproduce") / "repo"
-    params_file = make_project(project)  # relative sqlite:///mlflow.db, git-ignored
+    params_file = make_project(project, shared_init=True)  # relative sqlite:///mlflow.db, git-ignored
     for name in CODE:
         source = ROOT / name
         if source.is_dir():

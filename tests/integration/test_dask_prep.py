@@ -28,7 +28,7 @@ def _prep(params_file, force: bool = False) -> dict[str, str]:
 
 
 def test_dask_local_cluster_gives_byte_identical_references_latents_and_embeds(tmp_path):
-    params_file = make_project(tmp_path / "p", vae_batch_size=2)
+    params_file = make_project(tmp_path / "p", vae_batch_size=2, shared_init=True)
     run_stage("init", params_file)
     run_stage("fetch", params_file)
     run_stage("pair", params_file)

@@ -81,7 +81,7 @@ def test_kontext_run_reports_a_config_error_in_one_line_without_retrying(tmp_pat
 
     from flows.cli import app
 
-    params_file = make_project(tmp_path / "bad", mlflow_db=mlflow_db)
+    params_file = make_project(tmp_path / "bad", mlflow_db=mlflow_db, shared_init=True)
     config_file = tmp_path / "bad/config/multidatabackend.json"
     config = json.loads(config_file.read_text())
     config[0]["resolution_typ"] = config[0].pop("resolution_type")

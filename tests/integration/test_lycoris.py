@@ -29,7 +29,7 @@ def lokr_project(tmp_path_factory, mlflow_template):
 
     project = tmp_path_factory.mktemp("lokr")
     shutil.copy(mlflow_template, project / "mlflow.db")
-    params_file = make_project(project, mlflow_db=project / "mlflow.db", lora_type="lycoris")
+    params_file = make_project(project, mlflow_db=project / "mlflow.db", lora_type="lycoris", shared_init=True)
     for name in STAGE_ORDER:
         run_stage(name, params_file)
     return project

@@ -29,7 +29,7 @@ def reliable_built(tmp_path_factory, mlflow_template) -> Path:
     from kontext_core.stages import STAGE_ORDER, run_stage
 
     project = tmp_path_factory.mktemp("reliable") / "project"
-    params_file = make_project(project)
+    params_file = make_project(project, shared_init=True)
     shutil.copy(mlflow_template, project / "mlflow.db")
     # Secrets a user's environment holds: none may end up in any file of the project (test_move).
     saved = {key: os.environ.get(key) for key in SECRETS}

@@ -147,7 +147,7 @@ def test_an_expected_failure_under_kontext_run_is_one_line_without_prefect_trace
 
     monkeypatch.delenv("KONTEXT_DEBUG", raising=False)
     params = make_project(
-        tmp_path / "p", mlflow_db=mlflow_db, data_backend_config="datasets.json", eval_dataset_id=None
+        tmp_path / "p", mlflow_db=mlflow_db, data_backend_config="datasets.json", eval_dataset_id=None, shared_init=True
     )
     images = tmp_path / "p" / "imgs"
     images.mkdir()
