@@ -26,19 +26,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-# FLUX.1 Kontext [dev]'s transformer/config.json values.
-FULL_CONFIG = dict(
-    patch_size=1,
-    in_channels=64,
-    num_layers=19,
-    num_single_layers=38,
-    attention_head_dim=128,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    pooled_projection_dim=768,
-    guidance_embeds=True,
-    axes_dims_rope=(16, 56, 56),
-)
+from kontext_core.model.replica import transformer_config
+
+# FLUX.1 Kontext [dev]'s transformer/config.json values: the replica's real width at full depth.
+FULL_CONFIG = transformer_config("real", double_blocks=19, single_blocks=38)
 T5_TOKENS = 512
 
 
