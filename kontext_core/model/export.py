@@ -132,6 +132,7 @@ def export_kohya(adapter: Path, out: Path) -> Path:
     """Write the export of a LoRA or LyCORIS folder or file (see the module doc)."""
     adapter = Path(adapter)
     source = _weights_file(adapter)
+    assert source is not None  # required=True raises instead
     weights = load_file(str(source))
     if source.name == LYCORIS_FILE or any(k.startswith(LYCORIS_PREFIX) for k in weights):
         state, metadata = dict(weights), {"format": "pt", "ss_network_module": "lycoris.kohya"}
@@ -146,10 +147,17 @@ def export_kohya(adapter: Path, out: Path) -> Path:
     return Path(out)
 
 
-def _weights_file(adapter: Path) -> Path:
+def kohya_exportable(adapter: Path) -> bool:
+    """Whether `adapter` holds a LoRA or LyCORIS file (another adapter kind has no kohya form)."""
+    return _weights_file(Path(adapter), required=False) is not None
+
+
+def _weights_file(adapter: Path, required: bool = True) -> Path | None:
     if adapter.is_file():
         return adapter
     for name in (LORA_FILE, LYCORIS_FILE):
         if (adapter / name).exists():
             return adapter / name
+    if not required:
+        return None
     raise FileNotFoundError(f"{adapter}: neither {LORA_FILE} nor {LYCORIS_FILE} in this folder")

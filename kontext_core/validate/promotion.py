@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from kontext_core.config import Params
-from kontext_core.model.export import KOHYA_FILE, export_kohya
+from kontext_core.model.export import KOHYA_FILE, export_kohya, kohya_exportable
 from kontext_core.tracking.registry import Registration, register_adapter
 
 
@@ -72,9 +72,12 @@ def register_version(
     fingerprint = json.loads((validate_dir / "eval_set.json").read_text())["fingerprint"]
     example = example_from_eval_set(workdir, params, load)
     with tempfile.TemporaryDirectory(prefix="kontext-kohya-") as tmp:
-        # The version carries the kohya file too (ComfyUI reads its alpha; the diffusers file's it ignores),
-        # and its model card (README.md + images/), which `kontext export --format hub` ships.
-        extra = {"kohya": export_kohya(adapter_dir, Path(tmp) / KOHYA_FILE)}
+        # A LoRA or LyCORIS version carries the kohya file too (ComfyUI reads its alpha; the diffusers
+        # file's it ignores), and every version its model card (README.md + images/), which
+        # `kontext export --format hub` ships.
+        extra: dict[str, Path] = {}
+        if kohya_exportable(adapter_dir):
+            extra["kohya"] = export_kohya(adapter_dir, Path(tmp) / KOHYA_FILE)
         card = Path(tmp) / CARD_ARTIFACT
         extra[CARD_ARTIFACT] = write_model_card(params, workdir, adapter_dir, validate_dir, metrics, card)
         return register_adapter(

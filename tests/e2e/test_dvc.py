@@ -68,6 +68,7 @@ def test_after_kontext_run_dvc_repro_reruns_nothing(repo, prefect_api_env):
     again = ok(dvc(project, "repro"))
     assert ran_stages(again.stdout) == [], again.stdout
     git(project, "commit", "-qam", "validation seed 1")
+    git(project, "tag", "seed-1")  # later tests commit on top; the comparison below names this one
     assert porcelain(project) == ""
 
 
@@ -96,18 +97,19 @@ def test_a_deployment_run_keeps_dvc_lock_in_step_and_says_what_an_override_left(
 
 def test_commits_compare_with_params_metrics_and_plots_diff(repo):
     project, _ = repo
-    params = json.loads(ok(dvc(project, "params", "diff", "HEAD~1", "HEAD", "--json")).stdout)
+    before, after = "seed-1~1", "seed-1"  # the commit of the validation_seed change and its parent
+    params = json.loads(ok(dvc(project, "params", "diff", before, after, "--json")).stdout)
     seed = params["params.yaml"]["validation_seed"]
     assert (seed["old"], seed["new"]) == (0, 1)
     assert len(params["params.yaml"]) == 1
-    metrics = json.loads(ok(dvc(project, "metrics", "diff", "HEAD~1", "HEAD", "--all", "--json")).stdout)
+    metrics = json.loads(ok(dvc(project, "metrics", "diff", before, after, "--all", "--json")).stdout)
     assert set(metrics) == {TRAIN_METRICS, VALIDATE_METRICS}
     psnr = metrics[VALIDATE_METRICS]["psnr"]
     assert isinstance(psnr["old"], float) and isinstance(psnr["new"], float)
-    plots = json.loads(ok(dvc(project, "plots", "diff", "HEAD~1", "HEAD", "--json")).stdout)
+    plots = json.loads(ok(dvc(project, "plots", "diff", before, after, "--json")).stdout)
     (loss_plot,) = plots["data"]["artifacts/plots/train_loss.csv"]
-    assert loss_plot["revisions"] == ["HEAD~1", "HEAD"]
-    assert {point["rev"] for point in loss_plot["content"]["data"]["values"]} == {"HEAD~1", "HEAD"}
+    assert loss_plot["revisions"] == [before, after]
+    assert {point["rev"] for point in loss_plot["content"]["data"]["values"]} == {before, after}
     # `dvc plots show` writes dvc_plots/: ignored, the workspace stays clean.
     ok(dvc(project, "plots", "show"))
     assert (project / "dvc_plots").is_dir()
