@@ -173,10 +173,18 @@ def fetched_records(project: Path) -> dict:
 
 @pytest.fixture(autouse=True)
 def _isolate_mlflow_env():
-    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; keep one test's store out of the next."""
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; keep one test's store out of the next.
+
+    `use_store` (kontext_core.tracking.store) also sets mlflow's process-wide registry URI: left
+    behind, a later test's `MlflowClient(tracking_uri=its_store)` would read another project's
+    registry (it takes the global registry URI before its own tracking URI). Unset, the registry
+    follows each client's tracking URI.
+    """
     yield
     for key in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
         os.environ.pop(key, None)
+    if "mlflow" in sys.modules:
+        sys.modules["mlflow"].set_registry_uri(None)
 
 
 def _rebind_closed_log_streams() -> None:
