@@ -26,6 +26,7 @@ import torch
 
 from kontext_core.fsutil import atomic_dir
 from kontext_core.model.replica_weights import write_weights
+from kontext_core.model.tiny import TINY_TRANSFORMER_CONFIG
 
 log = logging.getLogger(__name__)
 
@@ -49,14 +50,11 @@ REAL_TRANSFORMER = dict(
     guidance_embeds=True,
     axes_dims_rope=(16, 56, 56),
 )
-SMALL_TRANSFORMER = dict(
-    REAL_TRANSFORMER,
-    attention_head_dim=16,
-    num_attention_heads=2,
-    joint_attention_dim=32,
-    pooled_projection_dim=32,
-    axes_dims_rope=(4, 6, 6),
-)
+# The small width is the tiny model's (kontext_core.model.tiny), in the real model's layout.
+_WIDTH_KEYS = (
+    "attention_head_dim", "num_attention_heads", "joint_attention_dim", "pooled_projection_dim", "axes_dims_rope",
+)  # fmt: skip
+SMALL_TRANSFORMER = dict(REAL_TRANSFORMER, **{key: TINY_TRANSFORMER_CONFIG[key] for key in _WIDTH_KEYS})
 
 # FLUX.1's vae/config.json.
 REAL_VAE = dict(
