@@ -11,7 +11,15 @@ from typing import Any
 from PIL import Image
 
 from kontext_core.config import DatasetEntry
+from kontext_core.data.images import ImageReadError
 from kontext_core.data.records import Problem, Record
+
+
+def changed_since_recorded(ref: str) -> str:
+    return (
+        f"{ref}: its content is not the content recorded for it (changed since fetch or degrade read it); "
+        "run the pipeline again from fetch"
+    )
 
 
 class DatasetBackend(ABC):
@@ -29,11 +37,15 @@ class DatasetBackend(ABC):
     ) -> tuple[list[Record], list[Problem]]:
         """One record per usable image; unreadable inputs become problems, never records."""
 
-    def stream(self, entry: DatasetEntry, workdir: Path, scan_cache_dir: Path | None) -> Iterator[Record | Problem]:
+    def stream(
+        self, entry: DatasetEntry, workdir: Path, scan_cache_dir: Path | None, memo_file: Path | None = None
+    ) -> Iterator[Record | Problem]:
         """The same records (in key order) and problems, handed on one at a time: what fetch reads.
 
-        This default builds both lists first; a backend whose listings can be large (local folders)
-        streams instead, so fetch's memory stays flat however many images a dataset has."""
+        `memo_file` is the one `fingerprint` was just given, for a backend whose records take their
+        digests from what the fingerprint hashed. This default builds both lists first; a backend
+        whose listings can be large (local folders) streams instead, so fetch's memory stays flat
+        however many images a dataset has."""
         records, problems = self.records(entry, workdir, scan_cache_dir)
         yield from problems
         yield from records
@@ -72,7 +84,16 @@ class DatasetBackend(ABC):
 
     @abstractmethod
     def ref_digest(self, ref: str, workdir: Path) -> str:
-        """A content hash of the image behind the reference (cache keys use it, never the path)."""
+        """A content hash of the image behind the reference (cache keys use it, never the path).
+
+        The same value a record's `digest` holds where the backend fills it at fetch."""
+
+    def open_verified(self, ref: str, workdir: Path, digest: str) -> Image.Image:
+        """`open_ref`, refusing an image that is no longer the one whose `digest` a table recorded
+        (a stage about to store pixels under a key made from that digest)."""
+        if self.ref_digest(ref, workdir) != digest:
+            raise ImageReadError(changed_since_recorded(ref))
+        return self.open_ref(ref, workdir)
 
     @abstractmethod
     def ref_size(self, ref: str, workdir: Path) -> tuple[int, int]:

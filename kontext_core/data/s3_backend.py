@@ -230,7 +230,8 @@ class S3Backend(DatasetBackend):
             caption, problem = self._caption(entry, obj, ref, by_key, cache)
             if problem is not None:
                 problems.append(problem)
-            records.append(Record(entry.id, obj.key[len(prefix):], ref, caption, ref, width, height))
+            digest = object_digest(obj.etag, obj.size)  # what `ref_digest` answers, from the listing
+            records.append(Record(entry.id, obj.key[len(prefix):], ref, caption, ref, width, height, digest))
         return records, problems
 
     def _caption(
