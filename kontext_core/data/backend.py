@@ -11,6 +11,7 @@ from typing import Any
 from PIL import Image
 
 from kontext_core.config import DatasetEntry
+from kontext_core.config.base import Strict
 from kontext_core.data.images import ImageReadError
 from kontext_core.data.records import Problem, Record
 
@@ -26,6 +27,23 @@ class DatasetBackend(ABC):
     type: str  # the entry's `type` value that selects it
     # Prefix of the image references it writes into tables ("hf:"); None: plain file paths.
     ref_prefix: str | None = None
+    # The backend's own entry keys as a config model (kontext_core.config.base.Strict), written beside
+    # the shared keys in the dataset file; registering the backend makes the loader accept and check them.
+    options: type[Strict] | None = None
+
+    def options_of(self, entry: DatasetEntry) -> Any:
+        """The entry's options as this backend's model (defaults where it sets none).
+
+        An entry read before the backend was registered has its keys among the SimpleTuner extras:
+        they are validated here then."""
+        if self.options is None:
+            return None
+        if isinstance(entry.backend_options, self.options):
+            return entry.backend_options
+        given = {k: v for k, v in entry.simpletuner_extras.items() if k in self.options.model_fields}
+        if isinstance(entry.backend_options, dict):
+            given.update(entry.backend_options)
+        return self.options.model_validate(given)
 
     def check(self, entry: DatasetEntry, workdir: Path) -> list[str]:
         """Problems with the entry that need no image data (one line each)."""
