@@ -6,6 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from kontext_core.config import DatasetConfig, Params
+
+# Imported with this module, so the backends' own keys (their options models) are registered before
+# any dataset file is read through it: `kontext config check` included.
+from kontext_core.data.backends import BACKENDS
 from kontext_core.fsutil import sha256_file
 
 
@@ -32,7 +36,6 @@ _LOADED_MAX = 8
 
 
 def _load_key(params: Params, workdir: Path) -> tuple[Any, ...] | None:
-    from kontext_core.data.backends import BACKENDS
     from kontext_core.model.adapter_kinds import ADAPTER_KINDS
 
     path = dataset_file(params, workdir)
