@@ -77,11 +77,37 @@ def counted_hashes(monkeypatch) -> list[str]:
     return hashed
 
 
-def test_fetch_hashes_each_image_once_and_a_fresh_cache_vae_hashes_none(tmp_path, counted_hashes):
+@pytest.fixture
+def counted_loads(monkeypatch) -> list[str]:
+    """Each validation of a dataset file (`dataset_problems`: read, parse, check)."""
+    import kontext_core.config.load as load
+
+    loads: list[str] = []
+    real = load.dataset_problems
+
+    def counted(path, *args, **kwargs):
+        loads.append(str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(load, "dataset_problems", counted)
+    return loads
+
+
+def _run_as_fresh_process(name: str, params_file: Path) -> dict:
+    """The stage with nothing remembered of loaded dataset files (as in `kontext stage NAME` under DVC)."""
+    from kontext_core.stages import datasets
+
+    datasets._LOADED.clear()
+    return run_stage(name, params_file)
+
+
+def test_fetch_hashes_each_image_once_and_a_fresh_cache_vae_hashes_none(tmp_path, counted_hashes, counted_loads):
     params_file = make_project(tmp_path / "p", shared_init=True)
     project = params_file.parent
 
-    run_stage("fetch", params_file)
+    _run_as_fresh_process("fetch", params_file)
+    # Its preparation, fingerprint and body (and the digests it writes) share one load of the file.
+    assert len(counted_loads) == 1
 
     records = [r for rows in fetched_records(project)["records"].values() for r in rows]
     local = [r["image"] for r in records if not r["image"].startswith(("hf:", "s3://"))]
@@ -93,7 +119,11 @@ def test_fetch_hashes_each_image_once_and_a_fresh_cache_vae_hashes_none(tmp_path
     assert fetched[BYTES] <= len(rows)
     assert all(r["digest"] for r in records), "every record carries its image's digest"
 
-    info = {name: run_stage(name, params_file)["info"] for name in ("pair", "degrade", "cache_vae")}
+    info = {}
+    for name in ("pair", "degrade", "cache_vae"):
+        loaded = len(counted_loads)
+        info[name] = _run_as_fresh_process(name, params_file)["info"]
+        assert len(counted_loads) == loaded + 1, f"{name} loads the dataset file once"
     # Through cache_vae in the same process no image file is read to be hashed again (generated
     # references are degrade's outputs, hashed by the engine as such). An image decoded to be stored
     # under a key made from its recorded digest (a cache miss) has the bytes it decodes checked
