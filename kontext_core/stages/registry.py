@@ -2,8 +2,9 @@
 
 Adding a stage is one module (its body, its spec with its roles, its path constants) plus one line:
 in `_MODULES` for a stage of this package, or `register_stage(module, after="validate")` for a stage
-from elsewhere (a plugin). Either way it is in `STAGES` and `STAGE_ORDER`, the generated dvc.yaml,
-`kontext stage NAME` and the flow.
+from elsewhere (a plugin). Either way it is in `STAGES` and `STAGE_ORDER`, so the engine, the
+generated dvc.yaml, `kontext stage NAME` and the flow run it, in a process that has registered it (the
+flow's Prefect tasks are made when `tasks.stage_tasks` is imported: register before that).
 """
 
 from __future__ import annotations
