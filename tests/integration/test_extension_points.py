@@ -249,3 +249,25 @@ def test_a_removed_stage_leaves_the_normal_table():
         "validate",
         "register",
     ]
+
+
+def test_register_stage_refuses_a_place_before_what_it_reads():
+    with pytest.raises(ValueError, match="stage 'toy' reads from pair, which would not run before it"):
+        register_stage(toy_stage_module, after="init")
+    with pytest.raises(ValueError, match=r"register_stage\(after='nope'\): unknown stage; allowed: init, fetch"):
+        register_stage(toy_stage_module, after="nope")
+    assert "toy" not in STAGES
+
+
+def test_the_roles_of_the_built_in_stages_come_from_their_specs():
+    from flows.placement import GPU_STAGES, stage_groups
+    from flows.train_flow import MLFLOW_STAGES
+    from kontext_core.config import params_from_dict
+
+    assert GPU_STAGES == MLFLOW_STAGES == ("train", "validate", "register")
+    assert stage_groups(params_from_dict({}))["gpu"] == ["train", "validate", "register"]
+    # quantize joins the GPU pool when it quantizes there (a role that depends on the params).
+    gpu = stage_groups(params_from_dict({"quantize_via": "accelerator"}))["gpu"]
+    assert gpu == ["quantize", "train", "validate", "register"]
+    assert [n for n, s in STAGES.items() if s.artifacts] == ["pair", "train", "validate", "register"]
+    assert [n for n, s in STAGES.items() if s.summary] == ["train", "validate", "register"]
