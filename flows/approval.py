@@ -23,6 +23,7 @@ from pydantic import Field
 from kontext_core.config import Params
 from kontext_core.stages import STAGES
 from kontext_core.tracking.registry import record_approval
+from kontext_core.validate.metrics import METRICS
 
 # Seconds between the paused run's looks at its state (Prefect's default is 10).
 POLL_SECONDS = 3
@@ -52,7 +53,7 @@ def approval_description(params: Params, project: Path, manifests: dict[str, Any
     if champion:
         lines.append(f"| champion | {champion} | {info.get('champion_metric')} |")
     lines += ["", "| validation | base model | LoRA |", "|---|---|---|"]
-    for name in ("eval_loss", "psnr", "ssim"):
+    for name in METRICS:  # every registered metric the validation scored
         if name in validate:
             lines.append(f"| {name} | {validate.get(f'{name}_base')} | {validate.get(name)} |")
     per_pair = project / STAGES["validate"].products["per_pair"]

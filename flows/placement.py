@@ -16,19 +16,19 @@ from flows.form import D, T
 from flows.train_flow import resolve_run, run_pipeline
 from kontext_core.config import ConfigError, Params
 from kontext_core.config.overrides import OVERRIDE_KEYS
+from kontext_core.stages import STAGE_ORDER, STAGES
 
 STAGES_FLOW = "kontext-stages"
 # The deployments of `kontext-stages`, one per stage group (infra/prefect.yaml).
 GROUP_DEPLOYMENTS = {"data": "kontext-data", "gpu": "kontext-gpu"}
-GPU_STAGES = ("train", "validate", "register")
+# The stages that always need the accelerator (train, validate, register), from their specs.
+GPU_STAGES = tuple(name for name, spec in STAGES.items() if spec.accelerator is True)
 
 
 def stage_groups(params: Params) -> dict[str, list[str]]:
-    """Which stages run on which pool: the GPU group trains, validates and registers; quantize joins
-    it when it runs on the accelerator (`quantize_via: accelerator`)."""
-    from kontext_core.stages import STAGE_ORDER
-
-    gpu = [*GPU_STAGES, *(["quantize"] if params.quantize_via == "accelerator" else [])]
+    """Which stages run on which pool: the GPU group holds the stages whose spec needs an accelerator
+    with these params (train, validate, register; quantize with `quantize_via: accelerator`)."""
+    gpu = [name for name in STAGE_ORDER if STAGES[name].needs_accelerator(params)]
     return {
         "data": [name for name in STAGE_ORDER if name not in gpu],
         "gpu": [name for name in STAGE_ORDER if name in gpu],

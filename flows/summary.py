@@ -1,5 +1,6 @@
-"""The closing summary of `kontext run`: each stage with ran/skipped and its seconds, then the final
-training loss, the validation metric and the champion decision, read from the stages' manifests."""
+"""The closing summary of `kontext run`: each stage with ran/skipped and its seconds, then each stage's
+own lines (its spec's `summary`: the final training loss, the validation metric, the champion
+decision), read from the stages' manifests."""
 
 from __future__ import annotations
 
@@ -61,45 +62,30 @@ def pipeline_result(
         "prefect_states": {n: m.get("prefect_state") for n, m in manifests.items()},
         "seconds": {n: round(m["wall_seconds"], 3) for n, m in manifests.items()},
         "outcome": run_outcome(manifests, metric),
+        "summary": outcome_lines(manifests, metric),
     }
 
 
-def _number(value: Any, digits: int = 4) -> str:
-    return "n/a" if value is None else f"{value:.{digits}f}"
+def outcome_lines(manifests: dict[str, dict[str, Any]], metric: str) -> list[str]:
+    """Each stage's own lines for the closing summary (its spec's `summary`), in pipeline order."""
+    from kontext_core.stages import STAGES
+
+    return [
+        line
+        for name, spec in STAGES.items()
+        if name in manifests
+        for line in spec.summary_lines(manifests[name], metric)
+    ]
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
-    """The per-stage table and the outcome, as the CLI prints them."""
+    """The per-stage table, then what the stages report (final loss, validation metric, champion)."""
     seconds = result.get("seconds", {})
     lines = [f"{'stage':<12}{'status':<9}{'seconds':>9}"]
     for name, status in result["stages"].items():
         lines.append(f"{name:<12}{status:<9}{seconds.get(name, float('nan')):>9.2f}")
     lines.append(f"{'total':<21}{sum(seconds.values()):>9.2f}")
-    outcome = result.get("outcome", {})
-    steps = outcome.get("steps")
-    lines.append(f"final loss: {_number(outcome.get('final_loss'))} (mean of the last fifth of {steps} steps)")
-    metric = outcome.get("metric", "metric")
-    lines.append(
-        f"validation {metric}: {_number(outcome.get('metric_value'))} "
-        f"(base model without the adapter: {_number(outcome.get('metric_base'))})"
-    )
-    if metric != "psnr" and outcome.get("psnr") is not None:
-        lines.append(
-            f"validation psnr: lora {_number(outcome.get('psnr'), 2)} dB, "
-            f"base {_number(outcome.get('psnr_base'), 2)} dB (edits against the targets)"
-        )
-    previous = outcome.get("previous_champion_metric")
-    # A skipped register stage reports the decision its last run made.
-    earlier = " (decided by an earlier run)" if result["stages"].get("register") == "skipped" else ""
-    if outcome.get("became_champion"):
-        against = "no champion before" if previous is None else f"previous champion {_number(previous)}"
-        lines.append(f"champion: {outcome.get('model_uri')} is the new champion ({against}){earlier}")
-    elif outcome.get("became_champion") is False:
-        lines.append(
-            f"champion: unchanged; {outcome.get('model_uri')} did not beat the champion's "
-            f"{metric} {_number(previous)}{earlier}"
-        )
-    return lines
+    return lines + list(result.get("summary", []))
 
 
 def _short(value: Any) -> str | None:
@@ -161,7 +147,7 @@ def publish_run_summary(params: Any, result: dict[str, Any]) -> None:
     from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 
     from kontext_core.config.overrides import OVERRIDE_KEYS
-    from tasks.artifacts import safe_run_link
+    from kontext_core.tracking.links import safe_run_link
 
     used = {key: getattr(params, key) for key in OVERRIDE_KEYS}
     overrides = result.get("overrides") or {}

@@ -179,7 +179,7 @@ def flow_run_ui_url(flow_run_id: str) -> str | None:
 
 
 # Stages that log into the flow run's MLflow run: a stage group without them opens none.
-MLFLOW_STAGES = ("train", "validate", "register")
+MLFLOW_STAGES = tuple(name for name, spec in STAGES.items() if spec.mlflow)
 
 
 # The project lock (one pipeline per project on this machine; re-entrant for the stage threads) and

@@ -11,6 +11,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from kontext_core.config.base import Strict
+from kontext_core.config.registered import metric_directions
 
 # ----------------------------------------------------------------------------------------------
 # pipeline sections
@@ -27,10 +28,10 @@ class MlflowSection(Strict):
 class RegistrySection(Strict):
     model_name: str = "kontext-lora"
     champion_alias: str = "champion"
-    # The validation metric that decides whether a new version takes the champion alias:
-    # eval_loss (lower is better), psnr or ssim (higher is better).
-    metric: Literal["eval_loss", "psnr", "ssim"] = "eval_loss"
-    # null: the metric's own direction (kontext_core.validate.metrics); a value that contradicts it is an error.
+    # The validation metric that decides whether a new version takes the champion alias: a metric
+    # registered in kontext_core.validate.metrics (eval_loss: lower is better; psnr, ssim: higher).
+    metric: str = "eval_loss"
+    # null: the metric's own direction (its registration); a value that contradicts it is an error.
     greater_is_better: bool | None = None
     # A flow run pauses before moving the alias to a winning version until a person approves or rejects
     # it in the Prefect UI; after approval_timeout_seconds, approval_on_timeout decides.
@@ -41,10 +42,20 @@ class RegistrySection(Strict):
     @property
     def higher_is_better(self) -> bool:
         """The direction that decides promotion: explicit, else the metric's own."""
-        return self.greater_is_better if self.greater_is_better is not None else self.metric != "eval_loss"
+        if self.greater_is_better is not None:
+            return self.greater_is_better
+        return metric_directions()[self.metric]
+
+    @field_validator("metric")
+    @classmethod
+    def _registered_metric(cls, value: str) -> str:
+        allowed = metric_directions()
+        if value not in allowed:
+            raise ValueError(f"unknown metric; allowed: {', '.join(allowed)}")
+        return value
 
     def rule_problems(self) -> list[str]:
-        natural = self.metric != "eval_loss"
+        natural = metric_directions()[self.metric]
         if self.greater_is_better is not None and self.greater_is_better != natural:
             return [
                 f"registry.greater_is_better = {self.greater_is_better} contradicts metric {self.metric!r} "

@@ -110,6 +110,52 @@ class StageContext:
 ExtraInputs = Callable[[Params, Path], dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class Artifact:
+    """A report for a reviewer, published as a Prefect artifact when Prefect runs the stage (tasks/):
+    `kind` "markdown" (content: text), "table" (content: rows) or "link" (content: the URL)."""
+
+    kind: str
+    key: str
+    content: Any
+    description: str | None = None
+    link_text: str | None = None
+
+
+@dataclass(frozen=True)
+class StageReport:
+    """What a stage's `artifacts` function reads: the stage, its project and the manifest it wrote."""
+
+    spec: StageSpec
+    workdir: Path
+    manifest: dict[str, Any]
+    params: Params | None = None
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return self.manifest.get("info") or {}
+
+    def product(self, name: str) -> Path:
+        return self.workdir / self.spec.products[name]
+
+
+# A stage's reports when it really ran, and its lines in the run's closing summary (from its manifest,
+# skipped or not, and the registry's metric). Either is a callable or a "module:function" reference:
+# a reference is imported when used, so the stage's code version (what its module imports) does not
+# hold its presentation, and rewording a report re-runs nothing.
+Reporter = Callable[[StageReport], list[Artifact]]
+SummaryLines = Callable[[dict[str, Any], str], list[str]]
+
+
+def _resolve(ref: Any) -> Any:
+    if not isinstance(ref, str):
+        return ref
+    import importlib
+
+    module, _, attr = ref.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
 @dataclass
 class StageSpec:
     """What a stage is: its body, what it reads and what it writes.
@@ -135,6 +181,25 @@ class StageSpec:
     dvc_params: list[str] = field(default_factory=list)
     # A plot's axes for DVC (`{"x": column, "y": column}`); a CSV without them is step/loss.
     plot_axes: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Roles, so that no list of stage names elsewhere says them. `accelerator`: placed on the GPU pool
+    # (flows/placement.py); a function of the params when it depends on them. `mlflow`: logs into the
+    # run's MLflow run (a stage group without such a stage opens none). `artifacts`, `summary`: above.
+    accelerator: bool | Callable[[Params], bool] = False
+    mlflow: bool = False
+    artifacts: Reporter | str | None = None
+    summary: SummaryLines | str | None = None
+
+    def needs_accelerator(self, params: Params) -> bool:
+        return bool(self.accelerator(params) if callable(self.accelerator) else self.accelerator)
+
+    def reports(self, workdir: Path, manifest: dict[str, Any], params: Params | None = None) -> list[Artifact]:
+        """The artifacts this stage publishes after a run that wrote `manifest` (none when it declares none)."""
+        if self.artifacts is None:
+            return []
+        return list(_resolve(self.artifacts)(StageReport(self, Path(workdir), manifest, params)))
+
+    def summary_lines(self, manifest: dict[str, Any], metric: str) -> list[str]:
+        return [] if self.summary is None else list(_resolve(self.summary)(manifest, metric))
 
     @property
     def upstream(self) -> list[str]:

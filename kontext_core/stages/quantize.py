@@ -55,4 +55,6 @@ SPEC = StageSpec(
     products={"model": QUANTIZED_DIR},
     extra_inputs=quantize_inputs,
     dvc_params=["revision"],
+    # On the GPU pool only when it quantizes there (the CPU pool quantizes otherwise).
+    accelerator=lambda params: params.quantize_via == "accelerator",
 )

@@ -57,4 +57,8 @@ SPEC = StageSpec(
     ],
     outs=[REGISTER_DIR],
     products={"registration": f"{REGISTER_DIR}/registration.json"},
+    accelerator=True,
+    mlflow=True,
+    artifacts="kontext_core.stages.views:register_artifacts",
+    summary="kontext_core.stages.views:register_summary",
 )

@@ -1,11 +1,16 @@
 """The table of stages, in execution order, and the calls that run one of them by name.
 
-Adding a stage is one module (its body, its spec, its path constants) plus one line in `_MODULES`.
+Adding a stage is one module (its body, its spec with its roles, its path constants) plus one line:
+in `_MODULES` for a stage of this package, or `register_stage(module, after="validate")` for a stage
+from elsewhere (a plugin). Either way it is in `STAGES` and `STAGE_ORDER`, so the engine, the
+generated dvc.yaml, `kontext stage NAME` and the flow run it, in a process that has registered it (the
+flow's Prefect tasks are made when `tasks.stage_tasks` is imported: register before that).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from kontext_core.config import Params, load_params
@@ -16,8 +21,47 @@ from kontext_core.stages.engine import Fingerprint, StageSpec, compute_fingerpri
 
 _MODULES = [init, fetch, pair, degrade, cache_vae, cache_text, quantize, train, validate, register]
 
+# pair's reports; its module is being reworked elsewhere: at the merge this moves into pair.SPEC.
+pair.SPEC.artifacts = "kontext_core.stages.views:pair_artifacts"
+
 STAGES: dict[str, StageSpec] = {module.SPEC.name: module.SPEC for module in _MODULES}
 STAGE_ORDER = list(STAGES)
+
+
+def register_stage(stage: ModuleType | StageSpec, *, after: str | None = None) -> StageSpec:
+    """Add a stage (its module, which defines `SPEC`, or the spec) after stage `after` (default: last).
+
+    `STAGES` and `STAGE_ORDER` are changed in place, so every holder of them sees the new stage. What it
+    reads must be declared products of stages before it.
+    """
+    spec: StageSpec = stage if isinstance(stage, StageSpec) else stage.SPEC
+    if spec.name in STAGES:
+        raise ValueError(f"stage {spec.name!r} is registered already")
+    order = list(STAGES)
+    if after is not None and after not in STAGES:
+        raise ValueError(f"register_stage(after={after!r}): unknown stage; allowed: {', '.join(order)}")
+    position = order.index(after) + 1 if after is not None else len(order)
+    missing = [up for up in spec.upstream if up not in order[:position]]
+    if missing:
+        raise ValueError(f"stage {spec.name!r} reads from {', '.join(missing)}, which would not run before it")
+    _set_order([*(STAGES[n] for n in order[:position]), spec, *(STAGES[n] for n in order[position:])])
+    return spec
+
+
+def unregister_stage(name: str) -> StageSpec:
+    """Remove a registered stage (a plugin's, in tests); the stages that read from it must go first."""
+    readers = [other for other, spec in STAGES.items() if name in spec.upstream]
+    if readers:
+        raise ValueError(f"stage {name!r} is read by {', '.join(readers)}")
+    spec = STAGES[name]
+    _set_order([s for n, s in STAGES.items() if n != name])
+    return spec
+
+
+def _set_order(specs: list[StageSpec]) -> None:
+    STAGES.clear()
+    STAGES.update((spec.name, spec) for spec in specs)
+    STAGE_ORDER[:] = list(STAGES)
 
 
 def fingerprint(name: str, params: Params, workdir: Path) -> Fingerprint:

@@ -148,4 +148,8 @@ SPEC = StageSpec(
     extra_inputs=adapter_inputs,
     metrics=[TRAIN_METRICS],
     plots=[LOSS_PLOT],
+    accelerator=True,
+    mlflow=True,
+    artifacts="kontext_core.stages.views:train_artifacts",
+    summary="kontext_core.stages.views:train_summary",
 )

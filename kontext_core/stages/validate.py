@@ -1,9 +1,15 @@
-"""validate: the base and the adapter scored on the eval pairs: eval loss, PSNR, SSIM, grids."""
+"""validate: the base and the adapter scored on the eval pairs: eval loss, every registered image metric
+(PSNR, SSIM, ...: kontext_core.validate.metrics), grids."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+from kontext_core.config import Params
 from kontext_core.model.source import model_inputs
 from kontext_core.stages.engine import StageContext, StageSpec
+from kontext_core.validate.metrics import metric_code
 
 VALIDATE_DIR = "artifacts/validate"
 VALIDATE_METRICS = "artifacts/metrics/validate.json"
@@ -25,7 +31,7 @@ VALIDATION_KEYS = [
 
 
 def stage_validate(ctx: StageContext) -> None:
-    """Score the base and the adapter on the eval pairs: eval loss, PSNR, SSIM, grids (kontext_core.validate)."""
+    """Score the base and the adapter on the eval pairs: eval loss, the image metrics, grids (kontext_core.validate)."""
     from kontext_core.data.sources import open_ref
     from kontext_core.model.base import frozen_base_transformer
     from kontext_core.model.load import training_device
@@ -58,6 +64,12 @@ def stage_validate(ctx: StageContext) -> None:
     ctx.info.update({"run_id": run_id, **{k: v for k, v in metrics.items() if "_t0" not in k}})
 
 
+def validate_inputs(params: Params, workdir: Path) -> dict[str, Any]:
+    """The base model, and what each registered image metric computes: a new or changed metric (one
+    registered outside kontext_core too) is scored again."""
+    return {**model_inputs(params, workdir), "image_metrics": metric_code()}
+
+
 SPEC = StageSpec(
     "validate",
     stage_validate,
@@ -82,10 +94,14 @@ SPEC = StageSpec(
         "grids": f"{VALIDATE_DIR}/grids",
         "eval_set": f"{VALIDATE_DIR}/eval_set.json",
     },
-    extra_inputs=model_inputs,
+    extra_inputs=validate_inputs,
     dvc_params=["revision"],
     metrics=[VALIDATE_METRICS],
     plots=[TIMESTEP_PLOT],
     # DVC takes one y column per output plot; the base model's column is in the file (and in `kontext plots`).
     plot_axes={TIMESTEP_PLOT: {"x": "timestep", "y": "eval_loss"}},
+    accelerator=True,
+    mlflow=True,
+    artifacts="kontext_core.stages.views:validate_artifacts",
+    summary="kontext_core.stages.views:validate_summary",
 )

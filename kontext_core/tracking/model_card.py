@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from kontext_core.config import Params
+from kontext_core.config.registered import metric_directions
 from kontext_core.fsutil import atomic_dir
 
 CARD_FILE = "README.md"
@@ -38,7 +39,6 @@ SETTINGS = (
     "base_model_precision", "flux_guidance_value", "validation_guidance", "validation_num_inference_steps",
     "conditioning_multidataset_sampling",
 )  # fmt: skip
-COMPARED = ("eval_loss", "psnr", "ssim")
 
 
 @dataclass
@@ -109,7 +109,7 @@ def render(facts: CardFacts) -> str:
     lines += ["", "## Metrics against the base model", ""]
     lines += ["Same eval pairs, same seeds and settings; eval loss is the flow-matching loss at fixed timesteps.", ""]
     lines += ["| metric | this adapter | base model |", "|---|---|---|"]
-    for name in COMPARED:
+    for name in metric_directions():  # every registered metric, in registration order
         if name in facts.metrics:
             base = facts.metrics.get(f"{name}_base")
             lines.append(f"| {name} | {facts.metrics[name]:.6g} | {'' if base is None else f'{base:.6g}'} |")

@@ -23,6 +23,7 @@ import mlflow
 from mlflow.exceptions import MlflowException
 
 from kontext_core.config import Params
+from kontext_core.config.registered import metric_directions
 from kontext_core.lifecycle import kill_point
 from kontext_core.tracking.artifact_check import ADAPTER_HASH_TAG
 from kontext_core.tracking.lineage import BASE_MODEL_TAG
@@ -397,7 +398,7 @@ def version_tags(reg: Registration, run_id: str, fmt: str, metrics: dict[str, fl
     }
     if reg.base_model:
         tags[BASE_MODEL_TAG] = reg.base_model
-    for metric_name in ("eval_loss", "eval_loss_base", "psnr", "ssim"):
+    for metric_name in (*metric_directions(), "eval_loss_base"):
         if metric_name in metrics and metric_name != reg.metric:
             tags[f"val/{metric_name}"] = repr(float(metrics[metric_name]))
     return tags

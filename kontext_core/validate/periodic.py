@@ -74,7 +74,7 @@ class PeriodicValidation:
                 loss = self.eval_loss() if self.eval_loss is not None else None
         finally:
             self.transformer.train()
-        self.log_metric("val/psnr", sum(r.psnr for r in results) / len(results), step)
+        self.log_metric("val/psnr", sum(r.scores["psnr"] for r in results) / len(results), step)
         if loss is not None:
             self.log_metric("val/eval_loss", loss, step)
         for result in results:

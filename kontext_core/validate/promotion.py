@@ -43,8 +43,10 @@ def make_rescorer(
         eval_set = load_eval_set(workdir, params, pairs)
         pipe = build_pipeline(params, workdir, base_transformer())
         attach(pipe, adapter_dir, params)
+        from kontext_core.validate.metrics import metric
+
         # Edits are only needed when the registry ranks by an image metric.
-        with_images = params.registry.metric != "eval_loss"
+        with_images = metric(params.registry.metric).compute is not None
         return score(pipe, eval_set, pairs, load, params, training_device(), with_images=with_images).metrics()
 
     return rescore

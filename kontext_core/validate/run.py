@@ -21,7 +21,7 @@ from kontext_core.cache.text_cache import sequence_length
 from kontext_core.config import Params
 from kontext_core.data.buckets import RESAMPLE, apply_crop, resize_and_crop
 from kontext_core.progress import track
-from kontext_core.validate.metrics import psnr, ssim
+from kontext_core.validate.metrics import image_metrics
 
 
 @dataclass
@@ -31,8 +31,8 @@ class EvalResult:
     reference: Image.Image
     output: Image.Image
     target: Image.Image
-    psnr: float
-    ssim: float
+    # Each registered image metric's score of this edit against its target (kontext_core.validate.metrics).
+    scores: dict[str, float]
 
 
 def edit_image(
@@ -129,8 +129,7 @@ def evaluate(
                 reference=reference,
                 output=output,
                 target=target,
-                psnr=psnr(output, target),
-                ssim=ssim(output, target),
+                scores={m.name: m.compute(output, target) for m in image_metrics() if m.compute is not None},
             )
         )
     return results
@@ -145,7 +144,7 @@ def prompted_edits(
 ) -> list[tuple[str, EvalResult]]:
     """Each prompt of the validation prompt library on each pair's reference: (shortname, result).
 
-    The target is shown for orientation; PSNR/SSIM against it mean little for another instruction,
+    The target is shown for orientation; a score against it means little for another instruction,
     so nothing scores these edits.
     """
     results = []
@@ -154,7 +153,7 @@ def prompted_edits(
             reference, target, _ = conditioned_inputs(pair, load, params.conditioning_multidataset_sampling)
             target, width, height = render_size(params, target)
             output = edit_image(pipe, reference, prompt, width, height, params, params.validation_seed + index)
-            result = EvalResult(pair["pair_id"], prompt, reference, output, target, float("nan"), float("nan"))
+            result = EvalResult(pair["pair_id"], prompt, reference, output, target, {})
             results.append((shortname, result))
     return results
 

@@ -1,4 +1,4 @@
-"""Score a model on the eval set: eval loss (the ranking metric) plus PSNR and SSIM of real edits.
+"""Score a model on the eval set: eval loss plus every registered image metric of real edits.
 
 The same function scores the base, the new adapter and (at registration) the current champion, so
 every number compared comes from the same exam.
@@ -25,13 +25,14 @@ class Scores:
     images: list[EvalResult]
 
     def metrics(self, suffix: str = "") -> dict[str, float]:
-        """Flat numbers: `eval_loss`, one `eval_loss_tNNNN` per timestep, `psnr`, `ssim`."""
+        """Flat numbers: `eval_loss`, one `eval_loss_tNNNN` per timestep, then each image metric's mean
+        over the eval pairs (`psnr`, `ssim`, and any other registered one)."""
         out = {f"eval_loss{suffix}": self.eval_loss.mean}
         for sigma, value in self.eval_loss.per_timestep.items():
             out[f"eval_loss{suffix}_{timestep_label(sigma)}"] = value
         if self.images:
-            out[f"psnr{suffix}"] = sum(r.psnr for r in self.images) / len(self.images)
-            out[f"ssim{suffix}"] = sum(r.ssim for r in self.images) / len(self.images)
+            for name in self.images[0].scores:
+                out[f"{name}{suffix}"] = sum(r.scores[name] for r in self.images) / len(self.images)
         return out
 
 

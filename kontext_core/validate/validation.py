@@ -20,6 +20,7 @@ from kontext_core.config import Params
 from kontext_core.fsutil import write_json
 from kontext_core.validate.eval_loss import EvalSet, load_eval_set
 from kontext_core.validate.grids import make_grid
+from kontext_core.validate.metrics import metric_code
 from kontext_core.validate.run import grid_name
 from kontext_core.validate.score import Scores, attach, score
 
@@ -41,6 +42,7 @@ def eval_fingerprint(params: Params, eval_set: EvalSet) -> str:
             "validation_guidance_real": params.validation_guidance_real,
             "validation_num_inference_steps": params.validation_num_inference_steps,
             "conditioning_multidataset_sampling": params.conditioning_multidataset_sampling,
+            "image_metrics": metric_code(),
         }
     )
 
@@ -91,10 +93,8 @@ def run_validation(
                 "caption": r.caption,
                 "eval_loss": adapter.eval_loss.per_pair.get(r.pair_id),
                 "eval_loss_base": base.eval_loss.per_pair.get(r.pair_id),
-                "psnr": r.psnr,
-                "psnr_base": b.psnr,
-                "ssim": r.ssim,
-                "ssim_base": b.ssim,
+                **r.scores,
+                **{f"{name}_base": value for name, value in b.scores.items()},
             }
             for b, r in zip(base.images, adapter.images, strict=True)
         ],

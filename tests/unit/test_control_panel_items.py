@@ -60,8 +60,8 @@ def test_log_lines_sent_to_the_ui_carry_the_message_without_the_logger_name():
 
 
 def test_validation_table_keeps_grids_out_of_its_cells(tmp_path):
+    from kontext_core.stages.views import validation_markdown
     from kontext_core.validate.run import grid_name
-    from tasks.artifacts import validation_markdown
 
     (tmp_path / "grids").mkdir()
     Image.new("RGB", (256, 64), "white").save(tmp_path / "grids" / grid_name("edit/a.png"))

@@ -84,6 +84,15 @@ def test_registry_direction_is_the_metrics_and_a_contradiction_is_an_error():
         params_from_dict({"registry": {"greater_is_better": True}})
 
 
+def test_registry_metric_is_checked_against_the_registered_metrics_in_one_line():
+    with pytest.raises(ConfigError) as caught:
+        params_from_dict({"registry": {"metric": "lpips"}})
+    assert caught.value.problems == [
+        "params: registry.metric = 'lpips': unknown metric; allowed: " + ", ".join(METRICS)
+    ]
+    assert list(METRICS)[:3] == ["eval_loss", "psnr", "ssim"]
+
+
 def test_kohya_keys_carry_alpha_per_module():
     state = {
         "transformer.transformer_blocks.0.attn.to_out.0.lora_A.weight": torch.ones(4, 8),
