@@ -271,13 +271,26 @@ def sha256_file(path: Path, chunk: int = 1 << 20, remember: bool = True) -> str:
     key = (real, stat.st_size, stat.st_mtime_ns)
     if key in _FILE_HASHES:
         return _FILE_HASHES[key]
+    hexdigest = read_sha256(path, chunk)
+    if remember:
+        _FILE_HASHES[key] = hexdigest
+    return hexdigest
+
+
+def read_sha256(path: Path | str, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, read now: the one place a file is read to be hashed (tests count
+    the calls to see what a stage hashes)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
-    if remember:
-        _FILE_HASHES[key] = digest.hexdigest()
     return digest.hexdigest()
+
+
+def sha256_image_bytes(data: bytes | memoryview) -> str:
+    """SHA-256 of an image's encoded bytes already in memory (a dataset row's image cell, a file read
+    to be decoded): the one place they are hashed (tests count it beside `read_sha256`)."""
+    return hashlib.sha256(data).hexdigest()
 
 
 def forget_file_hashes(path: Path) -> None:

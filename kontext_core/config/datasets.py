@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    Field,
+    SecretStr,
+    SerializationInfo,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from kontext_core.config.base import Strict, harmless, with_hint
 from kontext_core.config.generators import ConditioningGenerator, HuggingfaceOptions
@@ -21,10 +30,37 @@ from kontext_core.config.params import (
     ResolutionType,
     resolution_problem,
 )
-from kontext_core.config.simpletuner_keys import DEPRECATED_DATASET_KEYS, SIMPLETUNER_DATASET_KEYS
+from kontext_core.config.simpletuner_keys import (
+    DEPRECATED_DATASET_KEYS,
+    SECRET_DATASET_KEYS,
+    SIMPLETUNER_DATASET_KEYS,
+)
 
 # The entry keys a dataset can take from params.yaml; each has the same name there.
 DEFAULTS_FROM_PARAMS = DATASET_DEFAULT_KEYS
+
+# A backend's own keys (`type: aws`: aws_bucket_name, ...): `type` -> the options model its module
+# defines, registered with the backend (kontext_core.data.backends.register_backend). The file keeps
+# them beside the shared keys, as SimpleTuner's schema has them; an entry holds them as that model.
+BACKEND_OPTIONS: dict[str, type[Strict]] = {}
+
+
+def register_backend_options(backend_type: str, model: type[Strict]) -> None:
+    BACKEND_OPTIONS[backend_type] = model
+
+
+def _option_problems(model: type[Strict], data: dict[str, Any]) -> list[str]:
+    """A backend's options as one line per broken key (`key = value: reason`, secrets masked)."""
+    try:
+        model.model_validate(data)
+    except ValidationError as err:
+        lines = []
+        for error in err.errors():
+            key = ".".join(str(part) for part in error["loc"])
+            shown = "'**********'" if key in SECRET_DATASET_KEYS else repr(error.get("input"))
+            lines.append(f"{key} = {shown}: {error['msg'].removeprefix('Value error, ')}")
+        return lines
+    return []
 
 
 class DatasetEntry(Strict):
@@ -82,17 +118,10 @@ class DatasetEntry(Strict):
     revision: str | None = None
     metadata_backend: Literal["discovery", "parquet", "json", "huggingface"] | None = None
     huggingface: HuggingfaceOptions | None = None
-    # `type: aws` (kontext_core.data.s3_backend), SimpleTuner's keys: objects under
-    # s3://aws_bucket_name/aws_data_prefix. Keys left out come from the standard AWS chain (env,
-    # profile); the secrets are SecretStr so no dump, log or report of an entry can show them.
-    aws_bucket_name: str | None = None
-    aws_data_prefix: str = ""
-    aws_endpoint_url: str | None = None
-    aws_region_name: str | None = None
-    aws_access_key_id: SecretStr | None = None
-    aws_secret_access_key: SecretStr | None = None
-    aws_session_token: SecretStr | None = None
-    aws_max_pool_connections: int = Field(128, ge=1)
+    # The keys of the entry's backend (BACKEND_OPTIONS[type]; `type: aws`: the aws_* keys, in
+    # kontext_core.data.s3_backend): written at the top level of the entry, held here as the
+    # backend's options model (a dict only while they have problems). Dumps put them back at the top level.
+    backend_options: Any = None
     # Sampling (kontext_core.train.sampler): each image is seen 1 + repeats times per epoch, kept
     # with `probability` per epoch, only within start..end epoch, from at most max_num_samples.
     repeats: int = Field(0, ge=0)
@@ -135,10 +164,41 @@ class DatasetEntry(Strict):
             data.setdefault("is_regularisation_data", data.pop("is_regularization_data"))
         if isinstance(data.get("conditioning"), dict):
             data["conditioning"] = [data["conditioning"]]
-        # SimpleTuner keys without a field here: kept aside, accepted, and warned about if set.
+        # The backend's own keys, for its options model.
+        model = BACKEND_OPTIONS.get(str(data.get("type", "local")))
+        own = {k: data.pop(k) for k in list(data) if model is not None and k in model.model_fields}
+        if own:
+            data["backend_options"] = own
+        # SimpleTuner keys without a field here: kept aside, accepted, and warned about if set
+        # (secrets as SecretStr: no dump or report shows them).
         extras = {k: data.pop(k) for k in list(data) if k in SIMPLETUNER_DATASET_KEYS and k not in cls.model_fields}
+        extras = {k: SecretStr(v) if k in SECRET_DATASET_KEYS and isinstance(v, str) else v for k, v in extras.items()}
         if extras:
             data["simpletuner_extras"] = {**data.get("simpletuner_extras", {}), **extras}
+        return data
+
+    @classmethod
+    def known_keys(cls) -> list[str]:
+        return [*super().known_keys(), *sorted({k for m in BACKEND_OPTIONS.values() for k in m.model_fields})]
+
+    @model_validator(mode="after")
+    def _typed_backend_options(self) -> Any:
+        """The backend's keys as its options model once they validate (`rule_problems` lists them if not)."""
+        model = BACKEND_OPTIONS.get(self.type)
+        if model is not None and isinstance(self.backend_options, dict) and not _option_problems(
+            model, self.backend_options
+        ):
+            object.__setattr__(self, "backend_options", model.model_validate(self.backend_options))
+        return self
+
+    @model_serializer(mode="wrap")
+    def _flat_backend_options(self, handler: SerializerFunctionWrapHandler, info: SerializationInfo) -> Any:
+        """The backend's keys back at the top level, as the file has them (secrets masked in JSON)."""
+        data = handler(self)
+        options = data.pop("backend_options", None) if isinstance(data, dict) else None
+        if isinstance(options, dict):
+            excluded = info.exclude or {}
+            data.update({k: v for k, v in options.items() if k not in excluded})
         return data
 
     @field_validator("skip_file_discovery", mode="before")
@@ -152,6 +212,9 @@ class DatasetEntry(Strict):
             problems.append(f"end_epoch = {self.end_epoch} must be >= start_epoch = {self.start_epoch}")
         if self.end_step is not None and self.end_step < self.start_step:
             problems.append(f"end_step = {self.end_step} must be >= start_step = {self.start_step}")
+        model = BACKEND_OPTIONS.get(self.type)
+        if model is not None and isinstance(self.backend_options, dict):
+            problems += _option_problems(model, self.backend_options)
         # What a `type` needs (a folder, a dataset name, a bucket) is its backend's check.
         return problems
 
@@ -199,8 +262,11 @@ class DatasetEntry(Strict):
 
     def not_applicable_set(self) -> list[str]:
         keys = super().not_applicable_set()
+        own = BACKEND_OPTIONS[self.type].model_fields if self.type in BACKEND_OPTIONS else {}
         keys += [
-            k for k, v in self.simpletuner_extras.items() if not harmless(k, v) and k not in DEPRECATED_DATASET_KEYS
+            k
+            for k, v in self.simpletuner_extras.items()
+            if not harmless(k, v) and k not in DEPRECATED_DATASET_KEYS and k not in own
         ]
         # The metadata backend this pipeline uses anyway is no news.
         natural = {"local": "discovery", "aws": "discovery", "huggingface": "huggingface"}.get(self.type)
@@ -249,16 +315,19 @@ class DatasetConfig(Strict):
 
     def shared_cache_uri(self, kind: Literal["vae", "text"]) -> str | None:
         """Where the cache stages share entries across machines: the first s3:// `cache_dir_vae` of
-        the enabled image sets (vae), or the text_embeds entry's s3:// `cache_dir` or its `aws`
-        bucket and prefix (text). Entries are content-addressed, so one location serves every set."""
+        the enabled image sets (vae), or the text_embeds entry's s3:// `cache_dir` or the location
+        its backend's options name (`aws`: its bucket and prefix) (text). Entries are
+        content-addressed, so one location serves every set."""
         for entry in self.enabled():
             if kind == "vae" and entry.dataset_type != "text_embeds" and is_s3(entry.cache_dir_vae):
                 return entry.cache_dir_vae
             if kind == "text" and entry.dataset_type == "text_embeds":
                 if is_s3(entry.cache_dir):
                     return entry.cache_dir
-                if entry.type == "aws" and entry.aws_bucket_name:
-                    return f"s3://{entry.aws_bucket_name}/{(entry.aws_data_prefix or '').strip('/')}".rstrip("/")
+                # A backend whose options name a shared location (aws: its bucket and prefix).
+                location = getattr(entry.backend_options, "cache_location", None)
+                if callable(location) and (where := location()):
+                    return where
         return None
 
     def by_id(self) -> dict[str, DatasetEntry]:

@@ -15,6 +15,7 @@ from typing import Any
 from kontext_core.config.datasets import DatasetConfig, DatasetEntry
 from kontext_core.config.params import Params
 from kontext_core.config.simpletuner import acted_keys
+from kontext_core.config.simpletuner_keys import SECRET_DATASET_KEYS
 
 # This pipeline's null (off/unset) -> SimpleTuner's way of saying it; keys absent here are left out when null.
 NULL_AS: dict[str, Any] = {
@@ -31,7 +32,7 @@ SPELLING: dict[str, dict[Any, Any]] = {
     "optimizer": {"adamw": "torch-adamw"},
     "caption_strategy": {"instanceprompt": "instance_prompt"},
 }
-SECRET_KEYS = {"aws_access_key_id", "aws_secret_access_key", "aws_session_token"}
+SECRET_KEYS = set(SECRET_DATASET_KEYS)
 
 
 def _config_json(params: Params, data_backend_config: str) -> tuple[dict[str, Any], list[str]]:
@@ -70,7 +71,7 @@ def _generator(spec: dict[str, Any]) -> dict[str, Any]:
 def _entry(entry: DatasetEntry, notes: list[str]) -> dict[str, Any]:
     data = entry.model_dump(mode="json", exclude_defaults=True, exclude={"simpletuner_extras", *SECRET_KEYS})
     data["id"] = entry.id
-    data.update(entry.simpletuner_extras)
+    data.update({k: v for k, v in entry.simpletuner_extras.items() if k not in SECRET_KEYS})
     if entry.dataset_type != "text_embeds" and not entry.disabled:
         if entry.resolution is None:
             notes.append(

@@ -89,10 +89,11 @@ def top_level_rows() -> list[str]:
 
 def dataset_rows() -> list[str]:
     rows = []
-    for key in sorted(set(DatasetEntry.model_fields) - {"simpletuner_extras"} | SIMPLETUNER_DATASET_KEYS):
+    shared = set(DatasetEntry.model_fields) - {"simpletuner_extras", "backend_options"}
+    for key in sorted(shared | SIMPLETUNER_DATASET_KEYS):
         if key in DatasetEntry.NOT_APPLICABLE:
             rows.append(_row(key, "not applicable", DatasetEntry.NOT_APPLICABLE[key]))
-        elif key in DatasetEntry.model_fields:
+        elif key in DatasetEntry.model_fields or key in DATASET_NOTES:  # DATASET_NOTES: backends' keys too
             rows.append(_row(key, "acted on", DATASET_NOTES.get(key, "same name and meaning")))
         elif key in DEPRECATED_DATASET_KEYS:
             rows.append(_row(key, "deprecated", DEPRECATED_DATASET_KEYS[key]))

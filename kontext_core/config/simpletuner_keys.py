@@ -166,6 +166,8 @@ SIMPLETUNER_DATASET_KEYS: frozenset[str] = frozenset(
     vae_cache_scan_behaviour write_batch_size ignore_epochs
     """.split()
 )
+# Dataset keys that hold credentials: never shown by a dump, a report or an exported file.
+SECRET_DATASET_KEYS: frozenset[str] = frozenset({"aws_access_key_id", "aws_secret_access_key", "aws_session_token"})
 # Dataset keys SimpleTuner still accepts but says do nothing (it logs that they can be removed).
 DEPRECATED_DATASET_KEYS: dict[str, str] = {
     "ignore_epochs": "deprecated in SimpleTuner, where it does nothing; it can be removed",

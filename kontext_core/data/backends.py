@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kontext_core.config import ConfigError, DatasetConfig, DatasetEntry
+from kontext_core.config.datasets import register_backend_options
 from kontext_core.data.backend import DatasetBackend
 from kontext_core.data.hf_backend import HuggingFaceBackend
 from kontext_core.data.local_backend import LocalBackend
@@ -18,7 +19,10 @@ BACKENDS: dict[str, DatasetBackend] = {}
 
 
 def register_backend(backend: DatasetBackend) -> None:
+    """Make `type: <backend.type>` loadable: its stages' calls, and its own keys (`backend.options`)."""
     BACKENDS[backend.type] = backend
+    if backend.options is not None:
+        register_backend_options(backend.type, backend.options)
 
 
 def backend_for(entry: DatasetEntry) -> DatasetBackend:

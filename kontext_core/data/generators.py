@@ -19,7 +19,7 @@ from typing import Any
 from kontext_core.config import ConditioningGenerator
 from kontext_core.data.backends import backends_state, restore_backends_state
 from kontext_core.data.degrade import degrade, generated_key
-from kontext_core.data.sources import open_ref, ref_digest
+from kontext_core.data.sources import open_verified, ref_digest
 from kontext_core.fsutil import atomic_path
 from kontext_core.progress import progress
 
@@ -34,10 +34,12 @@ class GenerationJob:
     source: str  # image reference of the edit image
     spec_json: str  # the generator's parameters, as JSON (keeps the job hashable)
     key: str  # the record key (pairs the output with its edit image)
+    # The source's digest as fetch recorded it (the pair table carries it); None: asked of its backend.
+    source_digest: str | None = None
 
     @staticmethod
-    def make(source: str, spec: dict[str, Any], key: str) -> GenerationJob:
-        return GenerationJob(source, json.dumps(spec, sort_keys=True), key)
+    def make(source: str, spec: dict[str, Any], key: str, source_digest: str | None = None) -> GenerationJob:
+        return GenerationJob(source, json.dumps(spec, sort_keys=True), key, source_digest)
 
     @property
     def generator(self) -> ConditioningGenerator:
@@ -45,12 +47,13 @@ class GenerationJob:
 
 
 def output_path(job: GenerationJob, persist_dir: Path, workdir: Path, seed: int) -> Path:
-    digest = generated_key(ref_digest(job.source, workdir), job.generator, seed, job.key)
+    digest = generated_key(ref_digest(job.source, workdir, job.source_digest), job.generator, seed, job.key)
     return persist_dir / digest[:2] / f"{digest}.png"
 
 
 def _generate_one(job: GenerationJob, dest: str, workdir: str, seed: int) -> str:
-    img = degrade(open_ref(job.source, Path(workdir)), job.generator, seed, job.key)
+    # Stored under a key made from the recorded digest: the source must still have it.
+    img = degrade(open_verified(job.source, Path(workdir), job.source_digest), job.generator, seed, job.key)
     with atomic_path(Path(dest)) as tmp:
         img.save(tmp, format="PNG")
     return dest

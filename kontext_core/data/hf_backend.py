@@ -46,6 +46,9 @@ class HuggingFaceBackend(DatasetBackend):
     def open_ref(self, ref: str, workdir: Path) -> Image.Image:
         return open_hf_ref(ref, workdir)
 
+    def open_verified(self, ref: str, workdir: Path, digest: str) -> Image.Image:
+        return open_hf_ref(ref, workdir, digest)  # one read: the bytes checked are the bytes decoded
+
     def ref_digest(self, ref: str, workdir: Path) -> str:
         return hf_ref_digest(ref, workdir)
 

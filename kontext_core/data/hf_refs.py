@@ -4,12 +4,11 @@ its content digest and its header size. The rows are opened once per process (ko
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 
 from PIL import Image
 
-from kontext_core.data.huggingface import HfRef, row_image
+from kontext_core.data.huggingface import HfRef, panel_digest, row_image
 from kontext_core.data.images import ImageReadError, open_rgb, probe_header
 from kontext_core.data.records import COMPOSITE
 
@@ -19,9 +18,19 @@ def _panel_box(width: int, height: int, panel: int, panels: int) -> tuple[int, i
     return panel_w * panel, 0, panel_w * (panel + 1), height
 
 
-def open_hf_ref(ref: str, workdir: Path) -> Image.Image:
+def open_hf_ref(ref: str, workdir: Path, digest: str | None = None) -> Image.Image:
+    """The row's image (its panel); with `digest`, refused unless the bytes decoded have it."""
+    from kontext_core.data.backend import changed_since_recorded
+    from kontext_core.fsutil import sha256_image_bytes
+
     parsed = HfRef.parse(ref)
-    img = open_rgb(row_image(parsed, workdir), name=ref)
+    data = row_image(parsed, workdir)
+    if digest is not None:
+        if isinstance(data, Path):
+            data = data.read_bytes()
+        if panel_digest(sha256_image_bytes(data), parsed.panel, parsed.panels) != digest:
+            raise ImageReadError(changed_since_recorded(ref))
+    img = open_rgb(data, name=ref)
     if parsed.panels > 1:
         if img.width < parsed.panels:
             raise ImageReadError(f"{ref}: composite width {img.width} is narrower than {parsed.panels}", COMPOSITE)
@@ -38,12 +47,12 @@ def hf_ref_digest(ref: str, workdir: Path) -> str:
 # the dataset is immutable while a stage runs, so remember the answer for the process.
 @functools.lru_cache(maxsize=1 << 16)
 def _digest_cached(ref: str, workdir: str) -> str:
-    from kontext_core.fsutil import sha256_file
+    from kontext_core.fsutil import sha256_file, sha256_image_bytes
 
     parsed = HfRef.parse(ref)
     data = row_image(parsed, Path(workdir))
-    content = sha256_file(data) if isinstance(data, Path) else hashlib.sha256(data).hexdigest()
-    return hashlib.sha256(f"{content}|panel={parsed.panel}/{parsed.panels}".encode()).hexdigest()
+    content = sha256_file(data) if isinstance(data, Path) else sha256_image_bytes(data)
+    return panel_digest(content, parsed.panel, parsed.panels)
 
 
 def hf_ref_size(ref: str, workdir: Path) -> tuple[int, int]:

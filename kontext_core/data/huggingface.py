@@ -14,6 +14,7 @@ bytes decoded, and for a composite the panel `panel=i/n` cropped (panels of widt
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -288,6 +289,23 @@ def dataset_location(entry: DatasetEntry, base_dir: Path) -> str:
         return str(local.resolve())
 
 
+def panel_digest(content: str, panel: int, panels: int) -> str:
+    """An `hf:` reference's digest: its row image's SHA-256 and the panel (hf_refs.hf_ref_digest)."""
+    return hashlib.sha256(f"{content}|panel={panel}/{panels}".encode()).hexdigest()
+
+
+def _cell_digest(value: Any, where: str, roots: tuple[str, ...]) -> str:
+    """SHA-256 of a row's encoded image (the Arrow buffer's bytes, or the file a `path` cell names)."""
+    import pyarrow as pa
+
+    from kontext_core import fsutil
+
+    if isinstance(value, pa.Buffer):
+        return fsutil.sha256_image_bytes(memoryview(value))
+    data = _encoded(value, where, roots)
+    return fsutil.sha256_file(data, remember=False) if isinstance(data, Path) else fsutil.sha256_image_bytes(data)
+
+
 def _probe_cell(value: Any, where: str, roots: tuple[str, ...]) -> tuple[int, int]:
     import pyarrow as pa
 
@@ -387,6 +405,8 @@ def _row_range(plan: _Plan, start: int, stop: int) -> tuple[list[Record], list[P
                 caption = entry.instance_prompt
             caption = with_instance_prompt(entry, caption)
             ref = HfRef(plan.location, entry.split, image_column, row, entry.revision, plan.panel, plan.panels)
+            # Hashed here, once, from the bytes the header was read from: later stages key caches with it.
+            content = _cell_digest(cell(offset), where, roots)
             records.append(
                 Record(
                     dataset_id=entry.id,
@@ -397,6 +417,7 @@ def _row_range(plan: _Plan, start: int, stop: int) -> tuple[list[Record], list[P
                     # SimpleTuner floors the panel width: a remainder column is left out.
                     width=width // plan.panels,
                     height=height,
+                    digest=panel_digest(content, plan.panel, plan.panels),
                 )
             )
         index += batch.num_rows

@@ -9,11 +9,11 @@ from typing import Any
 from PIL import Image
 
 from kontext_core.config import ConfigError, DatasetEntry
-from kontext_core.data.backend import DatasetBackend
-from kontext_core.data.images import image_size, open_rgb
+from kontext_core.data.backend import DatasetBackend, changed_since_recorded
+from kontext_core.data.images import ImageReadError, image_size, open_rgb
 from kontext_core.data.local import iter_local_records, refused_root, resolve
 from kontext_core.data.records import Problem, Record, split_records
-from kontext_core.data.scan import folder_digest
+from kontext_core.data.scan import MemoDigests, folder_digest
 from kontext_core.fsutil import sha256_file
 
 
@@ -42,9 +42,21 @@ class LocalBackend(DatasetBackend):
     ) -> tuple[list[Record], list[Problem]]:
         return split_records(self.stream(entry, workdir, scan_cache_dir))
 
-    def stream(self, entry: DatasetEntry, workdir: Path, scan_cache_dir: Path | None) -> Iterator[Record | Problem]:
+    def stream(
+        self, entry: DatasetEntry, workdir: Path, scan_cache_dir: Path | None, memo_file: Path | None = None
+    ) -> Iterator[Record | Problem]:
+        """Records carry their image's SHA-256 from the fingerprint's memo (`memo_file`: the folder
+        digest's per-file hashes by path, size and mtime), so an unchanged image is hashed once; a
+        file the memo does not know as it is now is hashed here."""
         cache = scan_cache_dir / f"{entry.id}.json" if scan_cache_dir is not None else None
-        return iter_local_records(entry, workdir, cache)
+        memo = MemoDigests(memo_file, resolve(entry.instance_data_dir or "", workdir))
+        try:
+            for item in iter_local_records(entry, workdir, cache):
+                if isinstance(item, Record):
+                    item.digest = memo.digest(item.key, item.image)
+                yield item
+        finally:
+            memo.close()
 
     def fingerprint(self, entry: DatasetEntry, workdir: Path, memo_file: Path) -> Any:
         root = resolve(entry.instance_data_dir or "", workdir)
@@ -58,6 +70,19 @@ class LocalBackend(DatasetBackend):
 
     def ref_digest(self, ref: str, workdir: Path) -> str:
         return sha256_file(resolve_ref(ref, workdir))
+
+    def open_verified(self, ref: str, workdir: Path, digest: str) -> Image.Image:
+        # One read: the bytes checked are the bytes decoded.
+        from kontext_core.fsutil import sha256_image_bytes
+
+        path = resolve_ref(ref, workdir)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageReadError(f"{path}: I/O error: {exc.strerror or exc}") from exc
+        if sha256_image_bytes(data) != digest:
+            raise ImageReadError(changed_since_recorded(ref))
+        return open_rgb(data, name=str(path))
 
     def ref_size(self, ref: str, workdir: Path) -> tuple[int, int]:
         return image_size(resolve_ref(ref, workdir))

@@ -164,6 +164,7 @@ class _EditSetPairer:
         return {
             "dataset_id": ref_id,
             "image": ref_record.image,
+            "digest": ref_record.digest,
             "size": list(plan["size"]),
             "crop": plan,
             "conditioning_type": entry.conditioning_type or "reference_strict",
@@ -187,7 +188,9 @@ class _EditSetPairer:
             "size": list(plan["size"]),
             "crop": plan,
             "conditioning_type": generator.conditioning_type,
-            "generated": {"source": record.image, **generator_spec(generator)},
+            # The source's digest keys the generated image (degrade); the image's own digest is
+            # degrade's to record (its manifest), so none is given here.
+            "generated": {"source": record.image, "source_digest": record.digest, **generator_spec(generator)},
             "caption": caption,
         }
 
@@ -227,6 +230,8 @@ class _EditSetPairer:
             "dataset_id": edit.id,
             "key": record.key,
             "target": record.image,
+            # The target's content digest as fetch recorded it: what cache keys use.
+            "digest": record.digest,
             "size": list(target_plan["size"]),
             "crop": target_plan,
             "caption": caption,

@@ -25,6 +25,10 @@ class Record:
     # Oriented size from the image header (for a composite: the panel's size).
     width: int | None = None
     height: int | None = None
+    # The image's content digest, taken once by fetch (a local file's SHA-256 from the fingerprint's
+    # hashing pass, an S3 object's ETag and size, a row's image cell): what cache keys use, so no later
+    # stage reads an image to key it. None: the stage asks the backend (`sources.ref_digest`).
+    digest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

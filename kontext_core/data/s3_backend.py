@@ -1,10 +1,10 @@
 """`type: aws`: images under s3://aws_bucket_name/aws_data_prefix, referenced as `s3://bucket/key`.
 
-SimpleTuner's keys and meanings: `aws_bucket_name`, `aws_data_prefix` (the folder inside the bucket:
-it plays `instance_data_dir`'s part, and keys below it pair across sets as relative paths do),
-`aws_endpoint_url` (MinIO, Ceph, R2, a local test server), `aws_region_name`, `aws_access_key_id`,
-`aws_secret_access_key` (left out: boto3's chain: environment, profile, role) and
-`aws_max_pool_connections`.
+SimpleTuner's keys and meanings, held by this backend's own options model (`S3Options`):
+`aws_bucket_name`, `aws_data_prefix` (the folder inside the bucket: it plays `instance_data_dir`'s
+part, and keys below it pair across sets as relative paths do), `aws_endpoint_url` (MinIO, Ceph,
+R2, a local test server), `aws_region_name`, `aws_access_key_id`, `aws_secret_access_key` (left
+out: boto3's chain: environment, profile, role) and `aws_max_pool_connections`.
 
 What it reads, and when:
 - listing (all pages) gives every key, ETag and size: the dataset's fingerprint is their hash, so
@@ -32,8 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from pydantic import Field, SecretStr
 
 from kontext_core.config import DatasetEntry
+from kontext_core.config.base import Strict
 from kontext_core.data.backend import DatasetBackend
 from kontext_core.data.captions import uses_only_instance_prompt, with_instance_prompt
 from kontext_core.data.images import IMAGE_EXTENSIONS, ImageReadError, open_rgb, probe_stream
@@ -65,21 +67,47 @@ HEADER_THREADS = 16
 _LISTED: dict[tuple[str, str], tuple[str, int]] = {}
 
 
+class S3Options(Strict):
+    """The keys of a `type: aws` entry (SimpleTuner's names), written beside the shared keys: objects
+    under s3://aws_bucket_name/aws_data_prefix. Keys left out come from the standard AWS chain (env,
+    profile); the secrets are SecretStr so no dump, log or report of an entry can show them."""
+
+    aws_bucket_name: str | None = None
+    aws_data_prefix: str = ""
+    aws_endpoint_url: str | None = None
+    aws_region_name: str | None = None
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    aws_session_token: SecretStr | None = None
+    aws_max_pool_connections: int = Field(128, ge=1)
+
+    def cache_location(self) -> str | None:
+        """Where a text_embeds entry of this type shares its cache: its bucket and prefix."""
+        if not self.aws_bucket_name:
+            return None
+        return f"s3://{self.aws_bucket_name}/{(self.aws_data_prefix or '').strip('/')}".rstrip("/")
+
+
+def options_of(entry: DatasetEntry) -> S3Options:
+    return S3Backend().options_of(entry)  # type: ignore[return-value]
+
+
 def store_of(entry: DatasetEntry) -> S3Store:
+    options = options_of(entry)
     return S3Store(
-        bucket=entry.aws_bucket_name or "",
-        endpoint_url=entry.aws_endpoint_url or None,
-        region=entry.aws_region_name or None,
-        access_key_id=entry.aws_access_key_id,
-        secret_access_key=entry.aws_secret_access_key,
-        session_token=entry.aws_session_token,
-        max_pool_connections=entry.aws_max_pool_connections,
+        bucket=options.aws_bucket_name or "",
+        endpoint_url=options.aws_endpoint_url or None,
+        region=options.aws_region_name or None,
+        access_key_id=options.aws_access_key_id,
+        secret_access_key=options.aws_secret_access_key,
+        session_token=options.aws_session_token,
+        max_pool_connections=options.aws_max_pool_connections,
     )
 
 
 def prefix_of(entry: DatasetEntry) -> str:
     """The folder in the bucket, ending in '/' (empty: the whole bucket)."""
-    prefix = (entry.aws_data_prefix or "").lstrip("/")
+    prefix = (options_of(entry).aws_data_prefix or "").lstrip("/")
     return prefix if not prefix or prefix.endswith("/") else prefix + "/"
 
 
@@ -153,10 +181,11 @@ def _read_caption(store: S3Store, obj: ObjectInfo) -> list:
 class S3Backend(DatasetBackend):
     type = "aws"
     ref_prefix = REF_PREFIX
+    options = S3Options
 
     def check(self, entry: DatasetEntry, workdir: Path) -> list[str]:
         where = f"dataset '{entry.id}'"
-        if not entry.aws_bucket_name:
+        if not options_of(entry).aws_bucket_name:
             return [f"{where}: type 'aws' needs 'aws_bucket_name'"]
         store, prefix = store_of(entry), prefix_of(entry)
         from botocore.exceptions import BotoCoreError, ClientError
@@ -168,14 +197,14 @@ class S3Backend(DatasetBackend):
         except (ClientError, BotoCoreError) as exc:
             return [f"{where}: {describe(exc, store, prefix)}"]
         if not listed.get("KeyCount"):
-            missing = f"no objects under aws_data_prefix '{entry.aws_data_prefix}'"
+            missing = f"no objects under aws_data_prefix '{options_of(entry).aws_data_prefix}'"
             return [f"{where}: s3://{store.bucket}/{prefix}: {missing}"]
         remember(entry)
         return []
 
     def prepare(self, entries: list[DatasetEntry]) -> None:
         for entry in entries:
-            if entry.aws_bucket_name:
+            if options_of(entry).aws_bucket_name:
                 remember(entry)
 
     def state(self) -> Any:
@@ -230,7 +259,8 @@ class S3Backend(DatasetBackend):
             caption, problem = self._caption(entry, obj, ref, by_key, cache)
             if problem is not None:
                 problems.append(problem)
-            records.append(Record(entry.id, obj.key[len(prefix):], ref, caption, ref, width, height))
+            digest = object_digest(obj.etag, obj.size)  # what `ref_digest` answers, from the listing
+            records.append(Record(entry.id, obj.key[len(prefix):], ref, caption, ref, width, height, digest))
         return records, problems
 
     def _caption(
@@ -256,7 +286,7 @@ class S3Backend(DatasetBackend):
 
     def fingerprint(self, entry: DatasetEntry, workdir: Path, memo_file: Path) -> Any:
         """Bucket, prefix and the hash of every listed (key, ETag, size): a listing, no download."""
-        if not entry.aws_bucket_name:
+        if not options_of(entry).aws_bucket_name:
             return "missing"
         store, prefix, objects = self._listing(entry)
         listing = hashlib.sha256()

@@ -335,6 +335,33 @@ def _memo_lines(memo_file: Path | None, root: str) -> Iterator[list]:
         log.warning("dataset digest memo %s is unreadable (%s); hashing its files again", memo_file, exc)
 
 
+class MemoDigests:
+    """The per-file SHA-256s a `folder_digest` memo holds, looked up in path order by (relative path,
+    size, mtime_ns): the memo is read alongside the caller's sorted listing, never held whole. A file
+    the memo does not know, or knows at another size or mtime, is hashed now (and counted in `hashed`).
+    """
+
+    def __init__(self, memo_file: Path | None, root: Path) -> None:
+        self._lines = _memo_lines(memo_file, str(Path(root).resolve()))
+        self._entry = next(self._lines, None)
+        self.hashed = 0
+
+    def digest(self, rel: str, path: str) -> str:
+        from kontext_core.fsutil import sha256_file
+
+        stat = os.stat(path)
+        while self._entry is not None and self._entry[0] < rel:
+            self._entry = next(self._lines, None)
+        entry = self._entry
+        if entry is not None and entry[0] == rel and entry[1:3] == [stat.st_size, stat.st_mtime_ns]:
+            return entry[3]
+        self.hashed += 1
+        return sha256_file(Path(path), remember=False)
+
+    def close(self) -> None:
+        self._lines.close()
+
+
 def folder_digest(root: Path, cache_file: Path | None = None) -> str:
     """Content hash of every visible file under `root` (relative paths and SHA-256 of the bytes), or
     of `root` itself when it is a file.

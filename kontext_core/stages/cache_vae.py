@@ -19,17 +19,30 @@ VAE_LATENTS = f"{VAE_CACHE_DIR}/latents"
 # Images per encode call unless params say otherwise; outputs do not depend on it (bit-identical).
 
 
-def _vae_key(ctx: StageContext, image: str, plan: dict[str, Any], model_fp: Any, batch: int = 1) -> str:
+def _vae_key(
+    ctx: StageContext, image: str, plan: dict[str, Any], model_fp: Any, batch: int = 1, digest: str | None = None
+) -> str:
     from kontext_core.cache.store import TensorStore
     from kontext_core.data.sources import ref_digest
 
-    parts: dict[str, Any] = {"image": ref_digest(image, ctx.workdir), "crop": plan, "vae": model_fp}
+    # The digest the tables recorded (fetch hashed the image once); an image without one is asked for.
+    parts: dict[str, Any] = {"image": ref_digest(image, ctx.workdir, digest), "crop": plan, "vae": model_fp}
     if batch != 1:
         # A batched encode rounds differently from a single one (within 1e-6; convolution kernels are
         # chosen per batch size), so the size is part of what determines the bytes. Batch 1 keeps
         # the keys of caches written before batching.
         parts["batch"] = batch
     return TensorStore.key(**parts)
+
+
+def recorded_file_digests(ctx: StageContext, product: str) -> dict[str, str]:
+    """{project-relative file: sha256} of an upstream product's files as its stage's manifest recorded
+    them (degrade's generated references): keys made from them need no read of the images."""
+    from kontext_core.stages.engine import read_manifest
+
+    stage, rel = product.split(".", 1)[0], ctx.inputs[product]
+    files = ((read_manifest(ctx.workdir, stage) or {}).get("files") or {}).get(rel) or {}
+    return {(rel if sub == "." else f"{rel}/{sub}"): digest for sub, (_, digest) in files.items()}
 
 
 def _crop_of(item: dict[str, Any]) -> dict[str, Any]:
@@ -66,7 +79,7 @@ def stage_cache_vae(ctx: StageContext) -> None:
     from kontext_core.cache.store import CacheWriter, TensorStore
     from kontext_core.cache.vae_cache import encode_pixels, image_to_tensor
     from kontext_core.data.buckets import apply_crop, resize_and_crop
-    from kontext_core.data.sources import open_ref
+    from kontext_core.data.sources import open_verified
     from kontext_core.model.load import load_vae, release, training_device
     from kontext_core.model.source import model_fingerprint
 
@@ -77,18 +90,21 @@ def stage_cache_vae(ctx: StageContext) -> None:
     store = shared_cache(local, shared_cache_uri(ctx.params, ctx.workdir, "vae"))
     model_fp = model_fingerprint(ctx.params, ctx.workdir)
     batch = vae_batch_size(ctx.params)
+    # Generated references' digests as degrade recorded them; dataset images' travel in the pair table.
+    generated = recorded_file_digests(ctx, "degrade.references")
     index: dict[str, dict[str, Any]] = {}
-    # key -> (image, plan) of every entry not in the store yet, each once.
-    todo: dict[str, tuple[str, dict[str, Any]]] = {}
+    # key -> (image, plan, recorded digest) of every entry not in the store yet, each once.
+    todo: dict[str, tuple[str, dict[str, Any], str | None]] = {}
     for pair in track(pairs, "cache_vae keys", unit="pair"):
         entry: dict[str, Any] = {"target": None, "references": []}
-        items = [("target", pair["target"], _crop_of(pair))] + [
-            ("reference", r["image"], _crop_of(r)) for r in pair["references"]
+        items = [("target", pair["target"], _crop_of(pair), pair.get("digest"))] + [
+            ("reference", r["image"], _crop_of(r), r.get("digest") or generated.get(r["image"]))
+            for r in pair["references"]
         ]
-        for role, image, plan in items:
-            key = _vae_key(ctx, image, plan, model_fp, batch)
+        for role, image, plan, digest in items:
+            key = _vae_key(ctx, image, plan, model_fp, batch, digest)
             if key not in todo and not store.has(key):
-                todo[key] = (image, plan)
+                todo[key] = (image, plan, digest)
             if role == "target":
                 entry["target"] = key
             else:
@@ -96,13 +112,14 @@ def stage_cache_vae(ctx: StageContext) -> None:
         index[pair["pair_id"]] = entry
 
     def pixels(key: str) -> torch.Tensor:
-        image, plan = todo[key]
-        img = open_ref(image, ctx.workdir)
+        image, plan, digest = todo[key]
+        # Stored under a key made from `digest`: an image changed since it was recorded is refused.
+        img = open_verified(image, ctx.workdir, digest)
         img = resize_and_crop(img, tuple(plan["size"])) if plan.get("centre") else apply_crop(img, plan)
         return image_to_tensor(img)
 
     by_bucket: dict[tuple[int, int], list[str]] = {}
-    for key, (_, plan) in todo.items():
+    for key, (_, plan, _) in todo.items():
         by_bucket.setdefault(_out_size(plan), []).append(key)
     batches = [keys[i : i + batch] for keys in by_bucket.values() for i in range(0, len(keys), batch)]
     with dask_client(ctx.params) as client:
@@ -161,7 +178,7 @@ def _encode_on_dask(
     client: Any,
     ctx: StageContext,
     batches: list[list[str]],
-    todo: dict[str, tuple[str, dict[str, Any]]],
+    todo: dict[str, tuple[str, dict[str, Any], str | None]],
     batch: int,
     store: Any,
 ) -> None:

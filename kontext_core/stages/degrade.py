@@ -24,8 +24,11 @@ def stage_degrade(ctx: StageContext) -> None:
     for pair in pairs:
         for ref in pair["references"]:
             if ref["generated"]:
-                spec = {k: v for k, v in ref["generated"].items() if k != "source"}
-                wanted[ref["image"]] = GenerationJob.make(ref["generated"]["source"], spec, pair["key"])
+                generated = ref["generated"]
+                spec = {k: v for k, v in generated.items() if k not in ("source", "source_digest")}
+                wanted[ref["image"]] = GenerationJob.make(
+                    generated["source"], spec, pair["key"], generated.get("source_digest")
+                )
     jobs = sorted(set(wanted.values()), key=lambda j: (j.source, j.spec_json))
     with dask_client(ctx.params) as client:
         if client is None:

@@ -13,7 +13,7 @@ from typing import Any
 from kontext_core.config import DATASET_DEFAULT_KEYS, Params
 from kontext_core.data.record_table import RECORDS_NAME, SUMMARY_NAME
 from kontext_core.fsutil import sha256_file, write_json
-from kontext_core.stages.datasets import dataset_file, load_checked_datasets
+from kontext_core.stages.datasets import dataset_file, load_checked_datasets, stage_datasets
 from kontext_core.stages.engine import StageContext, StageSpec
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,12 @@ SCAN_CACHE_DIR = "cache/scan"
 DATASET_HASH_DIR = "cache/hashes/datasets"
 
 
+def digest_memo(workdir: Path, dataset_id: str) -> Path:
+    """Where a dataset's fingerprint remembers what it hashed (per file: path, size, mtime, SHA-256);
+    fetch's records take their digests from it, so each image is read to be hashed once."""
+    return workdir / DATASET_HASH_DIR / f"{dataset_id}.json"
+
+
 def dataset_inputs(params: Params, workdir: Path) -> dict[str, Any]:
     """Content of the dataset file and of every dataset it names, as each backend identifies it.
 
@@ -36,15 +42,13 @@ def dataset_inputs(params: Params, workdir: Path) -> dict[str, Any]:
     process fingerprints an unchanged dataset with a stat per file instead of reading every image
     again. That memo is no stage's output (it changes whenever a fingerprint is taken).
     """
-    from kontext_core.config import load_datasets
     from kontext_core.data.backends import backend_for
 
-    path = dataset_file(params, workdir)
-    hashes: dict[str, Any] = {"data_backend_config": sha256_file(path)}
-    for entry in load_datasets(path, base_dir=workdir).enabled():
+    hashes: dict[str, Any] = {"data_backend_config": sha256_file(dataset_file(params, workdir))}
+    for entry in stage_datasets(params, workdir).enabled():
         if entry.dataset_type == "text_embeds":
             continue
-        identity = backend_for(entry).fingerprint(entry, workdir, workdir / DATASET_HASH_DIR / f"{entry.id}.json")
+        identity = backend_for(entry).fingerprint(entry, workdir, digest_memo(workdir, entry.id))
         if identity is not None:
             hashes[f"dataset:{entry.id}"] = identity
     return hashes
@@ -72,11 +76,14 @@ def _fetch(ctx: StageContext, backend_for: Any) -> None:
     scan_cache = ctx.path(SCAN_CACHE_DIR)
     scan_cache.mkdir(parents=True, exist_ok=True)
     entries = [entry for entry in datasets.enabled() if entry.dataset_type != "text_embeds"]
+    # The datasets' identities first: the fingerprint's hashing pass, whose per-file digests (memo)
+    # the records then carry; an unchanged dataset costs a stat per file here.
+    digests = dataset_inputs(ctx.params, ctx.workdir)
 
     def stored(entry: Any) -> Iterator[Record | Problem]:
         backend = backend_for(entry)
         records = problems = 0
-        for item in backend.stream(entry, ctx.workdir, scan_cache):
+        for item in backend.stream(entry, ctx.workdir, scan_cache, digest_memo(ctx.workdir, entry.id)):
             if isinstance(item, Record):
                 item.image = backend.stored_ref(item.image, ctx.to_stored)
                 item.source = backend.stored_ref(item.source, ctx.to_stored)
@@ -93,7 +100,7 @@ def _fetch(ctx: StageContext, backend_for: Any) -> None:
     for stale in [*scan_cache.glob("*.json"), *ctx.path(DATASET_HASH_DIR).glob("*.json")]:
         if stale.stem not in counts:
             stale.unlink()
-    write_json(ctx.out(RECORDS_DIR) / "digests.json", dataset_inputs(ctx.params, ctx.workdir))
+    write_json(ctx.out(RECORDS_DIR) / "digests.json", digests)
     ctx.info["records"] = counts
     ctx.info["problems"] = len(problems)
 

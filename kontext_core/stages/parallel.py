@@ -135,7 +135,7 @@ def _worker_vae(params_json: str, workdir: str) -> Any:
 
 
 def encode_batch(
-    items: list[tuple[str, dict[str, Any]]], params_json: str, workdir: str, batch: int, threads: int
+    items: list[tuple[str, dict[str, Any], str | None]], params_json: str, workdir: str, batch: int, threads: int
 ) -> Any:
     """A Dask task of cache_vae: one batch exactly as the stage encodes it in process (same members,
     padded to `batch` with copies of the last image); the float32 latents of the real members.
@@ -149,12 +149,12 @@ def encode_batch(
 
     from kontext_core.cache.vae_cache import encode_pixels, image_to_tensor
     from kontext_core.data.buckets import apply_crop, resize_and_crop
-    from kontext_core.data.sources import open_ref
+    from kontext_core.data.sources import open_verified
 
     torch.set_grad_enabled(False)
     images = []
-    for image, plan in items:
-        img = open_ref(image, Path(workdir))
+    for image, plan, digest in items:
+        img = open_verified(image, Path(workdir), digest)
         img = resize_and_crop(img, tuple(plan["size"])) if plan.get("centre") else apply_crop(img, plan)
         images.append(image_to_tensor(img))
     images += images[-1:] * (batch - len(images))

@@ -108,12 +108,12 @@ def prepare_datasets(params: Params, workdir: Path) -> None:
     """Tell the dataset backends about the enabled entries (an aws entry's endpoint and keys), so any
     stage can read the `s3://` references in its tables. A file that does not load is left to the
     stage that reads it, which reports it properly."""
-    from kontext_core.config import load_datasets
     from kontext_core.data.backends import prepare_backends
-    from kontext_core.stages.datasets import dataset_file
+    from kontext_core.stages.datasets import stage_datasets
 
     try:
-        datasets = load_datasets(dataset_file(params, workdir), base_dir=workdir)
+        # The stage's one load of the file: its fingerprint and body get the same checked entries.
+        datasets = stage_datasets(params, workdir)
     except Exception:  # noqa: BLE001 - reported by the stage itself
         return
     prepare_backends(datasets)

@@ -1,5 +1,8 @@
 """A third dataset backend, written the way a user would add one: solid-colour images made from the
-entry's `instance_prompt`, referenced as `toy:<dataset>/<index>`. Nothing in a stage knows it."""
+entry's `instance_prompt`, referenced as `toy:<dataset>/<index>`. Nothing in a stage knows it.
+
+Its own key, `toy_count` (how many images), lives in its own options model: registering the backend
+is what makes the dataset file accept and check it."""
 
 from __future__ import annotations
 
@@ -8,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image
+from pydantic import Field
 
 from kontext_core.config import DatasetEntry
+from kontext_core.config.base import Strict
 from kontext_core.data.backend import DatasetBackend
 from kontext_core.data.records import Problem, Record
 
@@ -23,9 +28,14 @@ def _colour(ref: str) -> tuple[int, int, int]:
     return digest[0], digest[1], digest[2]
 
 
+class ToyOptions(Strict):
+    toy_count: int = Field(COUNT, ge=1, le=100)
+
+
 class ToyBackend(DatasetBackend):
     type = "toy"
     ref_prefix = PREFIX
+    options = ToyOptions
 
     def check(self, entry: DatasetEntry, workdir: Path) -> list[str]:
         return [] if entry.instance_prompt else [f"dataset '{entry.id}': type 'toy' needs 'instance_prompt'"]
@@ -43,12 +53,12 @@ class ToyBackend(DatasetBackend):
                 width=SIZE,
                 height=SIZE,
             )
-            for i in range(COUNT)
+            for i in range(self.options_of(entry).toy_count)
         ]
         return records, []
 
     def fingerprint(self, entry: DatasetEntry, workdir: Path, memo_file: Path) -> Any:
-        return {"toy": entry.instance_prompt, "count": COUNT}
+        return {"toy": entry.instance_prompt, "count": self.options_of(entry).toy_count}
 
     def open_ref(self, ref: str, workdir: Path) -> Image.Image:
         return Image.new("RGB", (SIZE, SIZE), _colour(ref))

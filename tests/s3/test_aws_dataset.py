@@ -73,7 +73,7 @@ def test_records_from_s3_equal_the_local_folders_and_secrets_stay_hidden(s3_serv
         assert [(r.key, r.caption, r.width, r.height) for r in s3_recs] == [
             (r.key, r.caption, r.width, r.height) for r in local_recs
         ]
-        assert all(r.image == f"s3://{BUCKET}/{aws_entry_.aws_data_prefix}/{r.key}" for r in s3_recs)
+        assert all(r.image == f"s3://{BUCKET}/{aws_entry_.backend_options.aws_data_prefix}/{r.key}" for r in s3_recs)
     # The entry never shows its secret (repr, dumps, the store's repr).
     entry = aws_sets.enabled()[0]
     for text in (repr(entry), str(entry.model_dump()), entry.model_dump_json(), repr(s3_client.S3Store("b"))):
