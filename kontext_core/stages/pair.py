@@ -77,4 +77,5 @@ SPEC = StageSpec(
         "report_md": f"{PAIR_DIR}/report.md",
     },
     extra_inputs=dataset_file_input,
+    artifacts="kontext_core.stages.views:pair_artifacts",
 )

@@ -21,9 +21,6 @@ from kontext_core.stages.engine import Fingerprint, StageSpec, compute_fingerpri
 
 _MODULES = [init, fetch, pair, degrade, cache_vae, cache_text, quantize, train, validate, register]
 
-# pair's reports; its module is being reworked elsewhere: at the merge this moves into pair.SPEC.
-pair.SPEC.artifacts = "kontext_core.stages.views:pair_artifacts"
-
 STAGES: dict[str, StageSpec] = {module.SPEC.name: module.SPEC for module in _MODULES}
 STAGE_ORDER = list(STAGES)
 
