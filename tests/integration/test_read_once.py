@@ -21,6 +21,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 from typer.testing import CliRunner
 
+import flows.train_flow  # noqa: F401 - the flows' settings model (a subclass of RunOverrides) is defined
 from flows.cli import app
 from kontext_core.config import Params
 from kontext_core.config.overrides import RunOverrides
@@ -70,6 +71,10 @@ class _CountingValidator:
         return found
 
 
+def _subclasses(cls: type) -> list[type]:
+    return [sub for direct in cls.__subclasses__() for sub in (direct, *_subclasses(direct))]
+
+
 def test_learning_rate_is_read_once_validated_once_and_reaches_the_optimizer(
     tmp_path, mlflow_db, prefect_harness, monkeypatch
 ):
@@ -77,10 +82,12 @@ def test_learning_rate_is_read_once_validated_once_and_reaches_the_optimizer(
     watched = os.path.realpath(params_file)
 
     validations: Counter = Counter()
-    for model in (Params, RunOverrides):
-        monkeypatch.setattr(
-            model, "__pydantic_validator__", _CountingValidator(model.__pydantic_validator__, model.__name__, validations)
-        )
+    # The run settings are RunOverrides or a subclass of it (the flows' form, RunSettings): each class has
+    # its own validator, and all of them count as the settings'.
+    counted = [(Params, "Params"), *((model, "RunOverrides") for model in (RunOverrides, *_subclasses(RunOverrides)))]
+    for model, as_name in counted:
+        validator = _CountingValidator(model.__pydantic_validator__, as_name, validations)
+        monkeypatch.setattr(model, "__pydantic_validator__", validator)
     stepped: list[float] = []
 
     def seen(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
