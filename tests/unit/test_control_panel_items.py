@@ -16,9 +16,8 @@ def test_lora_type_is_a_choice_of_the_registered_adapter_kinds_in_the_form():
     from prefect.exceptions import ParameterTypeError
     from prefect.utilities.callables import parameter_schema
 
-    from flows.train_flow import kontext_train
-
     from flows.form import RunSettings
+    from flows.train_flow import kontext_train
 
     schema = parameter_schema(kontext_train.fn).model_dump()
     field = schema["definitions"]["RunSettings"]["properties"]["lora_type"]
