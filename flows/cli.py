@@ -320,7 +320,6 @@ def stage(
     if name not in STAGES:
         _fail(f"stage: unknown stage {name!r}; allowed: {', '.join(STAGES)}")
     from kontext_core.lifecycle import StopRequested, stop_on_signals
-
     from kontext_core.run import build_run
 
     _contain_children()

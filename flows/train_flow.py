@@ -78,14 +78,13 @@ def the_run(params_file: str, workdir: str | None, settings: RunSettings) -> Run
         raise
 
 
-def _done_elsewhere(name: str, project: Path) -> dict[str, Any]:
-    """The manifest of a stage that another flow run (another stage group) ran in this project."""
+def _require_done_elsewhere(name: str, project: Path) -> None:
+    """A stage that another flow run (another stage group) must have run in this project."""
     manifest = read_manifest(project, name)
     if manifest is None or not outputs_intact(name, project, manifest["fingerprint"]):
         raise RuntimeError(
             f"stage {name} has not run in {project.name} (its outputs are missing): run its stage group first"
         )
-    return {**manifest, "skipped": True, "prefect_state": "Elsewhere", "wall_seconds": 0.0}
 
 
 def _stage_result(name: str, future: PrefectFuture, run: Run) -> dict[str, Any]:
@@ -115,7 +114,7 @@ def run_stages(run: Run, logger: Any, only: list[str] | None = None) -> dict[str
     wanted = [name for name in STAGE_ORDER if only is None or name in only]
     for name in STAGE_ORDER:
         if name not in wanted and any(name in stage_dependencies(w) for w in wanted):
-            _done_elsewhere(name, run.project)
+            _require_done_elsewhere(name, run.project)
     futures: dict[str, PrefectFuture] = {}
     for name in wanted:
         futures[name] = stage_task(name, run).submit(
