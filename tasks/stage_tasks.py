@@ -3,7 +3,8 @@
 The task receives the run (kontext_core.run.Run: the validated params, the project) and, when the
 run's leading walk took it, the stage's fingerprint. Whether the stage is up to date is the engine's
 decision alone (`run_stage`: fingerprint + verified outputs); Prefect caches nothing, so a stage's
-outputs are never trusted without the engine's checks. The task version is the stage's code version
+outputs are never trusted without the engine's checks; a task whose stage was up to date ends in
+a Completed state named `Skipped`. The task version is the stage's code version
 (the hash of its import closure).
 """
 
@@ -15,6 +16,7 @@ from typing import Any
 
 from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Completed, State
 
 from kontext_core.config import ConfigError
 from kontext_core.lifecycle import check_stop, stop_signal
@@ -23,6 +25,9 @@ from kontext_core.stages import STAGES, Fingerprint, run_stage
 from tasks.artifacts import publish_artifacts
 
 log = logging.getLogger(__name__)
+
+# The name of the (Completed) state of a stage task whose stage was up to date.
+SKIPPED = "Skipped"
 
 
 def _retry_unless_config_error(task: Task, task_run: Any, state: Any) -> bool:
@@ -45,7 +50,9 @@ def _retry_unless_config_error(task: Task, task_run: Any, state: Any) -> bool:
     return True
 
 
-def _run(name: str, run: Run, fingerprint: Fingerprint | None = None, upstream: dict[str, Any] | None = None) -> dict:
+def _run(
+    name: str, run: Run, fingerprint: Fingerprint | None = None, upstream: dict[str, Any] | None = None
+) -> dict[str, Any] | State:
     # `upstream` holds the upstream stages' results (their manifests): passing their futures is what
     # makes Prefect start the stage after them and gives the task run its parents in the UI's graph.
     # The stage itself reads its inputs from disk.
@@ -56,7 +63,11 @@ def _run(name: str, run: Run, fingerprint: Fingerprint | None = None, upstream: 
         publish_artifacts(name, run.project, manifest, run.params)
     # Wall time as the user waits for it: the fingerprint (unless the run's walk took it), the stage
     # or its up-to-date check, its artifacts.
-    return {**manifest, "wall_seconds": time.perf_counter() - started}
+    manifest = {**manifest, "wall_seconds": time.perf_counter() - started}
+    if manifest["skipped"]:
+        # The graph in the UI shows the engine's decision: a stage that was up to date ends `Skipped`.
+        return Completed(data=manifest, name=SKIPPED)
+    return manifest
 
 
 def _stage_function(name: str) -> Any:
@@ -65,7 +76,7 @@ def _stage_function(name: str) -> Any:
 
     def stage(
         name: str, run: Run, fingerprint: Fingerprint | None = None, upstream: dict[str, Any] | None = None
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | State:
         return _run(name, run, fingerprint, upstream)
 
     stage.__name__ = stage.__qualname__ = f"stage_{name}"

@@ -59,7 +59,7 @@ def test_flow_runs_caches_and_reruns_only_what_changed(tmp_path, mlflow_db, pref
     second = kontext_train(params_file=str(params_file))
     assert set(second["stages"].values()) == {"skipped"}
     # The engine skipped each stage (Prefect caches nothing): each task ran its up-to-date check.
-    assert set(second["prefect_states"].values()) == {"Completed"}
+    assert set(second["prefect_states"].values()) == {"Skipped"}
     # Nothing ran: no new (empty) MLflow run; the result names the run the outputs came from.
     assert len(mlflow.search_runs(search_all_experiments=True)) == len(runs_before)
     assert second["mlflow_run_reused"] and second["mlflow_run_id"] == first["mlflow_run_id"]
