@@ -320,18 +320,23 @@ def stage(
     if name not in STAGES:
         _fail(f"stage: unknown stage {name!r}; allowed: {', '.join(STAGES)}")
     from kontext_core.lifecycle import StopRequested, stop_on_signals
+    from kontext_core.run import build_run
 
     _contain_children()
+    run_ = None
     with _one_line_failures(), stop_on_signals():
         try:
-            manifest = run_stage(name, params, force=force)
+            # The run, built once (no run settings; the pre-flight checks are the stage's own).
+            run_ = build_run(params, check=False)
+            manifest = run_stage(name, workdir=run_.project, params=run_.params, force=force)
         except BaseException as exc:
             # The pipeline run this stage logged into must not stay RUNNING (DVC runs one process per stage).
             from kontext_core.tracking.open_runs import fail_open
 
             stopped = isinstance(exc, StopRequested | KeyboardInterrupt)
             reason = f"stage {name}: {type(exc).__name__}: {exc}"
-            fail_open(params.resolve().parent, reason, params, status="KILLED" if stopped else "FAILED")
+            status = "KILLED" if stopped else "FAILED"
+            fail_open(params.resolve().parent, reason, run_.params if run_ else params, status=status)
             raise
     typer.echo(f"{name}: {'up to date' if manifest['skipped'] else 'done'} ({manifest['fingerprint'][:12]})")
 
@@ -358,23 +363,25 @@ def run(
     When every stage is up to date it starts neither Prefect nor MLflow: it says so and prints the
     summary of the stages' last runs."""
     _setup_logging(quiet_bars=False)  # the up-to-date check needs no ML library
-    from kontext_core.config import read_params_file
-    from kontext_core.config.overrides import layered_params, parse_assignments
+    from kontext_core.config.overrides import parse_assignments
+    from kontext_core.run import build_run
 
     params = params.resolve()
     with _one_line_failures():
-        values = parse_assignments(overrides)
-        run_params, used = layered_params(read_params_file(params), values, where=params.name)
+        # The run, built once here: the flow takes it as it is (flows.train_flow.handing_over).
+        run_ = build_run(params, settings=_run_settings(parse_assignments(overrides)))
     from kontext_core.dvc_lock import NO_COMMIT_ENV
     from kontext_core.project_lock import project_lock
 
     _contain_children()
     # The lock is taken before anything is checked or started, so a second run refuses in one line; the
     # flow takes it again (re-entrant) for runs that do not come through this command.
-    with _one_line_failures(), project_lock(params.parent):
-        result = None if force_flow else _up_to_date_result(run_params, params.parent, used)
+    with _one_line_failures(), project_lock(run_.project):
+        if not force_flow:
+            run_ = _walked(run_)
+        result = None if force_flow else _up_to_date_result(run_)
         if result is None:
-            from flows.train_flow import kontext_train
+            from flows.train_flow import handing_over, kontext_train
             from kontext_core.progress import quiet_library_bars
 
             quiet_library_bars()
@@ -382,8 +389,8 @@ def run(
             if not dvc_commit:
                 os.environ[NO_COMMIT_ENV] = "1"
             try:
-                with _quiet_expected_prefect_failures(), _stopped_flow_is_one_line():
-                    result = kontext_train(params_file=str(params), **values)
+                with _quiet_expected_prefect_failures(), _stopped_flow_is_one_line(), handing_over(run_):
+                    result = kontext_train(params_file=str(run_.params_path), settings=run_.settings)
             finally:
                 if saved is None:
                     os.environ.pop(NO_COMMIT_ENV, None)
@@ -409,36 +416,48 @@ def run(
         from kontext_core.dvc_lock import workspace_after_run
 
         registration = {"model_uri": result.get("model_uri"), "became_champion": bool(result.get("alias_uri"))}
-        workspace = workspace_after_run(params.parent, params, used, registration)
+        workspace = workspace_after_run(run_.project, run_.params_path, run_.overrides, registration)
     for line in (workspace.get("dvc_lock"), workspace.get("workspace")):
         if line:
             typer.echo(line)
 
 
-def _up_to_date_result(params: Any, project: Path, used: dict[str, Any]) -> dict[str, Any] | None:
-    """The run's result when every stage would be skipped, taken without Prefect or MLflow; else None.
+def _run_settings(values: dict[str, Any]) -> Any:
+    """`--set` values as the flows' settings model (flows.form.RunSettings), checked once; no Prefect import."""
+    from flows.form import run_settings
 
-    Called holding the project lock. It clears what interrupted runs left (as the flow does) and asks
-    each stage the engine's own question (kontext_core.stages.uptodate), so it skips exactly when
-    every stage task would skip; anything else, including an error, takes the flow's path.
-    """
-    from flows.summary import pipeline_result, registered_run_id
+    return run_settings(values)
+
+
+def _walked(run: Any) -> Any:
+    """The run with its one up-to-date walk, taken holding the project lock after clearing what
+    interrupted runs left (as the flow does); the flow reuses the walk instead of taking it again."""
     from kontext_core.lifecycle import clean_leftovers
     from kontext_core.stages.registry import prepare_datasets
-    from kontext_core.stages.uptodate import all_up_to_date
 
-    clean_leftovers(project)
-    prepare_datasets(params, project)
-    manifests = all_up_to_date(params, project)
+    clean_leftovers(run.project)
+    prepare_datasets(run.params, run.project)
+    return run.walked()
+
+
+def _up_to_date_result(run: Any) -> dict[str, Any] | None:
+    """The run's result when its walk found every stage up to date, taken without Prefect or MLflow; else None.
+
+    The walk asks each stage the engine's own question (kontext_core.stages.uptodate), so this skips
+    exactly when every stage would skip; anything else, including an error, takes the flow's path.
+    """
+    from flows.summary import pipeline_result, registered_run_id
+
+    manifests = run.stored_manifests()
     if manifests is None:
         return None
     try:
-        run_id = registered_run_id(project)
+        run_id = registered_run_id(run.project)
     except (OSError, ValueError, KeyError):
         return None
     for manifest in manifests.values():
         manifest["prefect_state"] = None
-    result = pipeline_result(manifests, params.registry.metric, run_id=run_id, reused=True, overrides=used)
+    result = pipeline_result(manifests, run.params.registry.metric, run_id=run_id, reused=True, overrides=run.overrides)
     result["fast_path"] = True
     return result
 

@@ -9,14 +9,14 @@ training run on that event; in that run fetch and what follows re-run, the stage
 """
 
 import json
-from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.events import emit_event
 from pydantic import Field
 
-from flows.train_flow import resolve_run
+from flows.form import RunSettings
+from flows.train_flow import the_run
 from kontext_core.config import Params
 from kontext_core.fsutil import write_json
 from kontext_core.stages.fetch import dataset_inputs
@@ -41,7 +41,8 @@ def kontext_data_watch(
 ) -> dict[str, Any]:
     """Emit `kontext.data.changed` when the project's datasets changed since the last look."""
     logger = get_run_logger()
-    params, project, _ = resolve_run(params_file, workdir, {})
+    run = the_run(params_file, workdir, RunSettings())
+    params, project = run.params, run.project
     try:
         current = json.loads(json.dumps(dataset_inputs(params, project), sort_keys=True, default=str))
     except (FileNotFoundError, RuntimeError, ValueError) as exc:
@@ -58,11 +59,10 @@ def kontext_data_watch(
     if not changed:
         logger.info("datasets unchanged")
         return {"changed": [], "event": None}
-    params_path = Path(params_file) if Path(params_file).is_absolute() else project / params_file
     event = emit_event(
         event=DATA_CHANGED_EVENT,
         resource={"prefect.resource.id": project_resource_id(params), "prefect.resource.name": project.name},
-        payload={"changed": changed, "params_file": str(params_path.resolve()), "workdir": str(project)},
+        payload={"changed": changed, "params_file": str(run.params_path), "workdir": str(project)},
     )
     logger.info("datasets changed (%s): emitted %s", ", ".join(changed), DATA_CHANGED_EVENT)
     return {"changed": changed, "event": str(event.id) if event else None}

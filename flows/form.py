@@ -1,40 +1,42 @@
-"""The run form: the `kontext-train` flow's parameters as typed, described, validated fields.
+"""The run form: the run settings as one typed model parameter of every flow that runs the pipeline.
 
-The types, constraints and descriptions come from `kontext_core.config.overrides.RunOverrides`, so the
-Prefect UI's form, `prefect deployment run --param` and the CLI check the same rules; `None` (left
-empty in the form) keeps the value of the params file.
+`RunSettings` is `kontext_core.config.overrides.RunOverrides` (the same fields, constraints and
+descriptions, so the Prefect UI's form, `prefect deployment run --param settings=...` and `kontext run
+--set` check the same rules) with `lora_type` as a choice among the registered adapter kinds (a
+drop-down in the UI). Prefect renders a pydantic model parameter as a form; a field left empty (`None`)
+keeps the value of the params file. An instance passed to a flow is not validated again.
 """
 
-from types import SimpleNamespace
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
-from kontext_core.config.overrides import OVERRIDE_KEYS, RunOverrides
-
-
-def typed(key: str) -> Any:
-    """`Optional[Annotated[T, constraints]]` with the field's description, for a flow signature."""
-    field = RunOverrides.model_fields[key]
-    inner = [arg for arg in getattr(field.annotation, "__args__", (field.annotation,)) if arg is not type(None)]
-    base = inner[0] if len(inner) == 1 else field.annotation
-    constrained = Annotated[(base, *field.metadata)] if field.metadata else base
-    return constrained | None
-
-
-def default(key: str) -> Any:
-    """`None` with the field's description (Prefect reads a parameter's description from its default)."""
-    return Field(None, description=RunOverrides.model_fields[key].description)
+from kontext_core.config.overrides import RunOverrides, check_overrides
 
 
 def choice_of_adapter_kinds() -> Any:
-    """`lora_type` as a choice among the registered adapter kinds (a drop-down in the UI): the kinds are a
-    registry (kontext_core.model.adapter_kinds), so the config keeps a string and the form lists them."""
+    """`lora_type` as a choice among the registered adapter kinds: the kinds are a registry
+    (kontext_core.model.adapter_kinds), so the config keeps a string and the form lists them."""
     from kontext_core.model.adapter_kinds import ADAPTER_KINDS
 
     return Literal[tuple(ADAPTER_KINDS)] | None
 
 
-# `T.learning_rate` is the type of the flow's `learning_rate` parameter, `D.learning_rate` its default.
-T = SimpleNamespace(**{key: typed(key) for key in OVERRIDE_KEYS} | {"lora_type": choice_of_adapter_kinds()})
-D = SimpleNamespace(**{key: default(key) for key in OVERRIDE_KEYS})
+class RunSettings(RunOverrides):
+    """Run settings over the params file; an empty field keeps the file's value."""
+
+    lora_type: choice_of_adapter_kinds() = Field(  # type: ignore[valid-type]
+        None, description=RunOverrides.model_fields["lora_type"].description
+    )
+
+
+def run_settings(values: dict[str, Any]) -> RunSettings:
+    """`kontext run --set` values as the flows' settings parameter, checked once (one line per problem)."""
+    return check_overrides(values, model=RunSettings)  # type: ignore[return-value]
+
+
+# The flows' parameter: `settings: RunSettings = SETTINGS`.
+SETTINGS: Any = Field(
+    RunSettings(),
+    description="Run settings over the params file (the form's fields); an empty field keeps the file's value.",
+)

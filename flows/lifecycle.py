@@ -1,6 +1,7 @@
 """The flow's share of interruption cleanup: one run per project, and Prefect runs a dead process left.
 
-`locked_project` wraps the `kontext-train` flow function: the flow holds the project lock
+`locked_project` wraps the function that runs a `kontext-train` flow's stages (its first argument is
+the run, `kontext_core.run.Run`): the flow holds the project lock
 (kontext_core.project_lock) from its first stage to its last, removes what interrupted runs left on
 disk, and marks the project's earlier `kontext-train` flow runs that are still Running or Pending as
 Crashed: while this flow holds the lock, no other process of this project can be running them.
@@ -73,7 +74,7 @@ def crash_stale_flow_runs(project: Path, current: str | None) -> list[str]:
 
 
 def locked_project(fn: F) -> F:
-    """Run the flow function holding the project lock, after cleaning up interrupted runs.
+    """Run `fn(run, ...)` holding the lock of the run's project, after cleaning up interrupted runs.
 
     SIGTERM/SIGINT inside it ask the stages to stop at their next safe point (Prefect's own SIGTERM
     bridge would mark the run Crashed at once while the stage thread trained on): the flow run then
@@ -81,8 +82,7 @@ def locked_project(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        bound = _bind(fn, args, kwargs)
-        project = project_of(bound.get("params_file"), bound.get("workdir"))
+        project = _bind(fn, args, kwargs)["run"].project
         with project_lock(project):
             clean_leftovers(project)
             try:

@@ -12,10 +12,9 @@ from prefect import flow, get_run_logger
 from prefect.deployments import run_deployment
 from pydantic import Field
 
-from flows.form import D, T
-from flows.train_flow import resolve_run, run_pipeline
-from kontext_core.config import ConfigError, Params
-from kontext_core.config.overrides import OVERRIDE_KEYS
+from flows.form import SETTINGS, RunSettings
+from flows.train_flow import run_pipeline, the_run
+from kontext_core.config import Params
 from kontext_core.stages import STAGE_ORDER, STAGES
 
 STAGES_FLOW = "kontext-stages"
@@ -40,50 +39,31 @@ def kontext_stages(
     group: Literal["data", "gpu"] = Field("data", description="The stage group to run here: data (CPU) or gpu."),
     params_file: str = Field("params.yaml", description="The params file, relative to workdir."),
     workdir: str | None = Field(None, description="The project folder; empty: the params file's folder."),
-    overrides: dict[str, Any] = Field(default_factory=dict, description="Run settings over the params file."),
+    settings: RunSettings = SETTINGS,
 ) -> dict[str, Any]:
     """One stage group of a placed run; the other group's outputs must be in the project."""
-    params, _project, _used = resolve_run(params_file, workdir, overrides)
-    return run_pipeline(params_file, workdir, overrides, only=stage_groups(params)[group])
+    run = the_run(params_file, workdir, settings)
+    return run_pipeline(run, only=stage_groups(run.params)[group])
 
 
 @flow(name="kontext-train-placed")
 def kontext_train_placed(
     params_file: str = Field("params.yaml", description="The params file, relative to workdir."),
     workdir: str | None = Field(None, description="The project folder (shared by both pools' workers)."),
-    learning_rate: T.learning_rate = D.learning_rate,
-    max_train_steps: T.max_train_steps = D.max_train_steps,
-    num_train_epochs: T.num_train_epochs = D.num_train_epochs,
-    lora_rank: T.lora_rank = D.lora_rank,
-    lora_alpha: T.lora_alpha = D.lora_alpha,
-    lora_type: T.lora_type = D.lora_type,
-    base_model_precision: T.base_model_precision = D.base_model_precision,
-    optimizer: T.optimizer = D.optimizer,
-    lr_scheduler: T.lr_scheduler = D.lr_scheduler,
-    seed: T.seed = D.seed,
-    validation_guidance: T.validation_guidance = D.validation_guidance,
-    validation_num_inference_steps: T.validation_num_inference_steps = D.validation_num_inference_steps,
-    validation_prompt: T.validation_prompt = D.validation_prompt,
-    validation_resolution: T.validation_resolution = D.validation_resolution,
-    data_backend_config: T.data_backend_config = D.data_backend_config,
-    pretrained_model_name_or_path: T.pretrained_model_name_or_path = D.pretrained_model_name_or_path,
+    settings: RunSettings = SETTINGS,
 ) -> dict[str, Any]:
     """Fine-tune with the data stages on the CPU pool and training on the GPU pool."""
-    given = locals()
-    overrides = {key: given[key] for key in OVERRIDE_KEYS if given[key] is not None}
     logger = get_run_logger()
-    try:
-        resolve_run(params_file, workdir, overrides)  # a bad setting fails here, before any group starts
-    except ConfigError as exc:
-        for line in exc.problems:
-            logger.error(line)
-        raise
+    the_run(params_file, workdir, settings)  # a bad setting fails here, before any group starts
+    # Each group's flow run builds the run again in its own process (on its own machine).
+    given = settings.model_dump(mode="json", exclude_none=True)
+    parameters = {"params_file": params_file, "workdir": workdir, "settings": given}
     results: dict[str, Any] = {}
     for group, deployment in GROUP_DEPLOYMENTS.items():
         logger.info("stage group %s: starting deployment %s/%s", group, STAGES_FLOW, deployment)
         child = run_deployment(
             f"{STAGES_FLOW}/{deployment}",
-            parameters={"group": group, "params_file": params_file, "workdir": workdir, "overrides": overrides},
+            parameters={"group": group, **parameters},
             timeout=None,
         )
         if child.state is None or not child.state.is_completed():

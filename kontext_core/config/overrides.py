@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import ConfigDict, Field, ValidationError
 
 from kontext_core.config.base import ConfigError, Strict, suggest
 from kontext_core.config.load import params_from_dict
@@ -21,7 +21,9 @@ WHERE = "run override"
 
 
 class RunOverrides(Strict):
-    """Per-run settings; `None` keeps the value of the params file."""
+    """Per-run settings; `None` keeps the value of the params file. Frozen: a run's settings do not change."""
+
+    model_config = ConfigDict(frozen=True)
 
     learning_rate: float | None = Field(
         None, gt=0, description="Optimizer learning rate (params.yaml: learning_rate), e.g. 1e-4."
@@ -75,8 +77,9 @@ class RunOverrides(Strict):
 OVERRIDE_KEYS = tuple(RunOverrides.model_fields)
 
 
-def check_overrides(values: dict[str, Any]) -> RunOverrides:
-    """The overrides that are set, validated; every problem as one line naming the key."""
+def check_overrides(values: dict[str, Any], model: type[RunOverrides] = RunOverrides) -> RunOverrides:
+    """The overrides that are set, validated (as `model`: RunOverrides or the flow form's subclass of
+    it); every problem as one line naming the key."""
     given = {key: value for key, value in values.items() if value is not None}
     problems = []
     for key in given:
@@ -90,7 +93,7 @@ def check_overrides(values: dict[str, Any]) -> RunOverrides:
     if problems:
         raise ConfigError(problems)
     try:
-        return RunOverrides(**given)
+        return model(**given)
     except ValidationError as exc:
         raise ConfigError(
             [
@@ -110,12 +113,15 @@ def layer(raw: dict[str, Any], overrides: RunOverrides) -> dict[str, Any]:
     return data
 
 
-def layered_params(raw: dict[str, Any], values: dict[str, Any], where: str = "params") -> tuple[Params, dict[str, Any]]:
+def layered_params(
+    raw: dict[str, Any], values: dict[str, Any] | RunOverrides, where: str = "params"
+) -> tuple[Params, dict[str, Any]]:
     """Params with the overrides layered over the file's mapping, and the overrides actually used.
 
+    `values` is a mapping to check, or settings already checked (a RunOverrides: not validated again).
     Raises ConfigError (one line per problem) for a bad override or a combination the params rules refuse.
     """
-    overrides = check_overrides(values)
+    overrides = values if isinstance(values, RunOverrides) else check_overrides(values)
     used = overrides.model_dump(exclude_none=True)
     label = f"{where} (with {WHERE}s {', '.join(f'{k}={v}' for k, v in used.items())})" if used else where
     return params_from_dict(layer(raw, overrides), where=label), used

@@ -94,7 +94,7 @@ def stage_train(ctx: StageContext) -> None:
     # The job and result files hold paths and timings: kept out of the hashed outputs.
     with tempfile.TemporaryDirectory(prefix=".train-job-", dir=ctx.workdir / "artifacts") as tmp:
         job = TrainJob(
-            params=p.model_dump(mode="json"),
+            params=p,
             workdir=str(ctx.workdir),
             fingerprint=ctx.fingerprint,
             adapter_dir=str(ctx.out(ADAPTER_DIR)),

@@ -15,6 +15,7 @@ from pathlib import Path
 import mlflow
 from mlflow.exceptions import MlflowException
 
+from kontext_core.config import Params
 from kontext_core.fsutil import write_json
 
 log = logging.getLogger(__name__)
@@ -62,16 +63,17 @@ def fail_abandoned(client: mlflow.MlflowClient, workdir: Path) -> list[str]:
     return failed
 
 
-def fail_open(workdir: Path, reason: str, params_file: Path, status: str = "FAILED") -> list[str]:
+def fail_open(workdir: Path, reason: str, params: Params | Path, status: str = "FAILED") -> list[str]:
     """End the project's open runs as FAILED now (a stage raised under `kontext stage`; KILLED when a
-    stop signal stopped it)."""
+    stop signal stopped it). `params`: the run's params, or the params file when none could be built."""
     if not listed(workdir):
         return []
     from kontext_core.config import load_params
     from kontext_core.tracking.store import tracking_uri
 
     try:
-        client = mlflow.MlflowClient(tracking_uri=tracking_uri(load_params(params_file), Path(workdir)))
+        resolved = params if isinstance(params, Params) else load_params(params)
+        client = mlflow.MlflowClient(tracking_uri=tracking_uri(resolved, Path(workdir)))
     except Exception:  # an unreadable params file: the next start_run still ends the runs
         return []
     failed = []

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,9 @@ CHECKPOINT_ROOT = "models/checkpoints"
 
 @dataclass
 class TrainJob:
-    params: dict
+    # The run's validated params in process; their JSON form in a job file (`accelerate launch`), which
+    # each launched process validates once.
+    params: Params | dict
     workdir: str
     fingerprint: str
     adapter_dir: str
@@ -50,7 +52,8 @@ class TrainJob:
     run_id: str | None = None
 
     def save(self, path: Path) -> None:
-        write_json(path, asdict(self))
+        params = self.params.model_dump(mode="json") if isinstance(self.params, Params) else self.params
+        write_json(path, {**asdict(replace(self, params={})), "params": params})
 
     @classmethod
     def load(cls, path: Path) -> TrainJob:
@@ -143,7 +146,7 @@ def run_training(job: TrainJob, dist: DistContext | None = None) -> TrainResult:
     from kontext_core.train.optimizers import trainable_dtype
     from kontext_core.train.precision import note_cpu_precision
 
-    params = Params.model_validate(job.params)
+    params = job.params if isinstance(job.params, Params) else Params.model_validate(job.params)
     workdir = Path(job.workdir)
     dist = dist or DistContext(device=training_device())
     note_cpu_precision(params, dist.device)

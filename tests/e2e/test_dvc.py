@@ -80,7 +80,7 @@ def test_a_deployment_run_keeps_dvc_lock_in_step_and_says_what_an_override_left(
 
     project, _ = repo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
-    override = kontext_train(params_file="params.yaml", workdir=str(project), learning_rate=0.005)
+    override = kontext_train(params_file="params.yaml", workdir=str(project), settings={"learning_rate": 0.005})
     assert override["workspace"]["dvc_lock"] == "dvc.lock not updated: this run overrode learning_rate=0.005"
     assert "`dvc status` shows the stages that ran as changed" in override["workspace"]["workspace"]
     assert override["workspace"]["workspace"] in summary_markdown(override, {})

@@ -235,6 +235,17 @@ def test_a_stage_from_outside_runs_through_the_engine_dvc_and_the_reports(built_
     assert "toy" in stage_groups(params)["data"] and "toy" not in stage_groups(params)["gpu"]
 
 
+def test_a_stage_from_outside_runs_in_the_flow(built_project, tmp_path, toy_stage, prefect_harness):
+    from flows.train_flow import kontext_train
+
+    params_file = _copy_project(built_project, tmp_path / "p")
+    result = kontext_train(params_file=str(params_file))
+    assert result["stages"]["toy"] == "ran"
+    assert {name for name, state in result["stages"].items() if state != "skipped"} == {"toy"}
+    assert list(result["stages"]) == STAGE_ORDER
+    assert read_manifest(tmp_path / "p", "toy")["info"]["pairs"]
+
+
 def test_a_removed_stage_leaves_the_normal_table():
     assert "toy" not in STAGES and "toy" not in STAGE_ORDER
     assert STAGE_ORDER == [

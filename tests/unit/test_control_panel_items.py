@@ -16,15 +16,20 @@ def test_lora_type_is_a_choice_of_the_registered_adapter_kinds_in_the_form():
     from prefect.exceptions import ParameterTypeError
     from prefect.utilities.callables import parameter_schema
 
+    from flows.form import RunSettings
     from flows.train_flow import kontext_train
 
     schema = parameter_schema(kontext_train.fn).model_dump()
-    field = schema["properties"]["lora_type"]
+    field = schema["definitions"]["RunSettings"]["properties"]["lora_type"]
     choices = [option.get("enum") for option in field.get("anyOf", [field]) if option.get("enum")]
     assert choices == [["standard", "lycoris"]]
+    # From the UI or the API the form arrives as JSON and is validated here, once.
     with pytest.raises(ParameterTypeError, match="lora_type"):
-        kontext_train.validate_parameters({"lora_type": "loha-ish"})
-    assert kontext_train.validate_parameters({"lora_type": "lycoris"})["lora_type"] == "lycoris"
+        kontext_train.validate_parameters({"settings": {"lora_type": "loha-ish"}})
+    settings = kontext_train.validate_parameters({"settings": {"lora_type": "lycoris"}})["settings"]
+    assert isinstance(settings, RunSettings) and settings.lora_type == "lycoris"
+    # Settings already validated (what `kontext run` passes) go through as they are, not validated again.
+    assert kontext_train.validate_parameters({"settings": settings})["settings"] is settings
 
 
 def test_deployments_name_the_params_file_relative_to_where_they_are_served(tmp_path, monkeypatch):

@@ -59,15 +59,25 @@ def test_cli_assignments_are_read_as_yaml_scalars():
 
 
 def test_the_flow_form_has_every_run_setting_typed_and_described():
+    from flows.placement import kontext_stages, kontext_train_placed
     from flows.train_flow import kontext_train
 
-    properties = kontext_train.parameters.model_dump()["properties"]
+    schema = kontext_train.parameters.model_dump()
+    # One typed model parameter (Prefect renders it as a form), the same in every flow that runs stages.
+    assert set(schema["properties"]) == {"params_file", "workdir", "settings"}
+    assert schema["properties"]["settings"]["$ref"] == "#/definitions/RunSettings"
+    assert not schema["required"]  # every field of the form may stay empty
+    for other in (kontext_stages, kontext_train_placed):
+        assert other.parameters.model_dump()["definitions"]["RunSettings"] == schema["definitions"]["RunSettings"]
+    properties = schema["definitions"]["RunSettings"]["properties"]
+    assert set(properties) == set(OVERRIDE_KEYS)
     for key in OVERRIDE_KEYS:
         assert properties[key]["description"], key
         assert properties[key]["default"] is None, key
     assert properties["learning_rate"]["anyOf"][0] == {"exclusiveMinimum": 0, "type": "number"}
     assert "optimi-lion" in properties["optimizer"]["anyOf"][0]["enum"]
     assert properties["lora_rank"]["anyOf"][0]["minimum"] == 1
+    assert properties["lora_type"]["anyOf"][0]["enum"] == ["standard", "lycoris"]  # a drop-down
 
 
 def test_stage_summary_line_carries_counts_and_fingerprint():
