@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -81,8 +82,10 @@ def stage_train(ctx: StageContext) -> None:
     from kontext_core.train.run import TrainJob, launch, run_training
 
     p = ctx.params
+    opened_by_flow = runs.RUN_ID_ENV in os.environ
     run_id = runs.current_run_id(p, ctx.workdir)
-    log_params(mlflow.MlflowClient(), run_id, p)
+    if not opened_by_flow:  # the flow logs the params once when it opens its run
+        log_params(mlflow.MlflowClient(), run_id, p)
     train_dir = ctx.out(TRAIN_DIR)
     cache_paths = CachePaths(
         pairs=ctx.input("pair.pairs"),

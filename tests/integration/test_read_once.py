@@ -94,6 +94,19 @@ def test_learning_rate_is_read_once_validated_once_and_reaches_the_optimizer(
         stepped.append(optimizer.defaults["lr"])
 
     hook = register_optimizer_step_pre_hook(seen)
+    # Every logging of the params to MLflow, by either caller (the flow imported the function by name).
+    import flows.train_flow as train_flow
+    import kontext_core.tracking.lineage as lineage
+
+    logged: list[str] = []
+    real_log_params = lineage.log_params
+
+    def counted_log_params(client: Any, run_id: str, params: Params) -> None:
+        logged.append(run_id)
+        real_log_params(client, run_id, params)
+
+    monkeypatch.setattr(lineage, "log_params", counted_log_params)
+    monkeypatch.setattr(train_flow, "log_params", counted_log_params)
     _WATCHED[watched] = []
     try:
         result = CliRunner().invoke(
@@ -112,6 +125,13 @@ def test_learning_rate_is_read_once_validated_once_and_reaches_the_optimizer(
     # each: the flow, its tasks and the training loop took the run the command built.
     assert len(opens) == 1, opens
     assert validations == Counter({"RunOverrides": 1, "Params": 1}), validations
+    # The params went to the flow run's MLflow run once, with the value given on the command line.
+    run_id = result.stdout.split("MLflow run: ", 1)[1].split()[0]
+    assert logged == [run_id], logged
+    import mlflow
+
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{mlflow_db}").get_run(run_id)
+    assert float(run.data.params["learning_rate"]) == LEARNING_RATE
     # What the run recorded is the same value.
     from kontext_core.stages.engine import read_manifest
 
