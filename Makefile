@@ -12,6 +12,8 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 SERVER_LOG := $(PREFECT_HOME)/pytest-prefect-server.log
+# pytest-xdist workers of `make test` (CI has two cores; each worker's torch gets cores/workers threads).
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-fast lint bench ui-mlflow ui-prefect clean
 
@@ -39,18 +41,18 @@ test: setup
 	#   API). Beside the rest, it takes up the cores' slack (the rest waits on subprocesses and
 	#   servers too, and one worker runs alone at the end). Output: $(SERVER_LOG), printed when
 	#   both are done;
-	# - the rest on two pytest-xdist workers (CI has two cores), a whole file per worker at a time
+	# - the rest on $(TEST_WORKERS) pytest-xdist workers (CI has two cores), a whole file per worker at a time
 	#   (a file's tests share its fixtures and may follow each other), the longest files first
 	#   (tests/conftest.py: LONG_FILES).
 	@mkdir -p $(PREFECT_HOME); rm -f $(SERVER_LOG); \
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m prefect_server > $(SERVER_LOG) 2>&1 & server=$$!; \
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder; main=$$?; \
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; main=$$?; \
 	wait $$server; server_rc=$$?; \
 	echo "== pytest -m prefect_server (beside the rest; exit $$server_rc)"; cat $(SERVER_LOG); \
 	test $$main -eq 0 && test $$server_rc -eq 0
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .
