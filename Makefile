@@ -11,6 +11,9 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+SERVER_LOG := $(PREFECT_HOME)/pytest-prefect-server.log
+# pytest-xdist workers of `make test` (CI has two cores; each worker's torch gets cores/workers threads).
+TEST_WORKERS ?= 2
 
 .PHONY: setup demo test test-fast lint bench ui-mlflow ui-prefect clean
 
@@ -32,13 +35,24 @@ test: setup
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/kontext dvc-yaml --check
-	$(BIN)/python -m pytest -q
-	# Against a real `prefect server start`, in a process of their own: Prefect's clients and event
-	# workers are per process, and the rest of the suite already pointed them at its ephemeral API.
-	$(BIN)/python -m pytest -q -m prefect_server
+	# Two pytest processes side by side, each printing its own summary:
+	# - the tests against a real `prefect server start`, in a process of their own (Prefect's clients
+	#   and event workers are per process, and the rest of the suite points them at its ephemeral
+	#   API). Beside the rest, it takes up the cores' slack (the rest waits on subprocesses and
+	#   servers too, and one worker runs alone at the end). Output: $(SERVER_LOG), printed when
+	#   both are done;
+	# - the rest on $(TEST_WORKERS) pytest-xdist workers (CI has two cores), a whole file per worker at a time
+	#   (a file's tests share its fixtures and may follow each other), the longest files first
+	#   (tests/conftest.py: LONG_FILES).
+	@mkdir -p $(PREFECT_HOME); rm -f $(SERVER_LOG); \
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m prefect_server > $(SERVER_LOG) 2>&1 & server=$$!; \
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder; main=$$?; \
+	wait $$server; server_rc=$$?; \
+	echo "== pytest -m prefect_server (beside the rest; exit $$server_rc)"; cat $(SERVER_LOG); \
+	test $$main -eq 0 && test $$server_rc -eq 0
 
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

@@ -22,6 +22,34 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
+
+def _xdist_worker_environment() -> None:
+    """A pytest-xdist worker's environment (`make test` runs two workers), set before torch and
+    Prefect are imported so that every subprocess a test starts inherits it too.
+
+    - Each worker's torch gets its share of the cores: two processes that each spin one OpenMP thread
+      per core slow each other down many times. Tests that compare bytes across processes (a test's
+      own run against a `kontext run`, a stage, DVC's `kontext stage`) compare runs made under this
+      one setting. Code that pins its own count (init's pretraining: two threads) still does;
+      passive waiting keeps such a moment of oversubscription cheap. A count set by the user is kept.
+    - Each worker gets a PREFECT_HOME of its own: a flow run in process without the session's
+      harness starts an ephemeral server on the SQLite database there, and two workers must not
+      migrate and write one database file at once.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    if not worker or workers < 1:
+        return
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(key, threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    home = Path(os.environ.get("PREFECT_HOME") or Path.home() / ".prefect").expanduser()
+    os.environ["PREFECT_HOME"] = str(home / f"xdist-{worker}")
+
+
+_xdist_worker_environment()
+
 # Imported once here, while stderr is the session's: transformers binds its log handler's flush to the
 # stderr of its first import and warns at import time; first imported inside a CliRunner call, that
 # stream is closed by the next warning and the warning becomes a "--- Logging error ---" traceback.
@@ -305,6 +333,12 @@ SERVER_MARK = "prefect_server"
 
 
 def pytest_collection_modifyitems(config, items):
+    if hasattr(config, "workerinput"):  # a pytest-xdist worker: every worker sorts alike
+        _long_files_first(items)
+    _server_tests_apart(config, items)
+
+
+def _server_tests_apart(config, items) -> None:
     """Tests against a real `prefect server start` run in a pytest process of their own (`make test`
     starts it; `pytest -m prefect_server` selects them): Prefect's clients and event workers are
     per process, and the other tests point them at the session's ephemeral API first."""
@@ -316,6 +350,44 @@ def pytest_collection_modifyitems(config, items):
     config.hook.pytest_deselected(items=server)
     items[:] = [item for item in items if not item.get_closest_marker(SERVER_MARK)]
     config._kontext_server_tests_deselected = len(server)
+
+
+# The files that take longest (measured on CI's two cores, `--durations`), longest first. Under
+# pytest-xdist with `--dist loadfile` a worker takes the next file in collection order when it is
+# free: these start first, and the many short files fill the gaps at the end, so that both workers
+# finish together instead of one waiting for a long file handed out last.
+LONG_FILES = (
+    "tests/e2e/test_dvc.py",
+    "tests/s3/test_team.py",
+    "tests/e2e/test_demo_edit.py",
+    "tests/integration/test_bench_smoke.py",
+    "tests/integration/test_champion.py",
+    "tests/integration/test_train_stage.py",
+    "tests/reliability/test_kill.py",
+    "tests/unit/test_gpu_bench.py",
+    "tests/unit/test_quantize.py",
+    "tests/e2e/test_simpletuner_example.py",
+    "tests/e2e/test_hub_replica.py",
+    "tests/e2e/test_reproduce.py",
+    "tests/e2e/test_dvc_deps.py",
+    "tests/reliability/test_stop.py",
+    "tests/integration/test_init_deterministic.py",
+    "tests/unit/test_quantize_streaming.py",
+)
+
+
+def _long_files_first(items: list) -> None:
+    """Reorder whole files (a file's own order is kept: its tests may follow each other)."""
+    rank = {name: i for i, name in enumerate(LONG_FILES)}
+    position = {}
+    for index, item in enumerate(items):
+        position.setdefault(item.nodeid.split("::")[0], index)
+
+    def key(item) -> tuple[int, int]:
+        file = item.nodeid.split("::")[0]
+        return rank.get(file, len(rank)), position[file]
+
+    items.sort(key=key)
 
 
 def pytest_terminal_summary(terminalreporter, config):
