@@ -6,6 +6,7 @@ including the eval split's `minimum_image_size: 1024`, so the samples are writte
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -96,7 +97,11 @@ def test_deblur_superresolution(sample_project, tmp_path):
         assert pair["caption"] in captions
         blurred, sharp = open_ref(ref["image"], project), open_ref(pair["target"], project)
         assert blurred.size == sharp.size
-        generator = ConditioningGenerator.model_validate({k: v for k, v in ref["generated"].items() if k != "source"})
+        # The source's digest travels with it (fetch hashed it once), and it is the source file's content.
+        source = ref["generated"]["source"]
+        assert ref["generated"]["source_digest"] == hashlib.sha256((project / source).read_bytes()).hexdigest()
+        spec = {k: v for k, v in ref["generated"].items() if k not in ("source", "source_digest")}
+        generator = ConditioningGenerator.model_validate(spec)
         # Exactly the generator's output for this (seed, file), at the source size.
         assert np.array_equal(np.asarray(blurred), np.asarray(degrade(sharp, generator, 42, pair["key"])))
         assert _sharpness(blurred.resize((256, 256), Image.BOX)) < _sharpness(sharp.resize((256, 256), Image.BOX))
