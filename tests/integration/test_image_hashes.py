@@ -15,32 +15,21 @@ from pathlib import Path
 
 import pytest
 
-from kontext_core import fsutil
 from kontext_core.data.images import IMAGE_EXTENSIONS
 from kontext_core.stages import run_stage
 from tests.conftest import ROOT, fetched_records, make_project
+from tests.hash_count import BYTES, count_hashes
 
 pytestmark = pytest.mark.slow
 
-BYTES = "<image cell bytes>"
-
 # Run in a new process: nothing is remembered from the process that ran fetch and pair.
-FRESH_CACHE_VAE = f"""
+FRESH_CACHE_VAE = """
 import json, sys
-BYTES = {BYTES!r}
-from kontext_core import fsutil
-hashed = []
-read, cell = fsutil.read_sha256, fsutil.sha256_image_bytes
-def counted_read(path, *args, **kwargs):
-    hashed.append(str(path))
-    return read(path, *args, **kwargs)
-def counted_cell(data):
-    hashed.append(BYTES)
-    return cell(data)
-fsutil.read_sha256, fsutil.sha256_image_bytes = counted_read, counted_cell
+from tests.hash_count import count_hashes
+hashed = count_hashes([])
 from kontext_core.stages import run_stage
 result = run_stage("cache_vae", sys.argv[1], force=True)
-print(json.dumps({{"encoded": result["info"]["encoded"], "hashed": hashed}}))
+print(json.dumps({"encoded": result["info"]["encoded"], "hashed": hashed}))
 """
 
 
@@ -61,20 +50,7 @@ def _images(hashed: list[str], project: Path) -> list[str]:
 
 @pytest.fixture
 def counted_hashes(monkeypatch) -> list[str]:
-    hashed: list[str] = []
-    read, cell = fsutil.read_sha256, fsutil.sha256_image_bytes
-
-    def counted_read(path, *args, **kwargs):
-        hashed.append(str(path))
-        return read(path, *args, **kwargs)
-
-    def counted_cell(data):
-        hashed.append(BYTES)
-        return cell(data)
-
-    monkeypatch.setattr(fsutil, "read_sha256", counted_read)
-    monkeypatch.setattr(fsutil, "sha256_image_bytes", counted_cell)
-    return hashed
+    return count_hashes([], monkeypatch.setattr)
 
 
 @pytest.fixture
