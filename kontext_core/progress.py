@@ -14,6 +14,8 @@ attaches one to send training progress to the orchestrator's run log (flows/run_
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.machinery
 import logging
 import os
 import sys
@@ -59,27 +61,76 @@ _LIBRARY_BARS = {
 }
 
 
+class _SwitchOffOnImport(importlib.abc.MetaPathFinder):
+    """Calls a library's bar switch right after the library's module is first imported.
+
+    Importing diffusers, transformers and datasets only to switch their bars off costs seconds (torch,
+    torch._dynamo, pyarrow) in every `kontext` process, including the many that never load a model
+    (`kontext stage fetch` under DVC, an up-to-date `kontext run`). The switch waits for the import."""
+
+    def __init__(self, switches: dict[str, str]) -> None:
+        self.switches = dict(switches)
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> importlib.machinery.ModuleSpec | None:
+        function = self.switches.get(fullname)
+        if function is None:
+            return None
+        spec = _spec_without(self, fullname, path, target)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        loader = spec.loader
+        switches = self.switches
+
+        class _Then(importlib.abc.Loader):
+            def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
+                return loader.create_module(spec)
+
+            def exec_module(self, module: Any) -> None:
+                # The module keeps its own loader (source lookups, resources): this one only runs it.
+                module.__loader__ = module.__spec__.loader = loader
+                loader.exec_module(module)
+                switches.pop(fullname, None)
+                getattr(module, function, lambda: None)()
+
+        spec.loader = _Then()
+        return spec
+
+
+def _spec_without(finder: importlib.abc.MetaPathFinder, fullname: str, path: Any, target: Any) -> Any:
+    for other in sys.meta_path:
+        if other is finder or not hasattr(other, "find_spec"):
+            continue
+        spec = other.find_spec(fullname, path, target)
+        if spec is not None:
+            return spec
+    return None
+
+
 def quiet_library_bars(stream: TextIO | None = None) -> None:
     """Outside a terminal, turn off the tqdm bars of huggingface_hub, transformers, diffusers, datasets
     and MLflow's artifact transfers.
 
     Their bars redraw with carriage returns, which a log keeps as one long line per redraw. Each
-    library keeps its own switch (diffusers' is on at import whatever the environment says), so each
-    is imported and switched off here; a run imports all of them anyway.
+    library keeps its own switch (diffusers' is on at import whatever the environment says): a library
+    already imported is switched off now, the others as soon as they are imported (`_SwitchOffOnImport`).
     """
-    import importlib
-
     if _mode(stream if stream is not None else sys.stderr) == "bar":
         return
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    later = {}
     for module_name, function in _LIBRARY_BARS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            continue
-        getattr(module, function, lambda: None)()
+        module = sys.modules.get(module_name)
+        if module is not None:
+            getattr(module, function, lambda: None)()
+        else:
+            later[module_name] = function
+    waiting = next((f for f in sys.meta_path if isinstance(f, _SwitchOffOnImport)), None)
+    if waiting is not None:
+        waiting.switches.update(later)
+    elif later:
+        sys.meta_path.insert(0, _SwitchOffOnImport(later))
 
 
 class Progress:

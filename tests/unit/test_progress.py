@@ -106,6 +106,31 @@ def test_outside_a_terminal_the_libraries_bars_are_turned_off(monkeypatch):
 
 
 
+def test_libraries_imported_later_are_turned_off_on_import_and_not_imported_for_it():
+    """A `kontext` process that never loads a model (`kontext stage fetch`, an up-to-date run) must not
+    pay seconds importing diffusers, transformers and datasets only to switch their bars off."""
+    import subprocess
+    import sys
+
+    script = (
+        "import io, sys\n"
+        "from kontext_core.progress import quiet_library_bars\n"
+        "quiet_library_bars(io.StringIO())\n"
+        "print(sorted(m for m in ('diffusers', 'transformers', 'datasets', 'torch') if m in sys.modules))\n"
+        "import diffusers.utils.logging as d, transformers.utils.logging as t, datasets.utils as ds\n"
+        "import huggingface_hub.utils as h\n"
+        "print(d.is_progress_bar_enabled(), t.is_progress_bar_enabled(), ds.are_progress_bars_disabled(),"
+        " h.are_progress_bars_disabled())\n"
+        "print(type(d.__loader__).__name__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MLFLOW_ENABLE"))}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported, switches, loader = done.stdout.strip().splitlines()[-3:]
+    assert imported == "[]"
+    assert switches == "False False True True"
+    assert loader == "SourceFileLoader"  # the module keeps its own loader
+
 def test_the_same_lines_go_to_the_progress_logger_in_every_display(monkeypatch):
     import io
     import logging
