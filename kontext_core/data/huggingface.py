@@ -17,6 +17,7 @@ import functools
 import hashlib
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -146,6 +147,12 @@ def _open_cached(dataset: str, split: str, revision: str | None, base_dir: str) 
     return _load(dataset, split, revision, Path(base_dir))
 
 
+# lru_cache does not hold back a second caller while the first one computes: cache_vae's two decoding
+# threads would load one dataset twice at once, and `datasets` does not survive that (its progress
+# bars share tqdm's class lock, which one load deletes while the other uses it).
+_OPENING = threading.Lock()
+
+
 def open_dataset(dataset: str, split: str, revision: str | None, base_dir: Path) -> Any:
     """The dataset, opened once per process (memory-mapped; nothing is materialised).
 
@@ -154,7 +161,8 @@ def open_dataset(dataset: str, split: str, revision: str | None, base_dir: Path)
     try:
         if _local_path(dataset, base_dir) is None:
             revision = resolve_hub(dataset, revision, "dataset").commit
-        return _open_cached(dataset, split, revision, str(Path(base_dir).resolve()))
+        with _OPENING:
+            return _open_cached(dataset, split, revision, str(Path(base_dir).resolve()))
     except ConfigError:
         raise
     except Exception as exc:  # datasets raises many types; the user needs the name and the first line

@@ -170,3 +170,37 @@ def test_row_ranges_on_worker_processes_give_the_serial_answer(stored, monkeypat
     pooled = huggingface_records(entry, stored, workers=2)
     assert pooled == serial
     assert [r.key for r in pooled[0]] == ["00000000", "00000001", "00000002"] and len(pooled[1]) == 1
+
+
+def test_threads_opening_one_dataset_at_once_load_it_once(stored, monkeypatch):
+    """cache_vae decodes on two threads: both may ask for a dataset before either has opened it.
+    Loading it twice at once raced in `datasets`' own progress-bar lock ("type object 'tqdm' has no
+    attribute '_lock'"); the second thread waits for the first one's load instead."""
+    import threading
+    import time
+
+    real_load = hf._load
+    loads = []
+
+    def slow_load(*args):
+        loads.append(args)
+        time.sleep(0.3)  # both threads are inside the open before either returns
+        return real_load(*args)
+
+    monkeypatch.setattr(hf, "_load", slow_load)
+    hf._open_cached.cache_clear()
+    start = threading.Barrier(2)
+    opened = []
+
+    def open_it():
+        start.wait()
+        opened.append(hf.open_dataset(str(stored / "rows.parquet"), "train", None, stored))
+
+    threads = [threading.Thread(target=open_it) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    hf._open_cached.cache_clear()
+    assert len(opened) == 2 and opened[0] is opened[1]
+    assert len(loads) == 1
