@@ -105,6 +105,22 @@ def _stage_result(name: str, future: PrefectFuture, run: Run) -> dict[str, Any]:
     return manifest
 
 
+def _import_model_libraries() -> None:
+    """diffusers and transformers resolve their classes on first use (`from diffusers import
+    AutoencoderKL` imports the submodule then), and two stage threads doing it at once can see a
+    half-made module: "cannot import name 'AutoencoderKL' from 'diffusers'" (cache_vae beside
+    cache_text). The flow's own thread resolves every class the stages import, before any starts."""
+    import diffusers
+    import transformers
+
+    for name in ("AutoencoderKL", "FlowMatchEulerDiscreteScheduler", "FluxKontextPipeline", "FluxTransformer2DModel"):
+        getattr(diffusers, name)
+    for name in ("CLIPTextConfig", "CLIPTextModel", "CLIPTokenizer", "T5Config", "T5EncoderModel", "T5TokenizerFast"):
+        getattr(transformers, name)
+    import diffusers.models.attention  # noqa: F401
+    import diffusers.optimization  # noqa: F401
+
+
 def run_stages(run: Run, logger: Any, only: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """The pipeline: every stage submitted in order with its upstream stages' futures (Prefect starts
     it once they are done; a failed one stops what depends on it), then the manifests collected.
@@ -115,6 +131,8 @@ def run_stages(run: Run, logger: Any, only: list[str] | None = None) -> dict[str
     for name in STAGE_ORDER:
         if name not in wanted and any(name in stage_dependencies(w) for w in wanted):
             _require_done_elsewhere(name, run.project)
+    if not run.up_to_date:
+        _import_model_libraries()
     futures: dict[str, PrefectFuture] = {}
     for name in wanted:
         futures[name] = stage_task(name, run).submit(
