@@ -1,10 +1,12 @@
-"""bench/gpu_step.py: the CPU smoke mode runs the real code path; without CUDA it refuses clearly."""
+"""bench/gpu_step.py: the CPU smoke mode runs the real code path; without CUDA it refuses clearly. bench/gpu_all.sh
+runs it with bench/real_width.py --quick, whose lines are checked here too."""
 
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -48,7 +50,10 @@ def test_gpu_all_script_smoke_runs_both_precisions_with_the_peer_step_on_cpu(tmp
     import subprocess
 
     script = SCRIPT.parent / "gpu_all.sh"
-    env = {**os.environ, "GPU_ALL_OUT": str(tmp_path), "PYTHON": sys.executable}
+    replicas = tmp_path / "tmp"
+    replicas.mkdir()
+    # TMPDIR: where real_width.py writes its replicas (and must remove them).
+    env = {**os.environ, "GPU_ALL_OUT": str(tmp_path), "PYTHON": sys.executable, "TMPDIR": str(replicas)}
     done = subprocess.run(
         ["bash", str(script), "--device", "cpu", "--tiny", "--steps", "1", "--warmup", "1", "--peak-tflops", "1"],
         env=env,
@@ -68,6 +73,38 @@ def test_gpu_all_script_smoke_runs_both_precisions_with_the_peer_step_on_cpu(tmp
     assert "MFU" in done.stdout
     # the replica part (CPU smoke: real_width.py --quick) ran the project's stages and printed its plan
     assert "== replica at real width" in done.stdout
-    assert "real-width quantize: peak RSS D1 = " in done.stdout
-    assert done.stdout.strip().splitlines()[-1].startswith("real-width plan: quantize host ")
-    assert json.loads((tmp_path / "real_width.json").read_text())["results"]["D1"]["train"]["loss"] > 0
+    _check_real_width_quick(done.stdout, tmp_path / "real_width.json", replicas)
+
+
+def _check_real_width_quick(out: str, raw_json: Path, replicas: Path) -> None:
+    """bench/real_width.py --quick (run by gpu_all.sh above): one line per stage, the plan last."""
+    number = r"-?\d+\.\d+"
+    stage_line = (
+        rf"real-width (?P<stage>[^:]+): peak RSS D1 = {number} GB, D2 = {number} GB, "
+        rf"per block = {number} GB, full size \(extrapolated\) = (?P<full>{number}) GB"
+    )
+    lines = out.strip().splitlines()
+    stages = [re.fullmatch(stage_line, text) for text in lines if ": peak RSS" in text]
+    assert all(stages), lines
+    assert re.search(rf"^real-width predicted GPU memory at 1024 px: .* = {number} GB \(activations in ", out, re.M)
+    names = [m["stage"] for m in stages]
+    assert names == [
+        "quantize",
+        "cache_text",
+        "cache_vae (64 px)",
+        "cache_vae (128 px)",
+        "train",
+        "train_activations (64 px)",
+    ]
+    assert all(float(m["full"]) > 0 for m in stages)
+    plan = re.fullmatch(
+        rf"real-width plan: quantize host {number} GB, cache_text host {number} GB, "
+        rf"train activations at 1024 px {number} GB",
+        lines[-1],
+    )
+    assert plan, lines[-1]
+    # the measurements ran the real stages: the quantize output and a finite training loss
+    raw = json.loads(raw_json.read_text())["results"]
+    assert raw["D2"]["quantize"]["modules"] > raw["D1"]["quantize"]["modules"] > 0
+    assert math.isfinite(raw["D1"]["train"]["loss"]) and raw["D1"]["train"]["loss"] > 0
+    assert not list(replicas.glob("real-width-*"))  # the replicas are removed afterwards
