@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, make_project
+from tests.conftest import make_project
 from tests.s3.conftest import s3_server  # noqa: F401  (a real S3 API server on loopback, for aws entries)
 
 SECRETS = {
@@ -51,13 +49,3 @@ def project_copy(reliable_built, tmp_path) -> Path:
     dest = tmp_path / "copy"
     shutil.copytree(reliable_built, dest, symlinks=True)
     return dest
-
-
-def run_python(
-    code: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess:
-    """`python -c code` in `cwd` with the project importable (a separate process: it can be killed)."""
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), "KONTEXT_PROGRESS": "off", **(env or {})}
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=timeout
-    )

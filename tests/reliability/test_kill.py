@@ -13,7 +13,7 @@ from kontext_core.lifecycle import KILL_ENV, leftovers
 from kontext_core.stages import STAGE_ORDER, STAGES, manifest_path, run_stage
 from kontext_core.stages.engine import read_manifest
 from kontext_core.stages.verify import verify_project
-from tests.reliability.conftest import run_python
+from tests.forked import run_stage_forked
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -33,9 +33,8 @@ def _run_statuses(project: Path) -> list[str]:
 
 
 def _kill_during(project: Path, stage: str, point: str) -> None:
-    code = f"from kontext_core.stages import run_stage; run_stage({stage!r}, 'params.yaml')"
-    proc = run_python(code, project, env={KILL_ENV: f"{stage}:{point}"})
-    assert proc.returncode == -9, proc.stderr[-3000:]
+    code, output = run_stage_forked(project, stage, env={KILL_ENV: f"{stage}:{point}"})
+    assert code == -9, output[-3000:]
 
 
 def _run_all(project: Path) -> set[str]:
