@@ -358,21 +358,21 @@ def _server_tests_apart(config, items) -> None:
 # finish together instead of one waiting for a long file handed out last.
 LONG_FILES = (
     "tests/e2e/test_dvc.py",
-    "tests/s3/test_team.py",
     "tests/e2e/test_demo_edit.py",
-    "tests/integration/test_bench_smoke.py",
-    "tests/integration/test_champion.py",
-    "tests/integration/test_train_stage.py",
+    "tests/s3/test_team.py",
     "tests/reliability/test_kill.py",
     "tests/unit/test_gpu_bench.py",
-    "tests/unit/test_quantize.py",
     "tests/e2e/test_simpletuner_example.py",
     "tests/e2e/test_hub_replica.py",
     "tests/e2e/test_reproduce.py",
-    "tests/e2e/test_dvc_deps.py",
+    "tests/integration/test_bench_smoke.py",
     "tests/reliability/test_stop.py",
-    "tests/integration/test_init_deterministic.py",
+    "tests/integration/test_train_stage.py",
+    "tests/unit/test_quantize.py",
     "tests/unit/test_quantize_streaming.py",
+    "tests/integration/test_init_deterministic.py",
+    "tests/integration/test_champion.py",
+    "tests/e2e/test_dvc_deps.py",
 )
 
 
