@@ -80,6 +80,7 @@ class _SwitchOffOnImport(importlib.abc.MetaPathFinder):
             return spec
         loader = spec.loader
         switches = self.switches
+        finder = self
 
         class _Then(importlib.abc.Loader):
             def create_module(self, spec: importlib.machinery.ModuleSpec) -> Any:
@@ -91,6 +92,8 @@ class _SwitchOffOnImport(importlib.abc.MetaPathFinder):
                 loader.exec_module(module)
                 switches.pop(fullname, None)
                 getattr(module, function, lambda: None)()
+                if not switches and finder in sys.meta_path:
+                    sys.meta_path.remove(finder)  # every library switched off: nothing left to wait for
 
         spec.loader = _Then()
         return spec

@@ -37,8 +37,8 @@ def run_stage_forked(project: Path, stage: str, env: dict[str, str], timeout: fl
     os.close(handle)
     log = Path(name)
     child = context.Process(
-        target=_run_stage, args=(str(project), stage, {"KONTEXT_PROGRESS": "off", **env}, str(log)), daemon=True
-    )
+        target=_run_stage, args=(str(project), stage, {"KONTEXT_PROGRESS": "off", **env}, str(log))
+    )  # not a daemon: a stage may start processes of its own (degrade's pool)
     child.start()
     child.join(timeout)
     if child.exitcode is None:

@@ -122,14 +122,16 @@ def test_libraries_imported_later_are_turned_off_on_import_and_not_imported_for_
         "print(d.is_progress_bar_enabled(), t.is_progress_bar_enabled(), ds.are_progress_bars_disabled(),"
         " h.are_progress_bars_disabled())\n"
         "print(type(d.__loader__).__name__)\n"
+        "print([type(f).__name__ for f in sys.meta_path if 'SwitchOff' in type(f).__name__])\n"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "MLFLOW_ENABLE"))}
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    imported, switches, loader = done.stdout.strip().splitlines()[-3:]
+    imported, switches, loader, waiting = done.stdout.strip().splitlines()[-4:]
     assert imported == "[]"
     assert switches == "False False True True"
     assert loader == "SourceFileLoader"  # the module keeps its own loader
+    assert waiting == "[]"  # all four switched off: the import hook is gone
 
 def test_the_same_lines_go_to_the_progress_logger_in_every_display(monkeypatch):
     import io
