@@ -41,9 +41,12 @@ def run_stage_forked(project: Path, stage: str, env: dict[str, str], timeout: fl
     )  # not a daemon: a stage may start processes of its own (degrade's pool)
     child.start()
     child.join(timeout)
-    if child.exitcode is None:
-        child.kill()
+    hung = child.exitcode is None
+    if hung:
+        child.kill()  # a SIGKILL of ours: not the exit code a caller may be waiting for
         child.join(30)
     output = log.read_text(errors="replace")
     log.unlink()
-    return child.exitcode if child.exitcode is not None else -1, output
+    if hung:
+        raise TimeoutError(f"stage {stage} still ran after {timeout:.0f} s:\n{output[-3000:]}")
+    return child.exitcode, output
